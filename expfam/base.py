@@ -1,0 +1,352 @@
+"""The family contract: q(θ) = h(θ) exp(<λ, T(θ)> − A(λ)).
+
+A family is stateless math. Its parameters are values: NamedTuples of tensors named after the
+paper (``lam1, lam2`` for λ, ``mu1, mu2`` for μ) with batch dimensions in front, passed in and
+returned. The public methods of :class:`ExpFamily` check their input (type, dtype, device,
+shapes, domain) and then call the underscore methods that each family implements; a family calls
+its own underscore methods internally, so validation runs once per public call.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from expfam._tree import inner
+
+_VALIDATE = True
+
+
+def set_validation(enabled: bool) -> None:
+    """Turn input validation of every family on (default) or off.
+
+    Validation reads tensor values (e.g. ``(x <= 0).any()``), which synchronizes a GPU; hot loops
+    that already trust their parameters may switch it off.
+    """
+    global _VALIDATE
+    _VALIDATE = bool(enabled)
+
+
+def validation_enabled() -> bool:
+    """Whether families validate their input (see :func:`set_validation`)."""
+    return _VALIDATE
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerances:
+    """Relative tolerances a family promises in the contract tests.
+
+    ``closed``: closed forms vs the autograd reference (float64, float32).
+    ``roundtrip``: λ → μ → λ in float64 on moderately conditioned parameters.
+    """
+
+    closed64: float = 1e-10
+    closed32: float = 1e-5
+    roundtrip: float = 1e-9
+
+
+Sample = Any  # a point θ of the family's space: a Tensor, or a NamedTuple for joint families
+
+
+class ExpFamily(abc.ABC):
+    r"""A minimal, regular exponential family
+
+    .. math::  q_\lambda(\theta) = h(\theta)\exp(\langle\lambda, T(\theta)\rangle - A(\lambda)),
+               \quad \mu = \nabla A(\lambda) = \mathbb{E}_q[T(\theta)].
+
+    Subclasses set the class attributes and implement the underscore methods; users call the
+    public methods, which validate input first.
+
+    Class attributes:
+        name: registry name.
+        nat_type, mean_type: the NamedTuple types of λ and μ.
+        event_ndims: for each field of λ (and of μ, field by field), how many trailing dimensions
+            belong to one event; the rest are batch dimensions.
+        has_rsample: whether :meth:`rsample` is differentiable in λ (reparameterization).
+        min_dim: the smallest ``dim`` that :meth:`example_nat` accepts.
+        tolerances: what the contract tests hold the closed forms to.
+    """
+
+    name: ClassVar[str]
+    nat_type: ClassVar[type]
+    mean_type: ClassVar[type]
+    event_ndims: ClassVar[tuple[int, ...]]
+    has_rsample: ClassVar[bool] = False
+    min_dim: ClassVar[int] = 1
+    tolerances: ClassVar[Tolerances] = Tolerances()
+
+    # ------------------------------------------------------------------ to implement
+    @abc.abstractmethod
+    def _suff_stats(self, x: Sample) -> tuple:
+        """T(θ), as a ``mean_type``."""
+
+    @abc.abstractmethod
+    def _log_base_measure(self, x: Sample) -> Tensor:
+        """log h(θ)."""
+
+    @abc.abstractmethod
+    def _log_partition(self, nat: tuple) -> Tensor:
+        """A(λ), one value per batch element."""
+
+    @abc.abstractmethod
+    def _nat_to_mean(self, nat: tuple) -> tuple:
+        """μ = ∇A(λ) in closed form."""
+
+    @abc.abstractmethod
+    def _mean_to_nat(self, mean: tuple) -> tuple:
+        """λ = (∇A)⁻¹(μ)."""
+
+    @abc.abstractmethod
+    def _expected_log_base_measure(self, nat: tuple) -> Tensor:
+        """E_q[log h(θ)]."""
+
+    @abc.abstractmethod
+    def _neg_entropy_grad(self, nat: tuple) -> tuple:
+        """∇_μ(−H(q)) = λ + ∇_μ E_q[log h(θ)], as a ``nat_type``."""
+
+    @abc.abstractmethod
+    def _entropy(self, nat: tuple) -> Tensor:
+        """H(q) = −E_q[log q(θ)]."""
+
+    @abc.abstractmethod
+    def _kl(self, nat_p: tuple, nat_q: tuple) -> Tensor:
+        """KL(p ‖ q)."""
+
+    @abc.abstractmethod
+    def _sample(
+        self, nat: tuple, sample_shape: tuple[int, ...], generator: torch.Generator | None
+    ) -> Sample:
+        """Draws of shape ``sample_shape + batch_shape + event_shape``; differentiable in λ
+        when ``has_rsample``."""
+
+    @abc.abstractmethod
+    def _check_nat(self, nat: tuple, name: str) -> None:
+        """Raise ValueError naming ``name`` and the constraint if λ is outside the domain or the
+        event shapes of the fields disagree."""
+
+    @abc.abstractmethod
+    def _check_mean(self, mean: tuple, name: str) -> None:
+        """Raise ValueError naming ``name`` and the constraint if μ is outside the mean domain."""
+
+    @abc.abstractmethod
+    def example_nat(
+        self,
+        batch_shape: Sequence[int] = (),
+        dim: int = 3,
+        *,
+        extreme: bool = False,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple:
+        """A random valid λ (for examples and tests). ``dim`` sets the event size of vector
+        families; ``extreme=True`` draws from the extreme ranges the family supports (e.g. logits
+        ±50, precisions 1e-6…1e6)."""
+
+    def _log_prob(self, nat: tuple, x: Sample) -> Tensor:
+        return (
+            inner(nat, self._suff_stats(x), self.event_ndims)
+            - self._log_partition(nat)
+            + self._log_base_measure(x)
+        )
+
+    def _check_point(self, x: Sample, name: str) -> None:  # noqa: B027 - optional hook
+        """Raise ValueError if ``x`` is outside the support (families with a discrete support)."""
+
+    def _to_torch(self, nat: tuple) -> torch.distributions.Distribution | None:
+        """The equivalent ``torch.distributions`` object, or None if there is none."""
+        return None
+
+    # ------------------------------------------------------------------ public, validated
+    def suff_stats(self, x: Sample) -> tuple:
+        """Sufficient statistics T(θ) as a ``mean_type`` (batch shape of ``x``)."""
+        self._validate_point(x, "x")
+        return self._suff_stats(x)
+
+    def log_base_measure(self, x: Sample) -> Tensor:
+        """log h(θ)."""
+        self._validate_point(x, "x")
+        return self._log_base_measure(x)
+
+    def log_partition(self, nat: tuple) -> Tensor:
+        """A(λ), shape ``batch_shape``."""
+        self.validate_nat(nat)
+        return self._log_partition(nat)
+
+    def nat_to_mean(self, nat: tuple) -> tuple:
+        """μ = ∇A(λ) = E_q[T(θ)]."""
+        self.validate_nat(nat)
+        return self._nat_to_mean(nat)
+
+    def mean_to_nat(self, mean: tuple) -> tuple:
+        """λ = (∇A)⁻¹(μ) = ∇A*(μ)."""
+        self.validate_mean(mean)
+        return self._mean_to_nat(mean)
+
+    def expected_log_base_measure(self, nat: tuple) -> Tensor:
+        """E_q[log h(θ)]."""
+        self.validate_nat(nat)
+        return self._expected_log_base_measure(nat)
+
+    def neg_entropy_grad(self, nat: tuple) -> tuple:
+        """∇_μ(−H(q)) = λ + ∇_μE_q[log h], the entropy's part of the BLR's natural gradient.
+
+        It is λ for families with a constant base measure and 0 for the fixed-covariance
+        Gaussian."""
+        self.validate_nat(nat)
+        return self._neg_entropy_grad(nat)
+
+    def entropy(self, nat: tuple) -> Tensor:
+        """H(q) = A(λ) − <λ, μ> − E_q[log h], computed in closed form."""
+        self.validate_nat(nat)
+        return self._entropy(nat)
+
+    def kl(self, nat_p: tuple, nat_q: tuple) -> Tensor:
+        """KL(p ‖ q) for p = q_{λ_p}, q = q_{λ_q} of this family."""
+        self.validate_nat(nat_p, "nat_p")
+        self.validate_nat(nat_q, "nat_q")
+        bp, bq = self.batch_shape(nat_p), self.batch_shape(nat_q)
+        try:
+            torch.broadcast_shapes(bp, bq)
+        except RuntimeError:
+            raise ValueError(
+                f"nat_p and nat_q have batch shapes {tuple(bp)} and {tuple(bq)}, which do not "
+                "broadcast"
+            ) from None
+        if nat_p[0].dtype != nat_q[0].dtype or nat_p[0].device != nat_q[0].device:
+            raise TypeError(
+                f"nat_p and nat_q must share dtype and device, got {nat_p[0].dtype} on "
+                f"{nat_p[0].device} and {nat_q[0].dtype} on {nat_q[0].device}"
+            )
+        return self._kl(nat_p, nat_q)
+
+    def log_prob(self, nat: tuple, x: Sample) -> Tensor:
+        """log q(θ) = <λ, T(θ)> − A(λ) + log h(θ)."""
+        self.validate_nat(nat)
+        self._validate_point(x, "x")
+        return self._log_prob(nat, x)
+
+    def sample(
+        self,
+        nat: tuple,
+        sample_shape: Sequence[int] = (),
+        generator: torch.Generator | None = None,
+    ) -> Sample:
+        """Draws θ ~ q_λ, shape ``sample_shape + batch_shape + event_shape``, without gradient."""
+        self.validate_nat(nat)
+        with torch.no_grad():
+            return self._sample(nat, tuple(sample_shape), generator)
+
+    def rsample(
+        self,
+        nat: tuple,
+        sample_shape: Sequence[int] = (),
+        generator: torch.Generator | None = None,
+    ) -> Sample:
+        """Reparameterized draws: differentiable in λ. Only for families with ``has_rsample``."""
+        if not self.has_rsample:
+            raise NotImplementedError(
+                f"{self.name} has no reparameterized sampler (its support is discrete); use "
+                "sample() with a score-function or relaxed estimator instead"
+            )
+        self.validate_nat(nat)
+        return self._sample(nat, tuple(sample_shape), generator)
+
+    def to_torch(self, nat: tuple) -> torch.distributions.Distribution:
+        """The equivalent ``torch.distributions`` object (for interop and as a test oracle)."""
+        self.validate_nat(nat)
+        dist = self._to_torch(nat)
+        if dist is None:
+            raise NotImplementedError(f"{self.name} has no torch.distributions equivalent")
+        return dist
+
+    @property
+    def has_torch_twin(self) -> bool:
+        """Whether :meth:`to_torch` is available."""
+        return type(self)._to_torch is not ExpFamily._to_torch
+
+    def batch_shape(self, nat: tuple) -> torch.Size:
+        """The batch shape of λ (or μ): the leading dimensions of its fields."""
+        x, k = nat[0], self.event_ndims[0]
+        return x.shape[: x.ndim - k]
+
+    # ------------------------------------------------------------------ validation
+    def validate_nat(self, nat: tuple, name: str = "nat") -> None:
+        """Check type, dtype, device, shapes and domain of λ; raise TypeError / ValueError that
+        name ``name`` and the violated constraint."""
+        self._validate_struct(nat, self.nat_type, name)
+        if _VALIDATE:
+            self._check_nat(nat, name)
+
+    def validate_mean(self, mean: tuple, name: str = "mean") -> None:
+        """Check type, dtype, device, shapes and domain of μ."""
+        self._validate_struct(mean, self.mean_type, name)
+        if _VALIDATE:
+            self._check_mean(mean, name)
+
+    def _validate_point(self, x: Sample, name: str) -> None:
+        if _VALIDATE:
+            self._check_point(x, name)
+
+    def _validate_struct(self, params: Any, kind: type, name: str) -> None:
+        if not isinstance(params, kind):
+            raise TypeError(
+                f"{name} must be a {kind.__name__} for the {self.name} family, "
+                f"got {type(params).__name__}"
+            )
+        first = None
+        for field, value, k in zip(params._fields, params, self.event_ndims):
+            where = f"{name}.{field}"
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{where} must be a torch.Tensor, got {type(value).__name__}")
+            if not value.is_floating_point():
+                raise TypeError(f"{where} must be a floating-point tensor, got {value.dtype}")
+            if value.ndim < k:
+                raise ValueError(
+                    f"{where} must have at least {k} (event) dimension(s), got shape "
+                    f"{tuple(value.shape)}"
+                )
+            if first is None:
+                first = (field, value, value.shape[: value.ndim - k])
+                continue
+            f0, v0, batch0 = first
+            if value.dtype != v0.dtype:
+                raise TypeError(
+                    f"{where} has dtype {value.dtype} but {name}.{f0} has {v0.dtype}; "
+                    "all fields must share one dtype"
+                )
+            if value.device != v0.device:
+                raise TypeError(
+                    f"{where} is on {value.device} but {name}.{f0} is on {v0.device}; "
+                    "all fields must share one device"
+                )
+            batch = value.shape[: value.ndim - k]
+            if batch != batch0:
+                raise ValueError(
+                    f"{where} has batch shape {tuple(batch)} but {name}.{f0} has "
+                    f"{tuple(batch0)}; all fields must share one batch shape"
+                )
+
+
+def check_finite(x: Tensor, where: str) -> None:
+    """Raise ValueError if ``x`` has a NaN or infinite entry."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{where} must be finite, got NaN or Inf entries")
+
+
+def check_positive(x: Tensor, where: str, what: str = "> 0") -> None:
+    """Raise ValueError unless every entry of ``x`` is finite and positive."""
+    check_finite(x, where)
+    if not (x > 0).all():
+        raise ValueError(f"{where} must be {what}, got min {x.min().item():.6g}")
+
+
+def check_event_dim(x: Tensor, size: int, where: str, what: str, dim: int = -1) -> None:
+    """Raise ValueError unless ``x.shape[dim] == size``."""
+    if x.shape[dim] != size:
+        raise ValueError(f"{where} must have {what} = {size}, got shape {tuple(x.shape)}")

@@ -1,0 +1,236 @@
+"""Bad input raises TypeError / ValueError that names the argument and the constraint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import expfam
+from expfam import (
+    BernoulliNat,
+    BetaMean,
+    BetaNat,
+    CategoricalMean,
+    CategoricalNat,
+    DiagMean,
+    DiagNat,
+    DirichletMean,
+    DirichletNat,
+    FixedCovGaussian,
+    FixedCovNat,
+    FullMean,
+    FullNat,
+    GammaMean,
+    GammaNat,
+    PoissonMean,
+    PoissonNat,
+)
+from tests.expfam.families import ALL, IDS
+from tests.expfam.test_contract import nat_for
+
+f64 = torch.float64
+MULTI = [(i, f) for i, f in zip(IDS, ALL) if len(f.nat_type._fields) > 1]
+
+
+def _nat(name):
+    fam = expfam.FAMILIES[name]
+    return fam, nat_for(fam, batch=(2,), dim=3)
+
+
+@pytest.mark.parametrize("family", ALL, ids=IDS)
+def test_wrong_parameter_type_is_a_type_error_naming_the_argument(family):
+    nat = nat_for(family)
+    wrong = expfam.DiagNat(torch.zeros(2), -torch.ones(2))
+    if isinstance(nat, expfam.DiagNat):
+        wrong = expfam.FullNat(torch.zeros(2), -torch.eye(2))
+    with pytest.raises(TypeError, match=rf"nat must be a {family.nat_type.__name__}"):
+        family.entropy(wrong)
+    with pytest.raises(TypeError, match=rf"nat_q must be a {family.nat_type.__name__}"):
+        family.kl(nat, tuple(nat))
+    with pytest.raises(TypeError, match=rf"mean must be a {family.mean_type.__name__}"):
+        family.mean_to_nat(tuple(family.nat_to_mean(nat)))
+
+
+@pytest.mark.parametrize("family", ALL, ids=IDS)
+def test_integer_fields_are_a_type_error(family):
+    nat = nat_for(family)
+    bad = family.nat_type(*(t.long() if i == 0 else t for i, t in enumerate(nat)))
+    field = family.nat_type._fields[0]
+    with pytest.raises(TypeError, match=rf"nat\.{field} must be a floating-point tensor"):
+        family.log_partition(bad)
+
+
+@pytest.mark.parametrize("family", [f for _, f in MULTI], ids=[i for i, _ in MULTI])
+def test_mixed_dtypes_and_batch_shapes_are_rejected(family):
+    nat = nat_for(family, batch=(2,))
+    fields = family.nat_type._fields
+    mixed = family.nat_type(*(t.float() if i == 1 else t for i, t in enumerate(nat)))
+    with pytest.raises(TypeError, match=rf"nat\.{fields[1]} has dtype torch.float32"):
+        family.nat_to_mean(mixed)
+    short = family.nat_type(*(t[:1] if i == 1 else t for i, t in enumerate(nat)))
+    with pytest.raises(ValueError, match=rf"nat\.{fields[1]} has batch shape"):
+        family.nat_to_mean(short)
+
+
+@pytest.mark.parametrize("family", ALL, ids=IDS)
+def test_kl_requires_one_dtype(family):
+    p = nat_for(family)
+    q = family.nat_type(*(t.float() for t in p))
+    with pytest.raises(TypeError, match="nat_p and nat_q must share dtype and device"):
+        family.kl(p, q)
+
+
+def _full_bad_prec():
+    return FullNat(torch.zeros(2, dtype=f64), torch.tensor([[-1.0, 0], [0, 2.0]], dtype=f64))
+
+
+def _full_asym():
+    return FullNat(torch.zeros(2, dtype=f64), torch.tensor([[-1.0, 0.5], [0, -1.0]], dtype=f64))
+
+
+DOMAIN_CASES = [
+    ("gaussian_full", _full_bad_prec, r"nat\.lam2 must be negative definite"),
+    ("gaussian_full", _full_asym, r"nat\.lam2 must be symmetric"),
+    (
+        "gaussian_full",
+        lambda: FullNat(torch.zeros(3, dtype=f64), -torch.eye(2, dtype=f64)),
+        r"nat\.lam2 must have event shape \(d, d\) = \(3, 3\)",
+    ),
+    (
+        "gaussian_diag",
+        lambda: DiagNat(torch.zeros(2, dtype=f64), torch.tensor([-1.0, 0.0], dtype=f64)),
+        r"nat\.lam2 must be < 0",
+    ),
+    (
+        "gaussian_diag",
+        lambda: DiagNat(torch.tensor([0.0, float("nan")], dtype=f64), -torch.ones(2, dtype=f64)),
+        r"nat\.lam1 must be finite",
+    ),
+    (
+        "bernoulli",
+        lambda: BernoulliNat(torch.tensor([0.0, float("inf")], dtype=f64)),
+        r"nat\.lam1 must be finite",
+    ),
+    (
+        "categorical",
+        lambda: CategoricalNat(torch.tensor([float("nan")], dtype=f64)),
+        r"nat\.lam1 must be finite",
+    ),
+    (
+        "beta",
+        lambda: BetaNat(torch.tensor([0.5], dtype=f64), torch.tensor([-1.5], dtype=f64)),
+        r"nat\.lam2 must be > -1 \(concentration beta = lam2 \+ 1 > 0\)",
+    ),
+    (
+        "gamma",
+        lambda: GammaNat(torch.tensor([0.5], dtype=f64), torch.tensor([2.0], dtype=f64)),
+        r"nat\.lam2 must be < 0 \(rate b = −lam2 > 0\)",
+    ),
+    (
+        "gamma",
+        lambda: GammaNat(torch.tensor([-2.0], dtype=f64), torch.tensor([-1.0], dtype=f64)),
+        r"nat\.lam1 must be > -1 \(shape a = lam1 \+ 1 > 0\)",
+    ),
+    (
+        "dirichlet",
+        lambda: DirichletNat(torch.tensor([0.5, -3.0], dtype=f64)),
+        r"nat\.lam1 must be > -1 \(concentration alpha = lam1 \+ 1 > 0\)",
+    ),
+    (
+        "dirichlet",
+        lambda: DirichletNat(torch.tensor([0.5], dtype=f64)),
+        r"nat\.lam1 must have K ≥ 2 categories",
+    ),
+    (
+        "poisson",
+        lambda: PoissonNat(torch.tensor([30.0], dtype=f64)),
+        r"nat\.lam1 must be ≤ log\(1e8\)",
+    ),
+]
+
+MEAN_CASES = [
+    (
+        "gaussian_diag",
+        lambda: DiagMean(torch.ones(2, dtype=f64), torch.ones(2, dtype=f64)),
+        r"mean\.mu2 − mean\.mu1² must be > 0",
+    ),
+    (
+        "gaussian_full",
+        lambda: FullMean(torch.ones(2, dtype=f64), torch.eye(2, dtype=f64)),
+        r"mean\.mu2 − mean\.mu1 mean\.mu1ᵀ must be positive definite",
+    ),
+    (
+        "categorical",
+        lambda: CategoricalMean(torch.tensor([0.6, 0.5], dtype=f64)),
+        r"mean\.mu1 must hold K − 1 positive probabilities with sum < 1",
+    ),
+    ("poisson", lambda: PoissonMean(torch.tensor([0.0], dtype=f64)), r"mean\.mu1 must be > 0"),
+    (
+        "beta",
+        lambda: BetaMean(torch.tensor([-0.1], dtype=f64), torch.tensor([-0.1], dtype=f64)),
+        r"exp\(mu1\) \+ exp\(mu2\) < 1",
+    ),
+    (
+        "gamma",
+        lambda: GammaMean(torch.tensor([1.0], dtype=f64), torch.tensor([1.0], dtype=f64)),
+        r"mean\.mu1 must be < log\(mean\.mu2\)",
+    ),
+    (
+        "dirichlet",
+        lambda: DirichletMean(torch.tensor([-0.1, -0.2], dtype=f64)),
+        r"logsumexp\(mu1\) < 0",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,make,message", DOMAIN_CASES)
+def test_nat_outside_the_domain_is_a_value_error(name, make, message):
+    fam = expfam.FAMILIES[name]
+    with pytest.raises(ValueError, match=message):
+        fam.entropy(make())
+
+
+@pytest.mark.parametrize("name,make,message", MEAN_CASES)
+def test_mean_outside_the_domain_is_a_value_error(name, make, message):
+    fam = expfam.FAMILIES[name]
+    with pytest.raises(ValueError, match=message):
+        fam.mean_to_nat(make())
+
+
+def test_fixed_cov_arguments_are_checked():
+    with pytest.raises(ValueError, match="cov must be > 0"):
+        FixedCovGaussian(cov=-1.0)
+    with pytest.raises(ValueError, match="cov must be symmetric positive definite"):
+        FixedCovGaussian(cov=torch.tensor([[1.0, 2.0], [2.0, 1.0]]))
+    fam = FixedCovGaussian(cov=torch.eye(3))
+    with pytest.raises(ValueError, match=r"nat\.lam1 must have event size d = 3"):
+        fam.entropy(FixedCovNat(torch.zeros(2)))
+
+
+def test_mixture_component_precision_is_checked_by_name():
+    fam = expfam.FAMILIES["mixture_full"]
+    nat = nat_for(fam, batch=(), dim=2)
+    bad = nat._replace(lam2=nat.lam2.clone())
+    bad.lam2[1] = -bad.lam2[1]
+    with pytest.raises(ValueError, match=r"nat\.lam2 must be negative definite"):
+        fam.entropy(bad)
+
+
+def test_validation_can_be_switched_off_and_on():
+    fam = expfam.FAMILIES["gaussian_diag"]
+    bad = DiagNat(torch.zeros(2, dtype=f64), torch.ones(2, dtype=f64))
+    expfam.set_validation(False)
+    try:
+        assert not expfam.validation_enabled()
+        fam.log_partition(bad)  # no check: the caller vouches for λ (the result is NaN)
+    finally:
+        expfam.set_validation(True)
+    with pytest.raises(ValueError):
+        fam.log_partition(bad)
+
+
+def test_register_rejects_duplicates_and_non_families():
+    with pytest.raises(ValueError, match="already registered"):
+        expfam.register(expfam.DiagGaussian())
+    with pytest.raises(TypeError, match="ExpFamily instance"):
+        expfam.register("gaussian")

@@ -1,0 +1,30 @@
+"""The ``blr`` console entry point: help and version."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import expfam
+from blr.cli import main
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    assert "usage: blr" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"blr {expfam.__version__}"
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "blr.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "Bayesian Learning Rule" in out.stdout

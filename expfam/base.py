@@ -47,7 +47,7 @@ class Tolerances:
 
     closed64: float = 1e-10
     closed32: float = 1e-5
-    roundtrip: float = 1e-9
+    roundtrip: float = 1e-12
 
 
 Sample = Any  # a point θ of the family's space: a Tensor, or a NamedTuple for joint families

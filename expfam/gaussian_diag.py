@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from expfam._tree import sum_event
-from expfam.base import ExpFamily, Tolerances, check_finite, check_positive
+from expfam.base import ExpFamily, check_finite, check_positive
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -56,7 +56,6 @@ class DiagGaussian(ExpFamily):
     mean_type = DiagMean
     event_ndims = (1, 1)
     has_rsample = True
-    tolerances = Tolerances(roundtrip=1e-8)
 
     # conversions to and from (m, s)
     def from_moments(self, m: Tensor, prec: Tensor) -> DiagNat:

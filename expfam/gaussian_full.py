@@ -82,7 +82,7 @@ class FullGaussian(ExpFamily):
     mean_type = FullMean
     event_ndims = (1, 2)
     has_rsample = True
-    tolerances = Tolerances(roundtrip=1e-7)
+    tolerances = Tolerances(roundtrip=1e-11)
 
     def from_moments(self, m: Tensor, prec: Tensor) -> FullNat:
         """λ from the mean ``m`` (``(*batch, d)``) and the precision ``prec``

@@ -82,7 +82,7 @@ class Mixture(ExpFamily):
     mean_type = MixtureMean
     nat_type = MixtureNat
     has_rsample = False
-    tolerances = Tolerances(roundtrip=1e-7)
+    tolerances = Tolerances(roundtrip=1e-10)
 
     def __init__(self, component: FullGaussian | DiagGaussian | None = None) -> None:
         component = FullGaussian() if component is None else component

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from expfam.base import ExpFamily, Tolerances, check_finite, check_positive
+from expfam.base import ExpFamily, check_finite, check_positive
 
 
 class PoissonNat(NamedTuple):
@@ -68,7 +68,6 @@ class Poisson(ExpFamily):
     mean_type = PoissonMean
     event_ndims = (0,)
     has_rsample = False
-    tolerances = Tolerances(closed64=1e-10, closed32=1e-5, roundtrip=1e-12)
 
     # the contract
     def _suff_stats(self, x: Tensor) -> PoissonMean:

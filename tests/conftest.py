@@ -12,3 +12,11 @@ import sys
 
 # tests import the packages from the checkout even when it is not installed
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from hypothesis import settings
+
+# Property tests draw their examples from a fixed seed so CI is reproducible; run with
+# ``--hypothesis-profile=explore`` to search fresh examples.
+settings.register_profile("default", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, max_examples=200, print_blob=True)
+settings.load_profile("default")

@@ -9,7 +9,7 @@ drives the contract test suite, so a new family is one file plus one line below.
 from __future__ import annotations
 
 from expfam import generic
-from expfam.base import ExpFamily, Tolerances, set_validation, validation_enabled
+from expfam.base import ExpFamily, GaussianLike, Tolerances, set_validation, validation_enabled
 from expfam.bernoulli import Bernoulli, BernoulliMean, BernoulliNat
 from expfam.beta import Beta, BetaMean, BetaNat
 from expfam.categorical import Categorical, CategoricalMean, CategoricalNat
@@ -80,6 +80,7 @@ __all__ = [
     "Gamma",
     "GammaMean",
     "GammaNat",
+    "GaussianLike",
     "Mixture",
     "MixtureMean",
     "MixtureNat",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -350,3 +350,30 @@ def check_event_dim(x: Tensor, size: int, where: str, what: str, dim: int = -1) 
     """Raise ValueError unless ``x.shape[dim] == size``."""
     if x.shape[dim] != size:
         raise ValueError(f"{where} must have {what} = {size}, got shape {tuple(x.shape)}")
+
+
+@runtime_checkable
+class GaussianLike(Protocol):
+    """Capability of the Gaussian families: the Bonnet/Price chain rule and the reparameterization.
+
+    ``hessian_event_ndim`` is 2 (full Hessians), 1 (diagonal) or None (the fixed-covariance family
+    ignores curvature). With ĝ ≈ E_q[∇ℓ] and Ĥ ≈ E_q[∇²ℓ]:
+
+    .. math:: \\nabla_{\\mu_1}\\mathbb{E}_q[\\ell] = \\hat g - \\hat H m,\\qquad
+              \\nabla_{\\mu_2}\\mathbb{E}_q[\\ell] = \\tfrac12 \\hat H.
+    """
+
+    hessian_event_ndim: int | None
+
+    def location(self, nat: Any) -> Tensor:
+        """The mean m."""
+
+    def reparam(self, nat: Any, z: Tensor) -> Tensor:
+        """θ = m + Σ^{1/2} z for standard-normal ``z`` (``(*sample, *batch, d)``),
+        differentiable in λ."""
+
+    def mean_grad_from_gh(self, nat: Any, g_hat: Tensor, h_hat: Tensor | None) -> Any:
+        """∇_μ E_q[ℓ] from (ĝ, Ĥ), as a container of the ``nat_type`` (λ-space shaped)."""
+
+    def gh_from_mean_grad(self, nat: Any, grad: Any) -> tuple[Tensor, Tensor | None]:
+        """(ĝ, Ĥ) from ∇_μ E_q[ℓ]: the inverse of :meth:`mean_grad_from_gh`."""

@@ -69,6 +69,27 @@ class DiagGaussian(ExpFamily):
         prec = -2 * nat.lam2
         return nat.lam1 / prec, prec
 
+    # GaussianLike: Bonnet/Price chain rule and reparameterization
+    hessian_event_ndim = 1
+
+    def location(self, nat: DiagNat) -> Tensor:
+        """The mean m = −lam1 / (2 lam2)."""
+        return -0.5 * nat.lam1 / nat.lam2
+
+    def reparam(self, nat: DiagNat, z: Tensor) -> Tensor:
+        """θ = m + z / √s, differentiable in λ."""
+        s = -2 * nat.lam2
+        return nat.lam1 / s + z * torch.rsqrt(s)
+
+    def mean_grad_from_gh(self, nat: DiagNat, g_hat: Tensor, h_hat: Tensor) -> DiagNat:
+        """∇_μ E_q[ℓ] = (ĝ − ĥ ⊙ m, ½ ĥ) for the diagonal Hessian estimate ĥ."""
+        return DiagNat(g_hat - h_hat * self.location(nat), 0.5 * h_hat)
+
+    def gh_from_mean_grad(self, nat: DiagNat, grad: DiagNat) -> tuple[Tensor, Tensor]:
+        """(ĝ, ĥ) = (∇_{μ1} + 2∇_{μ2} ⊙ m, 2∇_{μ2})."""
+        h_hat = 2 * grad.lam2
+        return grad.lam1 + h_hat * self.location(nat), h_hat
+
     # the contract
     def _suff_stats(self, x: Tensor) -> DiagMean:
         return DiagMean(x, x * x)

@@ -111,6 +111,30 @@ class FixedCovGaussian(ExpFamily):
         flat = x.reshape(-1, x.shape[-1]).mT
         return torch.linalg.solve_triangular(chol, flat, upper=False).mT.reshape(x.shape)
 
+    # GaussianLike: Bonnet chain rule and reparameterization
+    hessian_event_ndim = None
+
+    def location(self, nat: FixedCovNat) -> Tensor:
+        """The mean m = Σ₀ lam1."""
+        return self._cov_mv(nat.lam1)
+
+    def reparam(self, nat: FixedCovNat, z: Tensor) -> Tensor:
+        """θ = m + L₀ z with Σ₀ = L₀L₀ᵀ, differentiable in λ."""
+        m = self._cov_mv(nat.lam1)
+        if self._cov_chol is None:
+            return m + math.sqrt(self._scale) * z
+        return m + z @ self._cov_chol.to(m).mT
+
+    def mean_grad_from_gh(
+        self, nat: FixedCovNat, g_hat: Tensor, h_hat: Tensor | None = None
+    ) -> FixedCovNat:
+        """∇_μ E_q[ℓ] = ĝ (Bonnet; μ = m, the curvature does not enter)."""
+        return FixedCovNat(g_hat)
+
+    def gh_from_mean_grad(self, nat: FixedCovNat, grad: FixedCovNat) -> tuple[Tensor, None]:
+        """(ĝ, None)."""
+        return grad.lam1, None
+
     # the contract
     def _suff_stats(self, x: Tensor) -> FixedCovMean:
         return FixedCovMean(x)
@@ -150,16 +174,9 @@ class FixedCovGaussian(ExpFamily):
         return -0.5 * w.square().sum(-1) - 0.5 * self._logdet_2pi_cov(x.shape[-1], x)
 
     def _sample(self, nat: FixedCovNat, sample_shape, generator) -> Tensor:
-        m = self._cov_mv(nat.lam1)
-        z = torch.randn(
-            tuple(sample_shape) + tuple(m.shape),
-            dtype=m.dtype,
-            device=m.device,
-            generator=generator,
-        )
-        if self._cov_chol is None:
-            return m + math.sqrt(self._scale) * z
-        return m + z @ self._cov_chol.to(m).mT
+        shape = tuple(sample_shape) + tuple(nat.lam1.shape)
+        z = torch.randn(shape, dtype=nat.lam1.dtype, device=nat.lam1.device, generator=generator)
+        return self.reparam(nat, z)
 
     def _check_nat(self, nat: FixedCovNat, name: str) -> None:
         if self._cov is not None and nat.lam1.shape[-1] != self._cov.shape[0]:

@@ -101,6 +101,30 @@ class FullGaussian(ExpFamily):
         m = torch.cholesky_solve(nat.lam1.unsqueeze(-1), chol).squeeze(-1)
         return m, chol
 
+    # GaussianLike: Bonnet/Price chain rule and reparameterization
+    hessian_event_ndim = 2
+
+    def location(self, nat: FullNat) -> Tensor:
+        """The mean m = S⁻¹ lam1 (Cholesky solve)."""
+        return self.mean_and_chol(nat)[0]
+
+    def reparam(self, nat: FullNat, z: Tensor) -> Tensor:
+        """θ = m + L⁻ᵀ z with S = L Lᵀ (so Cov θ = S⁻¹), differentiable in λ."""
+        m, chol = self.mean_and_chol(nat)
+        upper = chol.mT.expand(*z.shape[:-1], *chol.shape[-2:])
+        return m + torch.linalg.solve_triangular(upper, z.unsqueeze(-1), upper=True).squeeze(-1)
+
+    def mean_grad_from_gh(self, nat: FullNat, g_hat: Tensor, h_hat: Tensor) -> FullNat:
+        """∇_μ E_q[ℓ] = (ĝ − Ĥ m, ½ Ĥ) for a symmetric Hessian estimate Ĥ."""
+        m = self.location(nat)
+        return FullNat(g_hat - (h_hat @ m.unsqueeze(-1)).squeeze(-1), 0.5 * h_hat)
+
+    def gh_from_mean_grad(self, nat: FullNat, grad: FullNat) -> tuple[Tensor, Tensor]:
+        """(ĝ, Ĥ) = (∇_{μ1} + 2∇_{μ2} m, 2∇_{μ2})."""
+        h_hat = 2 * _sym(grad.lam2)
+        m = self.location(nat)
+        return grad.lam1 + (h_hat @ m.unsqueeze(-1)).squeeze(-1), h_hat
+
     # the contract
     def _suff_stats(self, x: Tensor) -> FullMean:
         return FullMean(x, x.unsqueeze(-1) * x.unsqueeze(-2))
@@ -156,11 +180,9 @@ class FullGaussian(ExpFamily):
         return -0.5 * r.square().sum(-1) + half_logdet - 0.5 * x.shape[-1] * _LOG_2PI
 
     def _sample(self, nat: FullNat, sample_shape, generator) -> Tensor:
-        m, chol = self.mean_and_chol(nat)
-        shape = tuple(sample_shape) + tuple(m.shape)
-        z = torch.randn(shape, dtype=m.dtype, device=m.device, generator=generator)
-        upper = chol.mT.expand(*shape[:-1], *chol.shape[-2:])
-        return m + torch.linalg.solve_triangular(upper, z.unsqueeze(-1), upper=True).squeeze(-1)
+        shape = tuple(sample_shape) + tuple(nat.lam1.shape)
+        z = torch.randn(shape, dtype=nat.lam1.dtype, device=nat.lam1.device, generator=generator)
+        return self.reparam(nat, z)
 
     def _check_nat(self, nat: FullNat, name: str) -> None:
         d = nat.lam1.shape[-1]

@@ -1,12 +1,49 @@
 """blr: the Bayesian learning rule, λ ← λ − ρ ∇_μ(E_q[ℓ] − H(q)), over the families of
 :mod:`expfam`.
 
-This package holds the engine, its fused kernels and the torch.optim drop-ins; they arrive with
-the issues that build them. For now it provides the ``blr`` command line.
+- :func:`step` — the generic rule for any family (the executable spec), :class:`BLR` — the same as a
+  stateful optimizer with schedules, momentum and a running objective;
+- estimators of ∇_μE_q[ℓ]: :class:`Exact`, :class:`Reparam`, :class:`Delta`,
+  :class:`BonnetPrice`, :class:`ScoreFunction`, :class:`GumbelSoftmax` (+ :class:`ModelLoss`);
+- the Gaussian (m, S)-form with its options: :func:`gaussian_step`, :class:`GaussianOptions`;
+- :mod:`blr.schedules` (constant, bias correction as ρ_t).
 """
 
 from __future__ import annotations
 
+from blr import schedules
+from blr.engine import objective, step, step_with_estimate
+from blr.estimators import (
+    BonnetPrice,
+    Delta,
+    Estimate,
+    Estimator,
+    Exact,
+    GumbelSoftmax,
+    ModelLoss,
+    Reparam,
+    ScoreFunction,
+)
+from blr.gaussian import GaussianOptions, gaussian_step
+from blr.rule import BLR
 from expfam import __version__
 
-__all__ = ["__version__"]
+__all__ = [
+    "BLR",
+    "BonnetPrice",
+    "Delta",
+    "Estimate",
+    "Estimator",
+    "Exact",
+    "GaussianOptions",
+    "GumbelSoftmax",
+    "ModelLoss",
+    "Reparam",
+    "ScoreFunction",
+    "__version__",
+    "gaussian_step",
+    "objective",
+    "schedules",
+    "step",
+    "step_with_estimate",
+]

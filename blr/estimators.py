@@ -440,7 +440,9 @@ class ScoreFunction(Estimator):
             t = flatten(family._suff_stats(theta), family.event_ndims).to(nat[0].dtype)
         mu = flatten(family._nat_to_mean(nat), family.event_ndims)
         b = (values.sum(0, keepdim=True) - values) / (k - 1) if self.baseline else 0.0
-        score = ((values - b).unsqueeze(-1) * (t - mu)).mean(0)  # ∇_λ E[ℓ]
+        centred = values - b  # (K, *p) with p a prefix of the batch shape
+        centred = centred.reshape(*centred.shape, *([1] * (t.ndim - centred.ndim)))
+        score = (centred * (t - mu)).mean(0)  # ∇_λ E[ℓ] = Cov(ℓ, T), per batch element
         fisher = generic.fisher(family, nat)
         sol = generic._solve_psd(fisher, score)
         return Estimate(unflatten(sol, nat, family.event_ndims), values.mean(0))

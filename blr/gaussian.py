@@ -136,7 +136,7 @@ def gaussian_step(
         big_g = _sym(h_hat) - s
         s_new = s + beta * big_g
         if gamma > 0:
-            s_new = s_new + gamma * (-(prev_nat.lam2 + prev_nat.lam2.mT) - s)
+            s_new = s_new + gamma * (s + (prev_nat.lam2 + prev_nat.lam2.mT))  # γ(S_t − S_{t−1})
         if options.improved:  # ½β² G S⁻¹ G
             s_new = s_new + 0.5 * beta**2 * big_g @ torch.cholesky_solve(big_g, chol)
         s_new = _sym(s_new)
@@ -168,7 +168,7 @@ def gaussian_step(
         big_g = h_hat - s
         s_new = s + beta * big_g
         if gamma > 0:
-            s_new = s_new + gamma * (-2 * prev_nat.lam2 - s)
+            s_new = s_new + gamma * (s + 2 * prev_nat.lam2)  # γ(s_t − s_{t−1})
         if options.improved:
             s_new = s_new + 0.5 * beta**2 * big_g * big_g / s
         mean_prec = s if options.improved and options.improved_mean == "old" else s_new

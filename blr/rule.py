@@ -115,14 +115,15 @@ class BLR:
         check_estimate(family, nat, est)
         if self.gaussian is not None:
             total = est.grad if self.prior is None else tmap(torch.sub, est.grad, self.prior)
+            use_momentum = self.momentum > 0 and self._prev is not None  # none at t = 1
             new = gaussian_step(
                 family,
                 nat,
                 total,
                 rho=rho,
                 options=self.gaussian,
-                momentum=self.momentum,
-                prev_nat=self._prev if self.momentum > 0 else None,
+                momentum=self.momentum if use_momentum else 0.0,
+                prev_nat=self._prev if use_momentum else None,
             )
         else:
             direction = natural_gradient(family, nat, est.grad, self.prior)

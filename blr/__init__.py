@@ -6,12 +6,14 @@
 - estimators of ∇_μE_q[ℓ]: :class:`Exact`, :class:`Reparam`, :class:`Delta`,
   :class:`BonnetPrice`, :class:`ScoreFunction`, :class:`GumbelSoftmax` (+ :class:`ModelLoss`);
 - the Gaussian (m, S)-form with its options: :func:`gaussian_step`, :class:`GaussianOptions`;
-- :mod:`blr.schedules` (constant, bias correction as ρ_t).
+- :mod:`blr.schedules` (constant, bias correction as ρ_t);
+- :mod:`blr.kernels`: fused fast paths, each tested against :func:`step` (batched full-covariance
+  Gaussians: :func:`full_gaussian_step`).
 """
 
 from __future__ import annotations
 
-from blr import schedules
+from blr import kernels, schedules
 from blr.engine import objective, step, step_with_estimate
 from blr.estimators import (
     BonnetPrice,
@@ -25,6 +27,7 @@ from blr.estimators import (
     ScoreFunction,
 )
 from blr.gaussian import GaussianOptions, gaussian_step
+from blr.kernels import FullGaussianState, full_gaussian_step
 from blr.rule import BLR
 from expfam import __version__
 
@@ -35,13 +38,16 @@ __all__ = [
     "Estimate",
     "Estimator",
     "Exact",
+    "FullGaussianState",
     "GaussianOptions",
     "GumbelSoftmax",
     "ModelLoss",
     "Reparam",
     "ScoreFunction",
     "__version__",
+    "full_gaussian_step",
     "gaussian_step",
+    "kernels",
     "objective",
     "schedules",
     "step",

@@ -1,0 +1,14 @@
+"""Fast paths of the BLR for special cases, each tested to equal :func:`blr.step` in its BLR limit.
+
+- :func:`full_gaussian_step` — B independent full-covariance Gaussians in one batched call
+  (Cholesky, triangular solves), CPU and CUDA, on the working representation
+  :class:`FullGaussianState` (m, S, L).
+
+Kernels depend on :mod:`expfam` and torch only (never on the optimizers).
+"""
+
+from __future__ import annotations
+
+from blr.kernels.full_gaussian import FullGaussianState, full_gaussian_step
+
+__all__ = ["FullGaussianState", "full_gaussian_step"]

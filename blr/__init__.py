@@ -6,6 +6,7 @@
 - estimators of ∇_μE_q[ℓ]: :class:`Exact`, :class:`Reparam`, :class:`Delta`,
   :class:`BonnetPrice`, :class:`ScoreFunction`, :class:`GumbelSoftmax` (+ :class:`ModelLoss`);
 - the Gaussian (m, S)-form with its options: :func:`gaussian_step`, :class:`GaussianOptions`;
+- mixtures of Gaussians (BLR_SPEC §1.9): :func:`mixture_step`, :func:`mixture_objective`;
 - :mod:`blr.schedules` (constant, bias correction as ρ_t);
 - :mod:`blr.kernels`: fused fast paths, each tested against :func:`step` (batched full-covariance
   Gaussians: :func:`full_gaussian_step`).
@@ -28,6 +29,12 @@ from blr.estimators import (
 )
 from blr.gaussian import GaussianOptions, gaussian_step
 from blr.kernels import FullGaussianState, full_gaussian_step
+from blr.mixture import (
+    MixtureExpectations,
+    mixture_expectations,
+    mixture_objective,
+    mixture_step,
+)
 from blr.rule import BLR
 from expfam import __version__
 
@@ -41,6 +48,7 @@ __all__ = [
     "FullGaussianState",
     "GaussianOptions",
     "GumbelSoftmax",
+    "MixtureExpectations",
     "ModelLoss",
     "Reparam",
     "ScoreFunction",
@@ -48,6 +56,9 @@ __all__ = [
     "full_gaussian_step",
     "gaussian_step",
     "kernels",
+    "mixture_expectations",
+    "mixture_objective",
+    "mixture_step",
     "objective",
     "schedules",
     "step",

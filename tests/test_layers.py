@@ -11,7 +11,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ALLOWED = {
     "expfam": {"torch", "expfam"},
-    "blr": {"torch", "expfam", "blr", "numpy"},
+    "blr": {"torch", "expfam", "blr", "numpy", "scipy"},
 }
 
 

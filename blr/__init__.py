@@ -5,6 +5,7 @@
   stateful optimizer with schedules, momentum and a running objective;
 - estimators of ∇_μE_q[ℓ]: :class:`Exact`, :class:`Reparam`, :class:`Delta`,
   :class:`BonnetPrice`, :class:`ScoreFunction`, :class:`GumbelSoftmax` (+ :class:`ModelLoss`);
+- :class:`GLMQuadrature` (exact-in-expectation GLM losses) and :func:`laplace`;
 - the Gaussian (m, S)-form with its options: :func:`gaussian_step`, :class:`GaussianOptions`;
 - mixtures of Gaussians (BLR_SPEC §1.9): :func:`mixture_step`, :func:`mixture_objective`;
 - :mod:`blr.schedules` (constant, bias correction as ρ_t);
@@ -14,7 +15,7 @@
 
 from __future__ import annotations
 
-from blr import kernels, schedules
+from blr import kernels, quadrature, schedules
 from blr.engine import objective, step, step_with_estimate
 from blr.estimators import (
     BonnetPrice,
@@ -28,6 +29,7 @@ from blr.estimators import (
     ScoreFunction,
 )
 from blr.gaussian import GaussianOptions, gaussian_step
+from blr.glm import GLMQuadrature, laplace
 from blr.kernels import FullGaussianState, full_gaussian_step
 from blr.mixture import (
     MixtureExpectations,
@@ -46,6 +48,7 @@ __all__ = [
     "Estimator",
     "Exact",
     "FullGaussianState",
+    "GLMQuadrature",
     "GaussianOptions",
     "GumbelSoftmax",
     "MixtureExpectations",
@@ -56,10 +59,12 @@ __all__ = [
     "full_gaussian_step",
     "gaussian_step",
     "kernels",
+    "laplace",
     "mixture_expectations",
     "mixture_objective",
     "mixture_step",
     "objective",
+    "quadrature",
     "schedules",
     "step",
     "step_with_estimate",

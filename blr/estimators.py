@@ -33,6 +33,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from blr.quadrature import sigma_points
 from expfam import Bernoulli, ExpFamily, GaussianLike, generic
 from expfam._tree import flatten, inner, tmap, unflatten
 
@@ -156,14 +157,6 @@ class Exact(Estimator):
 
 
 # ---------------------------------------------------------------------------- Reparam
-def sigma_points(d: int, *, dtype: torch.dtype, device=None) -> tuple[Tensor, Tensor]:
-    """The 2d symmetric points ±√d·e_i with equal weights 1/(2d): mean 0, covariance I, and
-    exact expectations of every polynomial of degree ≤ 3 under N(0, I)."""
-    eye = math.sqrt(d) * torch.eye(d, dtype=dtype, device=device)
-    z = torch.cat([eye, -eye], dim=0)
-    return z, torch.full((2 * d,), 1.0 / (2 * d), dtype=dtype, device=device)
-
-
 class Reparam(Estimator):
     r"""The generic reference estimator: autodiff of a reparameterized Monte Carlo average with μ
     as the autograd leaf,

@@ -33,18 +33,17 @@ are in closed form with the responsibilities r_j(θ) = π_j N_j(θ)/q(θ) and d_
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import numpy as np
-import scipy.special
 import torch
 from torch import Tensor
 
 from blr.engine import check_rho
 from blr.estimators import _hessian_exact, _values
+from blr.quadrature import gauss_hermite_product
 from expfam import DiagGaussian, Mixture, MixtureNat
 from expfam.gaussian_full import _sym
 
@@ -76,27 +75,6 @@ class MixtureExpectations(NamedTuple):
 
 
 # ---------------------------------------------------------------------------- helpers
-@functools.lru_cache(maxsize=32)
-def _hermegauss(n: int) -> tuple[np.ndarray, np.ndarray]:
-    x, w = scipy.special.roots_hermitenorm(n)  # stable for large n, unlike numpy's hermegauss
-    return x, w / w.sum()
-
-
-def _gauss_hermite(n: int, d: int, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
-    """Tensor-product Gauss–Hermite rule for N(0, I_d): nodes ``(n^d, d)``, weights ``(n^d,)``
-    (summing to one); exact for polynomials of degree ≤ 2n − 1 in each coordinate."""
-    x, w = _hermegauss(n)
-    x = torch.as_tensor(x, dtype=dtype, device=device)
-    w = torch.as_tensor(w, dtype=dtype, device=device)
-    if d == 1:
-        return x.unsqueeze(-1), w
-    grids = torch.meshgrid(*([x] * d), indexing="ij")
-    wgrids = torch.meshgrid(*([w] * d), indexing="ij")
-    z = torch.stack([g.reshape(-1) for g in grids], dim=-1)
-    weight = torch.stack([g.reshape(-1) for g in wgrids], dim=-1).prod(-1)
-    return z, weight
-
-
 def _check_options(family, nat, expectation, n_points, weights=None, improved=False) -> int:
     if not isinstance(family, Mixture):
         raise TypeError(f"family must be an expfam.Mixture, got {type(family).__name__}")
@@ -240,7 +218,7 @@ def _points(st: _State, expectation: str, n: int, generator) -> tuple[Tensor, Te
         theta = theta[torch.arange(n, device=device), idx]
         return theta, None
     if expectation == "gh":
-        z, w1 = _gauss_hermite(n, d, dtype, device)
+        z, w1 = gauss_hermite_product(n, d, dtype=dtype, device=device)
         z = z.unsqueeze(-2).expand(-1, k, d)
     else:  # independent draws for each component
         z = torch.randn((n, k, d), dtype=dtype, device=device, generator=generator)

@@ -13,6 +13,8 @@ import sys
 # tests import the packages from the checkout even when it is not installed
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import pytest
+import torch
 from hypothesis import settings
 
 # Property tests draw their examples from a fixed seed so CI is reproducible; run with
@@ -20,3 +22,13 @@ from hypothesis import settings
 settings.register_profile("default", derandomize=True, print_blob=True)
 settings.register_profile("explore", derandomize=False, max_examples=200, print_blob=True)
 settings.load_profile("default")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The tests run thousands of tiny dense operations, where intra-op threads only add wake-up
+    latency (and stall badly on a loaded, shared machine): one thread for the whole session."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

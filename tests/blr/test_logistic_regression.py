@@ -23,16 +23,6 @@ F64 = torch.float64
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny dense problems: extra OpenMP threads only add synchronisation (and are slow on a
-    loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def logistic_problem(n=12, d=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, d, generator=g, dtype=F64) / math.sqrt(d)

@@ -31,16 +31,6 @@ T_M = torch.tensor([-2.0, 1.5], dtype=DT)
 T_SD = torch.tensor([0.5, 0.8], dtype=DT)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Thousands of tiny steps: intra-op threads only add wake-up latency (and stall badly on a
-    loaded machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def row17_loss(theta):
     """ℓ̄ = −log p(θ), written out independently of expfam."""
     x = theta[..., 0:1]

@@ -1,0 +1,114 @@
+r"""Fused updates of the diagonal-Gaussian BLR on flat buffers: the IVON, VON/Vadam and OGN/VOGN
+steps of :mod:`blr.optim`, as pure in-place functions (CPU: vectorized torch ops).
+
+In the IVON parameterization (Shen et al., 2024) the posterior is N(m, diag(σ²)) with
+σ² = 1/(N(h + δ)): ``hess`` h is the precision of the per-example average loss, δ the prior
+precision (``weight_decay``), N the effective sample size (``ess``). One step, from the averaged
+gradient ĝ and a Hessian estimate ĥ (Price/Stein ĥ = N(h + δ)·E[(θ − m)⊙ĝ], or ĝ²):
+
+.. math::
+    \bar g &\leftarrow \beta_1\bar g + (1-\beta_1)\hat g,\\
+    h &\leftarrow \beta_2 h + (1-\beta_2)\hat h
+         \;[+\ \tfrac12(1-\beta_2)^2 (h - \hat h)^2/(h + \delta)],\\
+    m &\leftarrow m - \alpha\,\operatorname{clip}\!\Big(\frac{\bar g/(1-\beta_1^t) + \delta m}
+         {h + \delta},\ \pm r\Big).
+
+BLR limit: with β₁ = 0, r = ∞, α = ρ = 1 − β₂ this is the diagonal Gaussian BLR in (m, S) form
+on ℓ̄ = N·ℓ with S = N(h + δ), Ĥ = N(ĥ + δ), ĝ_total = N(ĝ + δm): :func:`blr.step` without the
+bracketed improved-BLR term, :func:`blr.gaussian_step` with ``improved=True`` with it (tests).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def ivon_noise(
+    hess: Tensor,
+    *,
+    ess: float,
+    weight_decay: float,
+    generator: torch.Generator | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """σ ⊙ z with σ = (N(h + δ))^{-1/2} and z ~ N(0, I): the offset θ − m of a posterior draw.
+
+    Example:
+        >>> h = torch.full((4,), 3.0)
+        >>> n = ivon_noise(h, ess=4.0, weight_decay=1.0, generator=torch.Generator().manual_seed(0))
+        >>> n.shape
+        torch.Size([4])
+    """
+    out = torch.empty_like(hess) if out is None else out
+    torch.randn(hess.shape, generator=generator, out=out, dtype=hess.dtype, device=hess.device)
+    return out.mul_(torch.rsqrt(hess.add(weight_decay).mul_(ess)))
+
+
+def ivon_hess_estimate(
+    stat: Tensor, hess: Tensor, *, ess: float, weight_decay: float, hess_approx: str
+) -> Tensor:
+    """ĥ from the averaged sample statistic: Price/Stein ``stat`` = E[(θ − m)⊙ĝ] ⇒
+    ĥ = N(h + δ)⊙stat; ``"gradsq"``: ``stat`` = E[ĝ²] ⇒ ĥ = N·stat."""
+    if hess_approx == "price":
+        return stat * hess.add(weight_decay).mul_(ess)
+    if hess_approx == "gradsq":
+        return stat * ess
+    raise ValueError(f"hess_approx must be 'price' or 'gradsq', got {hess_approx!r}")
+
+
+@torch.no_grad()
+def ivon_step_(
+    mean: Tensor,
+    momentum: Tensor,
+    hess: Tensor,
+    g_hat: Tensor,
+    h_hat: Tensor,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    step: int,
+    clip_radius: float = math.inf,
+    debias: bool = True,
+    correction: bool = True,
+) -> None:
+    """One IVON update (module docstring), in place on ``mean``, ``momentum`` and ``hess``.
+
+    Args:
+        mean, momentum, hess: flat fp32 state (m, ḡ, h), updated in place.
+        g_hat: ĝ, the gradient averaged over the MC samples.
+        h_hat: ĥ (:func:`ivon_hess_estimate`).
+        lr: α (already rescaled by h₀ + δ if the optimizer asks for it).
+        beta1, beta2: the rates of ḡ and h.
+        weight_decay: δ.
+        step: t ≥ 1 (for the bias correction 1 − β₁^t).
+        clip_radius: r.
+        debias: divide ḡ by 1 − β₁^t.
+        correction: the improved-BLR term that keeps h + δ > 0 for any ĥ.
+
+    Example:
+        >>> m, g, h = torch.zeros(3), torch.zeros(3), torch.ones(3)
+        >>> ivon_step_(m, g, h, torch.ones(3), torch.ones(3), lr=0.1, beta1=0.9, beta2=0.99,
+        ...            weight_decay=0.0, step=1)
+        >>> m
+        tensor([-0.1000, -0.1000, -0.1000])
+    """
+    momentum.mul_(beta1).add_(g_hat, alpha=1.0 - beta1)
+    if correction:
+        diff = hess - h_hat
+        denom = hess + weight_decay
+        hess.mul_(beta2).add_(h_hat, alpha=1.0 - beta2)
+        hess.addcdiv_(diff.square_(), denom, value=0.5 * (1.0 - beta2) ** 2)
+    else:
+        hess.mul_(beta2).add_(h_hat, alpha=1.0 - beta2)
+    bias = 1.0 - beta1**step if debias else 1.0
+    direction = torch.add(momentum, mean, alpha=weight_decay * bias).div_(hess + weight_decay)
+    if bias != 1.0:
+        direction.div_(bias)
+    if math.isfinite(clip_radius):
+        direction.clamp_(-clip_radius, clip_radius)
+    mean.sub_(direction, alpha=lr)

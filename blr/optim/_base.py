@@ -1,0 +1,366 @@
+"""The adapter between ``torch.optim`` and the flat-buffer kernels of :mod:`blr.kernels`.
+
+:class:`SamplingOptimizer` owns what every weight-perturbation optimizer (IVON, VON, VOGN, ...)
+needs: buckets of parameters per (param group, device, dtype) with flat fp32 state, posterior
+draws written into the parameters (``sampled_params``), gradients gathered into flat buffers with
+one multi-tensor copy (no ``torch.cat``), Monte Carlo averaging, non-finite checks, an own random
+generator per device, and a ``state_dict`` that resumes bit-exactly. Subclasses name their state
+buffers, the posterior standard deviation, and the update (a kernel call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_FORMAT = 1
+
+
+class _Bucket:
+    """The trainable parameters of one group on one (device, dtype): flat views of its state."""
+
+    def __init__(self, params: list[torch.nn.Parameter], state_names: tuple[str, ...]) -> None:
+        self.params = params
+        self.device, self.dtype = params[0].device, params[0].dtype
+        self.numels = [p.numel() for p in params]
+        self.numel = sum(self.numels)
+        kw = dict(device=self.device, dtype=torch.float32)
+        self.state = {name: torch.zeros(self.numel, **kw) for name in state_names}
+        self.noise = torch.zeros(self.numel, **kw)
+        self.avg_grad = torch.zeros(self.numel, **kw)
+        self.avg_stat = torch.zeros(self.numel, **kw)
+        self.seen = [False] * len(params)
+        with torch.no_grad():
+            torch._foreach_copy_(self.views(self.state["mean"]), [p.detach() for p in params])
+
+    def views(self, flat: Tensor) -> list[Tensor]:
+        return [v.view(p.shape) for v, p in zip(flat.split(self.numels), self.params)]
+
+    def write_params(self, flat: Tensor) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_([p.data for p in self.params], self.views(flat))
+
+    def gather_grads(self, out: Tensor) -> None:
+        """Flat fp32 gradient into ``out`` (zeros where a parameter has no gradient)."""
+        views, grads = [], []
+        for i, (p, v) in enumerate(zip(self.params, self.views(out))):
+            if p.grad is None:
+                v.zero_()
+            else:
+                views.append(v)
+                grads.append(p.grad)
+                self.seen[i] = True
+        if views:
+            with torch.no_grad():
+                torch._foreach_copy_(views, grads)
+
+
+class SamplingOptimizer(torch.optim.Optimizer):
+    """Base class of the Gaussian weight-perturbation optimizers (see the module docstring).
+
+    Subclasses define ``_state_names`` (flat fp32 buffers besides ``mean``), ``_init_bucket``,
+    ``_noise`` (write σ⊙z into ``bucket.noise``), ``_sample_stat`` (the per-sample statistic
+    averaged into ``bucket.avg_stat``) and ``_update`` (the kernel call).
+    """
+
+    _state_names: tuple[str, ...] = ("mean",)
+
+    def __init__(
+        self,
+        params: Any,
+        defaults: dict[str, Any],
+        *,
+        mc_samples: int = 1,
+        nonfinite: str = "raise",
+        seed: int | None = None,
+    ) -> None:
+        if int(mc_samples) != mc_samples or mc_samples < 1:
+            raise ValueError(f"mc_samples must be an integer ≥ 1, got {mc_samples}")
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        super().__init__(params, defaults)
+        self.mc_samples = int(mc_samples)
+        self.nonfinite = nonfinite
+        self._seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._buckets: list[list[_Bucket]] | None = None
+        self._count = 0
+        self.skipped_steps = 0
+        for group in self.param_groups:
+            group.setdefault("step", 0)
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def _init_bucket(self, group: dict, bucket: _Bucket) -> None:
+        """Initialize a new bucket's state buffers (``mean`` is already the parameters)."""
+
+    def _noise(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
+        raise NotImplementedError
+
+    def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ buckets, lazily
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self._seed + 7919 * len(self._generators))
+            self._generators[device] = gen
+        return gen
+
+    def _all_buckets(self) -> list[list[_Bucket]]:
+        if self._buckets is None:
+            self._buckets = []
+            for group in self.param_groups:
+                by_key: dict[tuple, list] = {}
+                for p in group["params"]:
+                    if p.requires_grad:  # frozen parameters are left alone
+                        by_key.setdefault((p.device, p.dtype), []).append(p)
+                buckets = []
+                for params in by_key.values():
+                    bucket = _Bucket(params, self._state_names)
+                    self._init_bucket(group, bucket)
+                    buckets.append(bucket)
+                self._buckets.append(buckets)
+        return self._buckets
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        param_group.setdefault("step", 0)
+        super().add_param_group(param_group)
+        if getattr(self, "_buckets", None) is not None:
+            group = self.param_groups[-1]
+            by_key: dict[tuple, list] = {}
+            for p in group["params"]:
+                if p.requires_grad:
+                    by_key.setdefault((p.device, p.dtype), []).append(p)
+            buckets = []
+            for params in by_key.values():
+                bucket = _Bucket(params, self._state_names)
+                self._init_bucket(group, bucket)
+                buckets.append(bucket)
+            self._buckets.append(buckets)
+
+    # ------------------------------------------------------------------ sampling
+    @contextlib.contextmanager
+    def sampled_params(self, train: bool = False) -> Iterator[None]:
+        """Within the context the parameters hold a posterior draw θ = m + σ⊙z; on exit they
+        hold the mean m again (also when the body raises). With ``train=True`` the gradients
+        present on exit are collected as one Monte Carlo sample for the next :meth:`step`
+        (accumulate micro-batches by calling ``backward`` several times inside)."""
+        groups = self._all_buckets()
+        for group, buckets in zip(self.param_groups, groups):
+            for b in buckets:
+                self._noise(group, b, self._generator(b.device))
+                b.write_params(b.state["mean"] + b.noise)
+        try:
+            yield
+            if train:
+                self._collect()
+        finally:
+            for buckets in groups:
+                for b in buckets:
+                    b.write_params(b.state["mean"])
+
+    @torch.no_grad()
+    def _collect(self) -> None:
+        self._count += 1
+        k = self._count
+        for group, buckets in zip(self.param_groups, self._all_buckets()):
+            for b in buckets:
+                grad = torch.empty_like(b.avg_grad)
+                b.gather_grads(grad)
+                stat = self._sample_stat(group, b, grad)
+                if k == 1:
+                    b.avg_grad.copy_(grad)
+                    b.avg_stat.copy_(stat)
+                else:  # Welford means
+                    b.avg_grad.add_(grad.sub_(b.avg_grad), alpha=1.0 / k)
+                    b.avg_stat.add_(stat.sub_(b.avg_stat), alpha=1.0 / k)
+
+    def _reset_samples(self) -> None:
+        self._count = 0
+        for buckets in self._buckets or []:
+            for b in buckets:
+                b.seen = [False] * len(b.params)
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """Update the posterior from the collected samples.
+
+        With a ``closure`` (which must zero the gradients, compute the loss and call
+        ``backward``, as for LBFGS), ``mc_samples`` draws are taken here, so the optimizer drops
+        into training loops that only call ``optimizer.step(closure)``. Without one, the
+        samples collected by ``sampled_params(train=True)`` are used; none is an error.
+
+        Returns the loss averaged over the samples (with a closure), else None.
+        """
+        loss = None
+        if closure is not None:
+            losses = []
+            for _ in range(self.mc_samples):
+                with torch.enable_grad(), self.sampled_params(train=True):
+                    losses.append(closure())
+            loss = sum(x.detach() for x in losses) / len(losses)
+        if self._count == 0:
+            raise RuntimeError(
+                f"{type(self).__name__}.step() found no gradient sample: call step(closure), or "
+                "run forward and backward inside `with optimizer.sampled_params(train=True):`"
+            )
+        groups = self._all_buckets()
+        bad = [
+            b
+            for buckets in groups
+            for b in buckets
+            if not (torch.isfinite(b.avg_grad).all() and torch.isfinite(b.avg_stat).all())
+        ]
+        if bad:
+            self._reset_samples()
+            if self.nonfinite == "skip":
+                self.skipped_steps += 1
+                return loss
+            raise FloatingPointError(
+                f"{type(self).__name__}.step(): NaN/Inf in the gradients; the state was not "
+                "changed (pass nonfinite='skip' to skip such steps)"
+            )
+        self._sync()
+        for group, buckets in zip(self.param_groups, groups):
+            group["step"] += 1
+            for b in buckets:
+                frozen = [i for i, s in enumerate(b.seen) if not s]
+                saved = self._save_segments(b, frozen)
+                self._update(group, b, b.avg_grad, b.avg_stat)
+                self._restore_segments(b, frozen, saved)
+                b.write_params(b.state["mean"])
+        self._reset_samples()
+        return loss
+
+    def _sync(self) -> None:
+        """Hook for distributed averaging of the samples (see the subclasses' ``sync``)."""
+
+    def _save_segments(self, b: _Bucket, idx: list[int]) -> list[dict[str, Tensor]]:
+        """Parameters that got no gradient in any sample keep their state unchanged."""
+        if not idx:
+            return []
+        out = []
+        for i in idx:
+            out.append({k: self._segment(b, v, i).clone() for k, v in b.state.items()})
+        return out
+
+    def _restore_segments(self, b: _Bucket, idx: list[int], saved: list) -> None:
+        for i, seg in zip(idx, saved):
+            for k, v in seg.items():
+                self._segment(b, b.state[k], i).copy_(v)
+
+    @staticmethod
+    def _segment(b: _Bucket, flat: Tensor, i: int) -> Tensor:
+        start = sum(b.numels[:i])
+        return flat[start : start + b.numels[i]]
+
+    # ------------------------------------------------------------------ state_dict
+    def state_dict(self) -> dict[str, Any]:
+        """Per-parameter state (``mean`` and the subclass's buffers, fp32), the param groups
+        (hyperparameters and the step counter), and the random generators' states."""
+        groups = self._all_buckets()
+        index, state, packed = {}, {}, []
+        for group in self.param_groups:
+            g = {k: v for k, v in group.items() if k != "params"}
+            ids = []
+            for p in group["params"]:
+                index.setdefault(id(p), len(index))
+                ids.append(index[id(p)])
+            g["params"] = ids
+            packed.append(g)
+        for buckets in groups:
+            for b in buckets:
+                for name, flat in b.state.items():
+                    for p, v in zip(b.params, b.views(flat)):
+                        state.setdefault(index[id(p)], {})[name] = v.clone()
+        return {
+            "state": state,
+            "param_groups": packed,
+            "blr": {
+                "optimizer": type(self).__name__,
+                "format": _FORMAT,
+                "seed": self._seed,
+                "generators": {str(d): g.get_state() for d, g in self._generators.items()},
+                "skipped_steps": self.skipped_steps,
+            },
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of the same optimizer class and parameter layout; any
+        mismatch raises ValueError before anything is changed."""
+        meta = state_dict.get("blr") if isinstance(state_dict, dict) else None
+        name = type(self).__name__
+        if not isinstance(meta, dict) or meta.get("optimizer") != name:
+            found = meta.get("optimizer") if isinstance(meta, dict) else "not a blr.optim one"
+            raise ValueError(f"state_dict is not from blr.optim.{name} (found: {found})")
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(
+                f"state_dict has {len(groups)} param groups, this optimizer has "
+                f"{len(self.param_groups)}"
+            )
+        for i, (g, mine) in enumerate(zip(groups, self.param_groups)):
+            if len(g["params"]) != len(mine["params"]):
+                raise ValueError(
+                    f"param group {i} has {len(g['params'])} parameters in the state_dict and "
+                    f"{len(mine['params'])} here"
+                )
+        buckets = self._all_buckets()
+        ids = {}
+        for g, mine in zip(groups, self.param_groups):
+            for k, p in zip(g["params"], mine["params"]):
+                ids[id(p)] = k
+        state = state_dict["state"]
+        for bucket_list in buckets:  # check everything before writing anything
+            for b in bucket_list:
+                for p in b.params:
+                    entry = state.get(ids[id(p)])
+                    if entry is None or set(entry) != set(b.state):
+                        raise ValueError(
+                            f"state_dict lacks the state {sorted(b.state)} of a "
+                            f"parameter of shape {tuple(p.shape)}"
+                        )
+                    for k, v in entry.items():
+                        if tuple(v.shape) != tuple(p.shape):
+                            raise ValueError(
+                                f"state_dict['state'][{ids[id(p)]}]['{k}'] has shape "
+                                f"{tuple(v.shape)}, the parameter {tuple(p.shape)}"
+                            )
+        with torch.no_grad():
+            for bucket_list in buckets:
+                for b in bucket_list:
+                    for name, flat in b.state.items():
+                        torch._foreach_copy_(
+                            b.views(flat), [state[ids[id(p)]][name] for p in b.params]
+                        )
+                    b.write_params(b.state["mean"])
+        for g, mine in zip(groups, self.param_groups):
+            for k, v in g.items():
+                if k != "params":
+                    mine[k] = v
+        self._seed = int(meta["seed"])
+        self._generators = {}
+        for dev, gstate in meta["generators"].items():
+            self._generator(torch.device(dev)).set_state(gstate)
+        self.skipped_steps = int(meta.get("skipped_steps", 0))
+        self._reset_samples()
+
+
+def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
+    """A finite positive (or non-negative) hyperparameter; ValueError names it otherwise."""
+    v = float(value)
+    ok = v >= 0 if allow_zero else v > 0
+    if not (ok and (math.isfinite(v) or name == "clip_radius")):
+        raise ValueError(f"{name} must be {'≥ 0' if allow_zero else '> 0'}, got {value}")
+    return v

@@ -3,12 +3,21 @@
 - :func:`full_gaussian_step` — B independent full-covariance Gaussians in one batched call
   (Cholesky, triangular solves), CPU and CUDA, on the working representation
   :class:`FullGaussianState` (m, S, L).
+- :func:`ivon_step_`, :func:`ivon_noise`, :func:`ivon_hess_estimate` — the diagonal-Gaussian
+  (IVON) update on flat fp32 buffers, in place (vectorized torch ops on CPU).
 
 Kernels depend on :mod:`expfam` and torch only (never on the optimizers).
 """
 
 from __future__ import annotations
 
+from blr.kernels.diag_gaussian import ivon_hess_estimate, ivon_noise, ivon_step_
 from blr.kernels.full_gaussian import FullGaussianState, full_gaussian_step
 
-__all__ = ["FullGaussianState", "full_gaussian_step"]
+__all__ = [
+    "FullGaussianState",
+    "full_gaussian_step",
+    "ivon_hess_estimate",
+    "ivon_noise",
+    "ivon_step_",
+]

@@ -20,7 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench = sub.add_parser("bench", help="benchmark tables (optimizer-side time and memory)")
+    bench.add_argument("target", choices=["optim"], help="what to benchmark")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the target (--help)")
     return parser
 
 
@@ -31,7 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0  # pragma: no cover - every subcommand returns from its own handler
+    if args.command == "bench":
+        from blr import bench  # lazily: the benchmark code is only needed here
+
+        return bench.main(args.rest)
+    raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,8 +33,10 @@ def ivon_noise(
     weight_decay: float,
     generator: torch.Generator | None = None,
     out: Tensor | None = None,
+    scratch: Tensor | None = None,
 ) -> Tensor:
     """σ ⊙ z with σ = (N(h + δ))^{-1/2} and z ~ N(0, I): the offset θ − m of a posterior draw.
+    ``out`` and ``scratch`` (flat buffers shaped like ``hess``) avoid allocations.
 
     Example:
         >>> h = torch.full((4,), 3.0)
@@ -44,19 +46,31 @@ def ivon_noise(
     """
     out = torch.empty_like(hess) if out is None else out
     torch.randn(hess.shape, generator=generator, out=out, dtype=hess.dtype, device=hess.device)
-    return out.mul_(torch.rsqrt(hess.add(weight_decay).mul_(ess)))
+    scale = torch.add(hess, weight_decay, out=scratch).mul_(ess).rsqrt_()
+    return out.mul_(scale)
+
+
+def ivon_hess_estimate_(
+    stat: Tensor, hess: Tensor, *, ess: float, weight_decay: float, hess_approx: str
+) -> Tensor:
+    """ĥ from the averaged sample statistic, in place in ``stat``: Price/Stein
+    ``stat`` = E[(θ − m)⊙ĝ] ⇒ ĥ = N(h + δ)⊙stat; ``"gradsq"``: ``stat`` = E[ĝ²] ⇒ ĥ = N·stat."""
+    if hess_approx == "price":
+        if weight_decay > 0:  # N(h + δ)⊙stat = Nδ·(stat + stat⊙h/δ), without a temporary
+            return stat.addcmul_(stat, hess, value=1.0 / weight_decay).mul_(ess * weight_decay)
+        return stat.mul_(hess).mul_(ess)
+    if hess_approx == "gradsq":
+        return stat.mul_(ess)
+    raise ValueError(f"hess_approx must be 'price' or 'gradsq', got {hess_approx!r}")
 
 
 def ivon_hess_estimate(
     stat: Tensor, hess: Tensor, *, ess: float, weight_decay: float, hess_approx: str
 ) -> Tensor:
-    """ĥ from the averaged sample statistic: Price/Stein ``stat`` = E[(θ − m)⊙ĝ] ⇒
-    ĥ = N(h + δ)⊙stat; ``"gradsq"``: ``stat`` = E[ĝ²] ⇒ ĥ = N·stat."""
-    if hess_approx == "price":
-        return stat * hess.add(weight_decay).mul_(ess)
-    if hess_approx == "gradsq":
-        return stat * ess
-    raise ValueError(f"hess_approx must be 'price' or 'gradsq', got {hess_approx!r}")
+    """Out-of-place :func:`ivon_hess_estimate_`."""
+    return ivon_hess_estimate_(
+        stat.clone(), hess, ess=ess, weight_decay=weight_decay, hess_approx=hess_approx
+    )
 
 
 @torch.no_grad()
@@ -75,13 +89,14 @@ def ivon_step_(
     clip_radius: float = math.inf,
     debias: bool = True,
     correction: bool = True,
+    scratch: Tensor | None = None,
 ) -> None:
     """One IVON update (module docstring), in place on ``mean``, ``momentum`` and ``hess``.
 
     Args:
         mean, momentum, hess: flat fp32 state (m, ḡ, h), updated in place.
         g_hat: ĝ, the gradient averaged over the MC samples.
-        h_hat: ĥ (:func:`ivon_hess_estimate`).
+        h_hat: ĥ (:func:`ivon_hess_estimate`); overwritten (used as a work buffer).
         lr: α (already rescaled by h₀ + δ if the optimizer asks for it).
         beta1, beta2: the rates of ḡ and h.
         weight_decay: δ.
@@ -89,6 +104,7 @@ def ivon_step_(
         clip_radius: r.
         debias: divide ḡ by 1 − β₁^t.
         correction: the improved-BLR term that keeps h + δ > 0 for any ĥ.
+        scratch: a work buffer shaped like ``mean`` (allocated if None).
 
     Example:
         >>> m, g, h = torch.zeros(3), torch.zeros(3), torch.ones(3)
@@ -97,16 +113,18 @@ def ivon_step_(
         >>> m
         tensor([-0.1000, -0.1000, -0.1000])
     """
+    scratch = torch.empty_like(mean) if scratch is None else scratch
     momentum.mul_(beta1).add_(g_hat, alpha=1.0 - beta1)
+    diff = h_hat.sub_(hess).neg_()  # h − ĥ, in the ĥ buffer
     if correction:
-        diff = hess - h_hat
-        denom = hess + weight_decay
-        hess.mul_(beta2).add_(h_hat, alpha=1.0 - beta2)
-        hess.addcdiv_(diff.square_(), denom, value=0.5 * (1.0 - beta2) ** 2)
+        torch.add(hess, weight_decay, out=scratch)  # old h + δ
+        hess.sub_(diff, alpha=1.0 - beta2)  # β₂h + (1 − β₂)ĥ
+        hess.addcdiv_(diff.square_(), scratch, value=0.5 * (1.0 - beta2) ** 2)
     else:
-        hess.mul_(beta2).add_(h_hat, alpha=1.0 - beta2)
+        hess.sub_(diff, alpha=1.0 - beta2)
     bias = 1.0 - beta1**step if debias else 1.0
-    direction = torch.add(momentum, mean, alpha=weight_decay * bias).div_(hess + weight_decay)
+    direction = torch.add(momentum, mean, alpha=weight_decay * bias, out=scratch)
+    direction.div_(torch.add(hess, weight_decay, out=diff))
     if bias != 1.0:
         direction.div_(bias)
     if math.isfinite(clip_radius):

@@ -101,7 +101,7 @@ class SamplingOptimizer(torch.optim.Optimizer):
     def _noise(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
         raise NotImplementedError
 
-    def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor) -> Tensor:
+    def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor, out: Tensor) -> Tensor:
         raise NotImplementedError
 
     def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
@@ -159,7 +159,7 @@ class SamplingOptimizer(torch.optim.Optimizer):
         for group, buckets in zip(self.param_groups, groups):
             for b in buckets:
                 self._noise(group, b, self._generator(b.device))
-                b.write_params(b.state["mean"] + b.noise)
+                b.write_params(torch.add(b.state["mean"], b.noise, out=b.avg_grad))
         try:
             yield
             if train:
@@ -175,13 +175,13 @@ class SamplingOptimizer(torch.optim.Optimizer):
         k = self._count
         for group, buckets in zip(self.param_groups, self._all_buckets()):
             for b in buckets:
-                grad = torch.empty_like(b.avg_grad)
-                b.gather_grads(grad)
-                stat = self._sample_stat(group, b, grad)
-                if k == 1:
-                    b.avg_grad.copy_(grad)
-                    b.avg_stat.copy_(stat)
+                if k == 1:  # straight into the accumulators: no allocation
+                    b.gather_grads(b.avg_grad)
+                    self._sample_stat(group, b, b.avg_grad, out=b.avg_stat)
                 else:  # Welford means
+                    grad = torch.empty_like(b.avg_grad)
+                    b.gather_grads(grad)
+                    stat = self._sample_stat(group, b, grad, out=torch.empty_like(grad))
                     b.avg_grad.add_(grad.sub_(b.avg_grad), alpha=1.0 / k)
                     b.avg_stat.add_(stat.sub_(b.avg_stat), alpha=1.0 / k)
 
@@ -220,7 +220,8 @@ class SamplingOptimizer(torch.optim.Optimizer):
             b
             for buckets in groups
             for b in buckets
-            if not (torch.isfinite(b.avg_grad).all() and torch.isfinite(b.avg_stat).all())
+            # NaN/Inf propagate through a sum: one reduction each, no boolean temporaries
+            if not bool(torch.isfinite(b.avg_grad.sum() + b.avg_stat.sum()))
         ]
         if bad:
             self._reset_samples()

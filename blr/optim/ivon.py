@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from blr.kernels.diag_gaussian import ivon_hess_estimate, ivon_noise, ivon_step_
+from blr.kernels.diag_gaussian import ivon_hess_estimate_, ivon_noise, ivon_step_
 from blr.optim._base import SamplingOptimizer, _Bucket, check_positive
 
 
@@ -131,10 +131,13 @@ class IVON(SamplingOptimizer):
             weight_decay=group["weight_decay"],
             generator=generator,
             out=bucket.noise,
+            scratch=bucket.avg_stat,  # free until the sample is collected
         )
 
-    def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor) -> Tensor:
-        return bucket.noise * grad if self.hess_approx == "price" else grad * grad
+    def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor, out: Tensor) -> Tensor:
+        if self.hess_approx == "price":
+            return torch.mul(bucket.noise, grad, out=out)
+        return torch.mul(grad, grad, out=out)
 
     def _sync(self) -> None:
         if not self.sync:
@@ -152,7 +155,7 @@ class IVON(SamplingOptimizer):
 
     def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
         wd = group["weight_decay"]
-        h_hat = ivon_hess_estimate(
+        h_hat = ivon_hess_estimate_(  # in place: the statistic is not needed afterwards
             stat,
             bucket.state["hess"],
             ess=group["ess"],
@@ -173,4 +176,5 @@ class IVON(SamplingOptimizer):
             step=group["step"],
             clip_radius=group["clip_radius"],
             debias=self.debias,
+            scratch=bucket.noise,  # the draw is not needed once its statistic is collected
         )

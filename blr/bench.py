@@ -1,0 +1,202 @@
+"""Benchmarks behind ``blr bench`` (and the scripts in ``bench/``): optimizer-side time and memory
+of the :mod:`blr.optim` drop-ins against torch's AdamW on the two reference models.
+
+Optimizer-side time is everything an optimizer adds to a training step besides forward and
+backward: for a sampling optimizer, drawing and writing the sample, restoring the mean, collecting
+the gradient and the update; for AdamW, ``step()``. Gradients are prepared once and assigned
+inside the timed region, so the model's own compute is excluded. Memory held by the optimizer
+counts parameters, gradients, state and persistent buffers in bytes (each storage once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def cnn() -> nn.Module:
+    """The 0.5M-parameter CNN: 4 conv + 2 linear layers (input 3×32×32)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(64, 96, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(96, 128, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(128 * 4 * 4, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+
+
+def mlp() -> nn.Module:
+    """The 1M-parameter MLP 512 → 1024 → 512 → 10."""
+    return nn.Sequential(
+        nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, 10)
+    )
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {"cnn": cnn, "mlp": mlp}
+
+
+def _is_sampling(opt: torch.optim.Optimizer) -> bool:
+    return callable(getattr(opt, "sampled_params", None))
+
+
+def _one_step(opt: torch.optim.Optimizer, params: list[nn.Parameter], grads: list) -> None:
+    if _is_sampling(opt):
+        with opt.sampled_params(train=True):
+            for p, g in zip(params, grads):
+                p.grad = g
+        opt.step()
+    else:
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+
+
+def held_bytes(opt: torch.optim.Optimizer, params: Sequence[nn.Parameter]) -> int:
+    """Bytes of parameters, gradients and every tensor reachable from the optimizer (its state,
+    param groups and attributes, one level into containers), each storage counted once."""
+    seen: dict[int, int] = {}
+
+    def add(t: Any) -> None:
+        if isinstance(t, torch.Tensor) and t.numel():
+            s = t.untyped_storage()
+            seen[s.data_ptr()] = max(seen.get(s.data_ptr(), 0), s.nbytes())
+
+    def walk(obj: Any, depth: int = 0) -> None:
+        if depth > 8:
+            return
+        if isinstance(obj, torch.Tensor):
+            add(obj)
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                walk(v, depth + 1)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v, depth + 1)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, (nn.Module, type)):
+            walk(vars(obj), depth + 1)
+
+    for p in params:
+        add(p)
+        add(p.grad)
+    walk(dict(opt.state))
+    walk(opt.param_groups)
+    walk({k: v for k, v in vars(opt).items() if k not in ("state", "param_groups")})
+    return sum(seen.values())
+
+
+def time_optimizer(
+    make_model: Callable[[], nn.Module],
+    make_opt: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+    *,
+    repeats: int = 20,
+    warmup: int = 3,
+) -> dict[str, float]:
+    """Median optimizer-side milliseconds per step, and the bytes held after the last step."""
+    torch.manual_seed(0)
+    model = make_model()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [torch.randn_like(p) * 1e-3 for p in params]
+    opt = make_opt(params)
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        _one_step(opt, params, grads)
+        if i >= warmup:
+            times.append(1e3 * (time.perf_counter() - t0))
+    for p, g in zip(params, grads):
+        p.grad = g
+    return {
+        "ms": statistics.median(times),
+        "min_ms": min(times),
+        "bytes": held_bytes(opt, params),
+        "params": sum(p.numel() for p in params),
+    }
+
+
+def default_optimizers() -> dict[str, Callable]:
+    from blr.optim import IVON
+
+    return {
+        "adamw-foreach": lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True),
+        "adamw-fused": lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True),
+        "blr IVON": lambda p: IVON(p, lr=0.1, ess=50_000, seed=0),
+    }
+
+
+def optim_table(
+    optimizers: dict[str, Callable] | None = None,
+    models: Sequence[str] = ("cnn", "mlp"),
+    repeats: int = 20,
+) -> list[dict[str, Any]]:
+    """One row per (model, optimizer): median ms, bytes, and both relative to AdamW(foreach)."""
+    optimizers = optimizers or default_optimizers()
+    rows = []
+    for name in models:
+        results = {
+            k: time_optimizer(MODELS[name], f, repeats=repeats) for k, f in optimizers.items()
+        }
+        base = results.get("adamw-foreach") or next(iter(results.values()))
+        for k, r in results.items():
+            rows.append(
+                {
+                    "model": name,
+                    "optimizer": k,
+                    "params": r["params"],
+                    "ms": round(r["ms"], 3),
+                    "min_ms": round(r["min_ms"], 3),
+                    "x_adamw_foreach": round(r["ms"] / base["ms"], 2),
+                    "bytes": r["bytes"],
+                    "bytes_x_adamw": round(r["bytes"] / base["bytes"], 3),
+                }
+            )
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    head = f"{'model':6} {'optimizer':16} {'params':>9} {'ms':>8} {'min ms':>8} {'×AdamW':>7} "
+    head += f"{'MiB held':>9} {'×AdamW':>7}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r['model']:6} {r['optimizer']:16} {r['params']:9d} {r['ms']:8.3f} "
+            f"{r['min_ms']:8.3f} {r['x_adamw_foreach']:7.2f} {r['bytes'] / 2**20:9.2f} "
+            f"{r['bytes_x_adamw']:7.3f}"
+        )
+
+
+def main(argv: Sequence[str] | None = None, extra: dict[str, Callable] | None = None) -> int:
+    """``blr bench optim``: the optimizer table (``--json`` for machines)."""
+    parser = argparse.ArgumentParser(prog="blr bench optim", description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=sorted(MODELS))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--json", action="store_true", help="print JSON rows instead")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    optimizers = {**default_optimizers(), **(extra or {})}
+    rows = optim_table(optimizers, args.models, args.repeats)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(
+            f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; optimizer-side "
+            "time per step (median of repeats)"
+        )
+        print_table(rows)
+    return 0

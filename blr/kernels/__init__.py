@@ -5,6 +5,10 @@
   :class:`FullGaussianState` (m, S, L).
 - :func:`ivon_step_`, :func:`ivon_noise`, :func:`ivon_hess_estimate` — the diagonal-Gaussian
   (IVON) update on flat fp32 buffers, in place (vectorized torch ops on CPU).
+- :mod:`blr.kernels.bernoulli` — the BayesBiNN update (relaxed draws, the Gumbel scale).
+- :mod:`blr.kernels.triton_ivon` — the fused one-pass Triton IVON step (noise regenerated from
+  (seed, index) by Philox, the next sample written by the same pass); imported on demand only,
+  since importing triton must follow the ``TRITON_INTERPRET`` setting.
 
 Kernels depend on :mod:`expfam` and torch only (never on the optimizers).
 """

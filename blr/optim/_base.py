@@ -29,14 +29,17 @@ class _Bucket:
         self.device, self.dtype = params[0].device, params[0].dtype
         self.numels = [p.numel() for p in params]
         self.numel = sum(self.numels)
-        kw = dict(device=self.device, dtype=torch.float32)
+        # fp32 state for fp32/bf16/fp16 parameters, fp64 for fp64 ones
+        state_dtype = torch.promote_types(self.dtype, torch.float32)
+        kw = dict(device=self.device, dtype=state_dtype)
         self.state = {name: torch.zeros(self.numel, **kw) for name in state_names}
         self.noise = torch.zeros(self.numel, **kw)
         self.avg_grad = torch.zeros(self.numel, **kw)
         self.avg_stat = torch.zeros(self.numel, **kw)
         self.seen = [False] * len(params)
         with torch.no_grad():
-            torch._foreach_copy_(self.views(self.state["mean"]), [p.detach() for p in params])
+            first = self.state[state_names[0]]  # starts as the parameters' values
+            torch._foreach_copy_(self.views(first), [p.detach() for p in params])
 
     def views(self, flat: Tensor) -> list[Tensor]:
         return [v.view(p.shape) for v, p in zip(flat.split(self.numels), self.params)]
@@ -63,9 +66,10 @@ class _Bucket:
 class SamplingOptimizer(torch.optim.Optimizer):
     """Base class of the Gaussian weight-perturbation optimizers (see the module docstring).
 
-    Subclasses define ``_state_names`` (flat fp32 buffers besides ``mean``), ``_init_bucket``,
-    ``_noise`` (write σ⊙z into ``bucket.noise``), ``_sample_stat`` (the per-sample statistic
-    averaged into ``bucket.avg_stat``) and ``_update`` (the kernel call).
+    Subclasses define ``_state_names`` (flat fp32 buffers; the first starts as a copy of the
+    parameters), ``_init_bucket``, ``_noise`` (write σ⊙z into ``bucket.noise``) or ``_draw`` and
+    ``_center`` (for non-Gaussian posteriors), ``_sample_stat`` (the per-sample statistic averaged
+    into ``bucket.avg_stat``) and ``_update`` (the kernel call).
     """
 
     _state_names: tuple[str, ...] = ("mean",)
@@ -100,6 +104,16 @@ class SamplingOptimizer(torch.optim.Optimizer):
 
     def _noise(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
         raise NotImplementedError
+
+    def _draw(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> Tensor:
+        """The values a posterior draw writes into the parameters (default: m + σ⊙z, with the
+        offset σ⊙z kept in ``bucket.noise``)."""
+        self._noise(group, bucket, generator)
+        return torch.add(bucket.state["mean"], bucket.noise, out=bucket.avg_grad)
+
+    def _center(self, group: dict, bucket: _Bucket) -> Tensor:
+        """The values the parameters hold outside ``sampled_params`` (default: the mean m)."""
+        return bucket.state["mean"]
 
     def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor, out: Tensor) -> Tensor:
         raise NotImplementedError
@@ -158,16 +172,15 @@ class SamplingOptimizer(torch.optim.Optimizer):
         groups = self._all_buckets()
         for group, buckets in zip(self.param_groups, groups):
             for b in buckets:
-                self._noise(group, b, self._generator(b.device))
-                b.write_params(torch.add(b.state["mean"], b.noise, out=b.avg_grad))
+                b.write_params(self._draw(group, b, self._generator(b.device)))
         try:
             yield
             if train:
                 self._collect()
         finally:
-            for buckets in groups:
+            for group, buckets in zip(self.param_groups, groups):
                 for b in buckets:
-                    b.write_params(b.state["mean"])
+                    b.write_params(self._center(group, b))
 
     @torch.no_grad()
     def _collect(self) -> None:
@@ -240,7 +253,7 @@ class SamplingOptimizer(torch.optim.Optimizer):
                 saved = self._save_segments(b, frozen)
                 self._update(group, b, b.avg_grad, b.avg_stat)
                 self._restore_segments(b, frozen, saved)
-                b.write_params(b.state["mean"])
+                b.write_params(self._center(group, b))
         self._reset_samples()
         return loss
 
@@ -339,13 +352,13 @@ class SamplingOptimizer(torch.optim.Optimizer):
                                 f"{tuple(v.shape)}, the parameter {tuple(p.shape)}"
                             )
         with torch.no_grad():
-            for bucket_list in buckets:
+            for group, bucket_list in zip(self.param_groups, buckets):
                 for b in bucket_list:
                     for name, flat in b.state.items():
                         torch._foreach_copy_(
                             b.views(flat), [state[ids[id(p)]][name] for p in b.params]
                         )
-                    b.write_params(b.state["mean"])
+                    b.write_params(self._center(group, b))
         for g, mine in zip(groups, self.param_groups):
             for k, v in g.items():
                 if k != "params":

@@ -130,3 +130,60 @@ def ivon_step_(
     if math.isfinite(clip_radius):
         direction.clamp_(-clip_radius, clip_radius)
     mean.sub_(direction, alpha=lr)
+
+
+@torch.no_grad()
+def vadam_step_(
+    mean: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    g_hat: Tensor,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    prior_prec: float,
+    ess: float,
+    step: int,
+    scratch: Tensor | None = None,
+) -> None:
+    r"""One Vadam update (Khan et al., ICML 2018; BLR_SPEC Rows 5 and 9), in place:
+
+    .. math::
+        \bar g &\leftarrow \beta_1\bar g + (1-\beta_1)(\hat g + \tilde\delta m),\qquad
+        s \leftarrow \beta_2 s + (1-\beta_2)\hat g^2,\qquad \tilde\delta = \delta/N,\\
+        m &\leftarrow m - \alpha\,
+             \frac{\bar g/(1-\beta_1^t)}{\sqrt{s/(1-\beta_2^t)} + \tilde\delta},
+
+    with draws θ = m + z/√(N(s + δ̃)) (:func:`vadam_noise`). ĝ is the gradient of the mean loss
+    at θ. ``g_hat`` is used as a work buffer.
+
+    Example:
+        >>> m, a, s = torch.zeros(2), torch.zeros(2), torch.zeros(2)
+        >>> vadam_step_(m, a, s, torch.ones(2), lr=0.1, beta1=0.9, beta2=0.999, prior_prec=0.0,
+        ...             ess=10.0, step=1)
+        >>> m
+        tensor([-0.1000, -0.1000])
+    """
+    scratch = torch.empty_like(mean) if scratch is None else scratch
+    delta = prior_prec / ess
+    exp_avg_sq.mul_(beta2).addcmul_(g_hat, g_hat, value=1.0 - beta2)
+    exp_avg.mul_(beta1).add_(g_hat.add_(mean, alpha=delta), alpha=1.0 - beta1)
+    denom = torch.div(exp_avg_sq, 1.0 - beta2**step, out=scratch).sqrt_().add_(delta)
+    mean.addcdiv_(exp_avg, denom, value=-lr / (1.0 - beta1**step))
+
+
+def vadam_noise(
+    exp_avg_sq: Tensor,
+    *,
+    prior_prec: float,
+    ess: float,
+    generator: torch.Generator | None = None,
+    out: Tensor | None = None,
+    scratch: Tensor | None = None,
+) -> Tensor:
+    """σ⊙z with σ = (N s + δ)^{-1/2}: the offset of a Vadam draw."""
+    out = torch.empty_like(exp_avg_sq) if out is None else out
+    torch.randn(exp_avg_sq.shape, generator=generator, out=out, dtype=out.dtype, device=out.device)
+    scale = torch.mul(exp_avg_sq, ess, out=scratch).add_(prior_prec).rsqrt_()
+    return out.mul_(scale)

@@ -1,0 +1,108 @@
+"""Vadam: Adam's update with weight perturbation, the diagonal-Gaussian BLR with squared-gradient
+curvature and square-root scaling (Khan et al., 2018)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from blr.kernels.diag_gaussian import vadam_noise, vadam_step_
+from blr.optim._base import SamplingOptimizer, _Bucket, check_positive
+
+
+class Vadam(SamplingOptimizer):
+    r"""Variational Adam (Khan, Nielsen, Tangkaratt, Lin, Gal & Srivastava, ICML 2018):
+
+    .. math::
+        \theta &= m + \sigma\odot z,\quad \sigma = (N s + \delta)^{-1/2},\qquad
+        \hat g = \nabla\ell(\theta)\ \text{(mean loss)},\\
+        \bar g &\leftarrow \beta_1\bar g + (1-\beta_1)(\hat g + \tfrac{\delta}{N} m),\qquad
+        s \leftarrow \beta_2 s + (1-\beta_2)\hat g^2,\\
+        m &\leftarrow m - \alpha\,\frac{\bar g/(1-\beta_1^t)}{\sqrt{s/(1-\beta_2^t)}
+            + \delta/N}.
+
+    It is Adam run at weight-perturbed points with a Gaussian prior N(0, δ⁻¹I) (BLR_SPEC Row 5,
+    the square-root scaling heuristic, and Row 9's sampling); with β₁ = 0 and no bias correction the
+    mean and scale steps are :func:`blr.gaussian_step` with ``sqrt_scaling`` and damping δ/N
+    (a test checks it).
+
+    Args:
+        params: parameters or param groups.
+        lr: α.
+        ess: N, the training-set size.
+        prior_prec: δ, the prior precision.
+        betas: (β₁, β₂).
+        prec_init: initial s (> 0 so that the first draws are not too wide).
+        mc_samples: draws per ``step(closure)``.
+        nonfinite, seed: as in :class:`~blr.optim.IVON`.
+
+    Example:
+        >>> import torch
+        >>> from blr.optim import Vadam
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = Vadam(model.parameters(), lr=0.01, ess=100)
+        >>> with opt.sampled_params(train=True):
+        ...     model(torch.randn(8, 3)).pow(2).mean().backward()
+        >>> opt.step()
+    """
+
+    _state_names = ("mean", "exp_avg", "exp_avg_sq")
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        ess: float = 1.0,
+        prior_prec: float = 1.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        prec_init: float = 1.0,
+        mc_samples: int = 1,
+        *,
+        nonfinite: str = "raise",
+        seed: int | None = None,
+    ) -> None:
+        check_positive(lr, "lr", allow_zero=True)
+        check_positive(ess, "ess")
+        check_positive(prior_prec, "prior_prec", allow_zero=True)
+        check_positive(prec_init, "prec_init")
+        for name, beta in zip(("betas[0]", "betas[1]"), betas):
+            if not 0.0 <= float(beta) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {beta}")
+        defaults = dict(
+            lr=lr, ess=ess, prior_prec=prior_prec, betas=tuple(betas), prec_init=prec_init
+        )
+        super().__init__(params, defaults, mc_samples=mc_samples, nonfinite=nonfinite, seed=seed)
+
+    def _init_bucket(self, group: dict, bucket: _Bucket) -> None:
+        bucket.state["exp_avg_sq"].fill_(group["prec_init"])
+
+    def _noise(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
+        vadam_noise(
+            bucket.state["exp_avg_sq"],
+            prior_prec=group["prior_prec"],
+            ess=group["ess"],
+            generator=generator,
+            out=bucket.noise,
+            scratch=bucket.avg_stat,
+        )
+
+    def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor, out: Tensor) -> Tensor:
+        return out.zero_()  # Vadam's curvature is ĝ² of the averaged gradient
+
+    def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
+        beta1, beta2 = group["betas"]
+        vadam_step_(
+            bucket.state["mean"],
+            bucket.state["exp_avg"],
+            bucket.state["exp_avg_sq"],
+            g_hat,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            prior_prec=group["prior_prec"],
+            ess=group["ess"],
+            step=group["step"],
+            scratch=bucket.noise,
+        )

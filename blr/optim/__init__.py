@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from blr.optim import curvature
 from blr.optim._base import SamplingOptimizer
 from blr.optim.bayesbinn import BayesBiNN
+from blr.optim.curvature import PerExample
 from blr.optim.ivon import IVON
 from blr.optim.vadam import Vadam
 
-__all__ = ["IVON", "BayesBiNN", "SamplingOptimizer", "Vadam"]
+__all__ = ["IVON", "BayesBiNN", "PerExample", "SamplingOptimizer", "Vadam", "curvature"]

@@ -1,5 +1,6 @@
 """torch.optim drop-ins built on the kernels of :mod:`blr.kernels`: :class:`IVON`,
-:class:`Vadam` and :class:`BayesBiNN` (VOGN, OGN and VON are to come)."""
+:class:`VOGN`, :class:`OGN`, :class:`Vadam` and :class:`BayesBiNN`, with per-example curvature
+from :class:`PerExample`."""
 
 from __future__ import annotations
 
@@ -9,5 +10,15 @@ from blr.optim.bayesbinn import BayesBiNN
 from blr.optim.curvature import PerExample
 from blr.optim.ivon import IVON
 from blr.optim.vadam import Vadam
+from blr.optim.vogn import OGN, VOGN
 
-__all__ = ["IVON", "BayesBiNN", "PerExample", "SamplingOptimizer", "Vadam", "curvature"]
+__all__ = [
+    "IVON",
+    "OGN",
+    "VOGN",
+    "BayesBiNN",
+    "PerExample",
+    "SamplingOptimizer",
+    "Vadam",
+    "curvature",
+]

@@ -105,6 +105,11 @@ class SamplingOptimizer(torch.optim.Optimizer):
     def _noise(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
         raise NotImplementedError
 
+    def _sample_context(self) -> contextlib.AbstractContextManager:
+        """A context entered around forward/backward of a training sample (default: none;
+        VOGN collects per-example curvature in it)."""
+        return contextlib.nullcontext()
+
     def _draw(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> Tensor:
         """The values a posterior draw writes into the parameters (default: m + σ⊙z, with the
         offset σ⊙z kept in ``bucket.noise``)."""
@@ -174,7 +179,8 @@ class SamplingOptimizer(torch.optim.Optimizer):
             for b in buckets:
                 b.write_params(self._draw(group, b, self._generator(b.device)))
         try:
-            yield
+            with self._sample_context() if train else contextlib.nullcontext():
+                yield
             if train:
                 self._collect()
         finally:

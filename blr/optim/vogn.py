@@ -1,0 +1,191 @@
+"""VOGN and OGN: the diagonal-Gaussian BLR with per-example Gauss–Newton curvature."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+
+from blr.kernels.diag_gaussian import ivon_noise, ivon_step_
+from blr.optim._base import SamplingOptimizer, _Bucket, check_positive
+from blr.optim.curvature import PerExample
+
+
+class VOGN(SamplingOptimizer):
+    r"""Variational Online Gauss–Newton (Khan et al., ICML 2018; Osawa et al., NeurIPS 2019;
+    BLR_SPEC Rows 8–9): the diagonal-Gaussian BLR where the Hessian is the minibatch mean of
+    per-example Gauss–Newton (or squared-gradient) curvature, evaluated at a posterior draw:
+
+    .. math::
+        \theta &= m + \sigma\odot z,\quad \sigma = (N(h+\delta))^{-1/2},\qquad
+        \hat g = \tfrac1M\textstyle\sum_{i\in B}\nabla\ell_i(\theta),\quad
+        \hat h = \tfrac1M\textstyle\sum_{i\in B} h_i(\theta),\\
+        \bar g &\leftarrow \beta_1\bar g + (1-\beta_1)\hat g,\qquad
+        h \leftarrow \beta_2 h + (1-\beta_2)\hat h,\qquad
+        m \leftarrow m - \alpha\,\frac{\bar g/(1-\beta_1^t) + \delta m}{h + \delta},
+
+    with h_i = diag(J_iᵀΛ_iJ_i) (``curvature="ggn"``), its one-sample Monte Carlo estimate
+    (``"mc_fisher"``) or [∇ℓ_i]² (``"ef"``), all ≥ 0, so h + δ stays positive without the
+    improved-BLR term. ``sample=False`` evaluates at the mean instead: OGN (Row 8, the delta
+    method). The update is the IVON kernel without its correction term, i.e. :func:`blr.step`
+    in its BLR limit (β₁ = 0, α = 1 − β₂).
+
+    The curvature comes from :class:`~blr.optim.PerExample`, entered automatically inside
+    ``sampled_params(train=True)``: run the model's forward (and, for ``"ef"``, the backward of the
+    minibatch-MEAN loss) inside it.
+
+    Args:
+        model: the network (its trainable parameters are optimized).
+        lr: α.
+        ess: N, the training-set size.
+        weight_decay: δ, the prior precision per example.
+        beta1, beta2: rates of ḡ and h.
+        hess_init: h₀.
+        curvature: ``"ggn"``, ``"mc_fisher"`` or ``"ef"``.
+        loss: the loss on the model's output for ``"ggn"``/``"mc_fisher"``: ``"cross_entropy"``,
+            ``"bce_with_logits"``, ``"gaussian"`` (with ``sigma2``) or ``"mse"``.
+        sigma2: σ² of the ``"gaussian"`` loss.
+        sample: draw θ (VOGN) or evaluate at the mean (OGN).
+        mc_samples, nonfinite, seed: as in :class:`~blr.optim.IVON`.
+
+    Example:
+        >>> import torch
+        >>> from blr.optim import VOGN
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(),
+        ...                             torch.nn.Linear(8, 3))
+        >>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+        >>> opt = VOGN(model, lr=0.01, ess=1000, curvature="ggn", loss="cross_entropy")
+        >>> with opt.sampled_params(train=True):
+        ...     opt.zero_grad()
+        ...     torch.nn.functional.cross_entropy(model(x), y).backward()
+        >>> opt.step()
+    """
+
+    _state_names = ("mean", "momentum", "hess")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float,
+        ess: float,
+        weight_decay: float = 1e-4,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        hess_init: float = 1.0,
+        curvature: str = "ggn",
+        loss: str | None = None,
+        sigma2: float = 1.0,
+        sample: bool = True,
+        mc_samples: int = 1,
+        *,
+        nonfinite: str = "raise",
+        seed: int | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if curvature not in ("ggn", "mc_fisher", "ef"):
+            raise ValueError(f"curvature must be 'ggn', 'mc_fisher' or 'ef', got {curvature!r}")
+        if curvature != "ef" and loss is None:
+            raise ValueError(f"curvature={curvature!r} needs the loss (e.g. 'cross_entropy')")
+        check_positive(lr, "lr", allow_zero=True)
+        check_positive(ess, "ess")
+        check_positive(weight_decay, "weight_decay", allow_zero=True)
+        check_positive(hess_init, "hess_init")
+        for name, beta in (("beta1", beta1), ("beta2", beta2)):
+            if not 0.0 <= float(beta) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {beta}")
+        defaults = dict(
+            lr=lr, ess=ess, weight_decay=weight_decay, beta1=beta1, beta2=beta2, hess_init=hess_init
+        )
+        params = [p for p in model.parameters() if p.requires_grad]
+        super().__init__(params, defaults, mc_samples=mc_samples, nonfinite=nonfinite, seed=seed)
+        self.model, self.curvature, self.loss, self.sigma2 = model, curvature, loss, sigma2
+        self.sample = bool(sample)
+        self._pe: PerExample | None = None
+        self._squares: dict | None = None
+
+    def _init_bucket(self, group: dict, bucket: _Bucket) -> None:
+        bucket.state["hess"].fill_(group["hess_init"])
+
+    def _noise(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
+        if not self.sample:  # OGN: the delta method, no draw
+            bucket.noise.zero_()
+            return
+        ivon_noise(
+            bucket.state["hess"],
+            ess=group["ess"],
+            weight_decay=group["weight_decay"],
+            generator=generator,
+            out=bucket.noise,
+            scratch=bucket.avg_stat,
+        )
+
+    def _sample_context(self) -> contextlib.AbstractContextManager:
+        kw = (
+            dict(reduction="mean")
+            if self.curvature == "ef"
+            else dict(loss=self.loss, sigma2=self.sigma2)
+        )
+        self._pe = PerExample(self.model, mode=self.curvature, **kw)
+        self._squares = None
+        return self._pe
+
+    def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor, out: Tensor) -> Tensor:
+        pe = self._pe
+        if pe is None:
+            raise RuntimeError("VOGN collects curvature inside sampled_params(train=True) only")
+        if self._squares is None:
+            if pe.num_examples == 0:
+                raise RuntimeError(
+                    "VOGN: the model was not called inside "
+                    "sampled_params(train=True), so there is no curvature"
+                )
+            self._squares = pe.squared_grads()
+        m = float(pe.num_examples)
+        out.zero_()
+        views, values = [], []
+        for p, v in zip(bucket.params, bucket.views(out)):
+            sq = self._squares.get(p)
+            if sq is not None:
+                views.append(v)
+                values.append(sq)
+        if views:
+            torch._foreach_copy_(views, values)
+        return out.div_(m)  # the minibatch mean ĥ
+
+    def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
+        ivon_step_(
+            bucket.state["mean"],
+            bucket.state["momentum"],
+            bucket.state["hess"],
+            g_hat,
+            stat,
+            lr=group["lr"],
+            beta1=group["beta1"],
+            beta2=group["beta2"],
+            weight_decay=group["weight_decay"],
+            step=group["step"],
+            correction=False,
+            scratch=bucket.noise,
+        )
+
+
+class OGN(VOGN):
+    r"""Online Gauss–Newton (BLR_SPEC Row 8): :class:`VOGN` with the delta method, i.e. the
+    gradient and the per-example Gauss–Newton curvature at the mean m instead of a draw.
+
+    Example:
+        >>> import torch
+        >>> from blr.optim import OGN
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = OGN(model, lr=0.1, ess=100, curvature="ef")
+        >>> with opt.sampled_params(train=True):
+        ...     model(torch.randn(8, 3)).pow(2).mean().backward()
+        >>> opt.step()
+    """
+
+    def __init__(self, model: nn.Module, lr: float, ess: float, **kwargs) -> None:
+        if "sample" in kwargs:
+            raise TypeError("OGN evaluates at the mean; use VOGN for sampling")
+        super().__init__(model, lr, ess, sample=False, **kwargs)

@@ -1,0 +1,114 @@
+"""VOGN and OGN (BLR_SPEC Rows 8–9): the mean-field VI fixed point on Bayesian linear regression,
+equality with a hand-coded VOGN given the same draws, and the curvature modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from blr.optim import OGN, VOGN
+
+f64 = torch.float64
+
+
+def _linreg(n=20, d=2, sigma2=0.25, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, dtype=f64, generator=g)
+    y = x @ torch.tensor([1.0, -0.5], dtype=f64) + sigma2**0.5 * torch.randn(
+        n, dtype=f64, generator=g
+    )
+    return x, y
+
+
+def _model(d=2):
+    model = torch.nn.Linear(d, 1, bias=False).to(f64)
+    with torch.no_grad():
+        model.weight.zero_()
+    return model
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "ef"])
+def test_ogn_converges_to_the_mean_field_optimum_of_bayesian_linear_regression(curvature):
+    """Row 8 (f)(ii): m → S*⁻¹Xᵀy/σ² and N(h + δ/N) → diag(S*), S* = XᵀX/σ² + δI (exact GGN);
+    the empirical Fisher has the same mean fixed point but a different precision."""
+    x, y = _linreg()
+    n, sigma2, delta = 20, 0.25, 1.0
+    model = _model()
+    opt = OGN(
+        model,
+        lr=0.5,
+        ess=n,
+        weight_decay=delta / n,
+        beta1=0.0,
+        beta2=0.5,
+        curvature=curvature,
+        loss="gaussian",
+        sigma2=sigma2,
+    )
+    for _ in range(300):
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            loss = ((model(x).squeeze(-1) - y) ** 2 / (2 * sigma2)).mean()
+            loss.backward()
+        opt.step()
+    prec = x.T @ x / sigma2 + delta * torch.eye(2, dtype=f64)
+    m_star = torch.linalg.solve(prec, x.T @ y / sigma2)
+    hess = opt.state_dict()["state"][0]["hess"].reshape(-1)
+    torch.testing.assert_close(model.weight.detach().reshape(-1), m_star, rtol=1e-8, atol=1e-10)
+    if curvature == "ggn":
+        torch.testing.assert_close(n * (hess + delta / n), torch.diagonal(prec), rtol=1e-8, atol=0)
+
+
+def test_vogn_equals_a_hand_coded_vogn_given_the_same_draws():
+    """Row 9 (e): θ = m + ε/√(N(h + δ)); ĝ, ĥ (mean GGN) at θ; ḡ, h, m recursions."""
+    x, y = _linreg()
+    n, sigma2, wd, lr, b1, b2, h0 = 20, 0.25, 0.05, 0.1, 0.9, 0.95, 2.0
+    model = _model()
+    opt = VOGN(
+        model,
+        lr=lr,
+        ess=n,
+        weight_decay=wd,
+        beta1=b1,
+        beta2=b2,
+        hess_init=h0,
+        curvature="ggn",
+        loss="gaussian",
+        sigma2=sigma2,
+        seed=11,
+    )
+    gen = torch.Generator().manual_seed(11)
+    m, mom, h = (
+        torch.zeros(2, dtype=f64),
+        torch.zeros(2, dtype=f64),
+        torch.full((2,), h0, dtype=f64),
+    )
+    ggn = (x**2).mean(0) / sigma2  # per-example GGN of a linear-Gaussian model, averaged
+    for t in range(1, 31):
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            ((model(x).squeeze(-1) - y) ** 2 / (2 * sigma2)).mean().backward()
+        opt.step()
+        eps = torch.randn(2, dtype=f64, generator=gen)
+        theta = m + eps / torch.sqrt(n * (h + wd))
+        g = x.T @ (x @ theta - y) / (sigma2 * n)
+        mom = b1 * mom + (1 - b1) * g
+        h = b2 * h + (1 - b2) * ggn
+        m = m - lr * (mom / (1 - b1**t) + wd * m) / (h + wd)
+        torch.testing.assert_close(model.weight.detach().reshape(-1), m, rtol=1e-10, atol=1e-12)
+
+
+def test_ogn_evaluates_at_the_mean_and_arguments_are_checked():
+    model = _model()
+    opt = OGN(model, lr=0.1, ess=10, curvature="ef")
+    w = model.weight.detach().clone()
+    with opt.sampled_params(train=True):
+        assert torch.equal(model.weight, w)
+        model(torch.ones(3, 2, dtype=f64)).sum().backward()
+    opt.step()
+    with pytest.raises(ValueError, match="needs the loss"):
+        VOGN(model, lr=0.1, ess=10, curvature="ggn")
+    with pytest.raises(ValueError, match="curvature must be"):
+        VOGN(model, lr=0.1, ess=10, curvature="hessian")
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
+        VOGN(list(model.parameters()), lr=0.1, ess=10, curvature="ef")

@@ -11,6 +11,7 @@ counts parameters, gradients, state and persistent buffers in bytes (each storag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -166,6 +167,63 @@ def optim_table(
     return rows
 
 
+def time_train_step(
+    make_opt: Callable[[nn.Module], torch.optim.Optimizer],
+    *,
+    batch: int = 128,
+    repeats: int = 20,
+    warmup: int = 3,
+) -> float:
+    """Median milliseconds of a whole training step of the MLP on a minibatch: forward,
+    cross-entropy, backward (inside ``sampled_params(train=True)`` for sampling optimizers, which
+    is where VOGN collects its per-example curvature) and the update."""
+    torch.manual_seed(0)
+    model = mlp()
+    x, y = torch.randn(batch, 512), torch.randint(0, 10, (batch,))
+    opt = make_opt(model)
+    sampling = _is_sampling(opt)
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        ctx = opt.sampled_params(train=True) if sampling else contextlib.nullcontext()
+        with ctx:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if i >= warmup:
+            times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def train_step_table(repeats: int = 20) -> list[dict[str, Any]]:
+    """AdamW vs the sampling optimizers, whole training steps on the MLP (batch 128)."""
+    from blr.optim import IVON, VOGN
+
+    makers = {
+        "adamw-foreach": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, foreach=True),
+        "adamw-fused": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True),
+        "blr IVON": lambda m: IVON(m.parameters(), lr=0.1, ess=50_000, seed=0),
+        "blr VOGN ef": lambda m: VOGN(m, lr=1e-3, ess=50_000, curvature="ef", seed=0),
+        "blr VOGN mc_fisher": lambda m: VOGN(
+            m, lr=1e-3, ess=50_000, curvature="mc_fisher", loss="cross_entropy", seed=0
+        ),
+        "blr VOGN ggn": lambda m: VOGN(
+            m, lr=1e-3, ess=50_000, curvature="ggn", loss="cross_entropy", seed=0
+        ),
+    }
+    times = {k: time_train_step(f, repeats=repeats) for k, f in makers.items()}
+    base = times["adamw-foreach"]
+    return [
+        {
+            "model": "mlp",
+            "optimizer": k,
+            "step_ms": round(v, 3),
+            "x_adamw_foreach": round(v / base, 2),
+        }
+        for k, v in times.items()
+    ]
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = f"{'model':6} {'optimizer':16} {'params':>9} {'ms':>8} {'min ms':>8} {'×AdamW':>7} "
     head += f"{'MiB held':>9} {'×AdamW':>7}"
@@ -186,17 +244,26 @@ def main(argv: Sequence[str] | None = None, extra: dict[str, Callable] | None = 
     parser.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=sorted(MODELS))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead")
+    parser.add_argument(
+        "--no-train-step", action="store_true", help="skip the whole-training-step table"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     optimizers = {**default_optimizers(), **(extra or {})}
     rows = optim_table(optimizers, args.models, args.repeats)
+    steps = [] if args.no_train_step else train_step_table(args.repeats)
     if args.json:
-        print(json.dumps(rows, indent=1))
-    else:
-        print(
-            f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; optimizer-side "
-            "time per step (median of repeats)"
-        )
-        print_table(rows)
+        print(json.dumps({"optimizer_side": rows, "train_step": steps}, indent=1))
+        return 0
+    print(
+        f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; optimizer-side "
+        "time per step (median of repeats)"
+    )
+    print_table(rows)
+    if steps:
+        print("\nwhole training step on the MLP, batch 128 (forward, backward, curvature, update)")
+        print(f"{'optimizer':20} {'ms':>8} {'×AdamW':>7}")
+        for r in steps:
+            print(f"{r['optimizer']:20} {r['step_ms']:8.3f} {r['x_adamw_foreach']:7.2f}")
     return 0

@@ -28,3 +28,16 @@ def test_module_entry_point_runs():
         [sys.executable, "-m", "blr.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "Bayesian Learning Rule" in out.stdout
+
+
+def test_bench_optim_prints_json_rows(capsys):
+    import json
+
+    assert (
+        main(["bench", "optim", "--models", "cnn", "--repeats", "1", "--no-train-step", "--json"])
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    names = {r["optimizer"] for r in out["optimizer_side"]}
+    assert {"adamw-foreach", "blr IVON"} <= names
+    assert all(r["bytes"] > 0 and r["ms"] > 0 for r in out["optimizer_side"])

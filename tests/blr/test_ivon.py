@@ -351,3 +351,32 @@ def test_bad_hyperparameters_name_the_argument():
         IVON(_model().parameters(), lr=0.1, ess=10, beta2=1.5)
     with pytest.raises(ValueError, match="mc_samples must be an integer"):
         IVON(_model().parameters(), lr=0.1, ess=10, mc_samples=0)
+
+
+def test_mixed_dtypes_in_one_optimizer_and_a_compiled_model():
+    x, y = _regression()
+    model = _model()
+    model[2].to(torch.bfloat16)
+
+    class Cast(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, inp):
+            h = self.inner[1](self.inner[0](inp))
+            return self.inner[2](h.bfloat16()).float()
+
+    net = Cast(model)
+    compiled = torch.compile(net, backend="eager")
+    opt = IVON(net.parameters(), lr=0.05, ess=64, seed=0)
+    before = torch.nn.functional.mse_loss(net(x).squeeze(-1), y).item()
+    for _ in range(20):
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(compiled(x).squeeze(-1), y).backward()
+        opt.step()
+    assert torch.nn.functional.mse_loss(net(x).squeeze(-1), y).item() < before
+    buckets = opt._all_buckets()[0]
+    assert {b.dtype for b in buckets} == {torch.float32, torch.bfloat16}
+    assert all(s.dtype == torch.float32 for b in buckets for s in b.state.values())

@@ -54,15 +54,22 @@ def _is_sampling(opt: torch.optim.Optimizer) -> bool:
     return callable(getattr(opt, "sampled_params", None))
 
 
+def _set_grads(params: list[nn.Parameter], grads: list) -> None:
+    """What backward does: accumulate into the existing ``.grad`` (here: overwrite in place)."""
+    for p, g in zip(params, grads):
+        if p.grad is None:
+            p.grad = g.clone()
+        else:
+            p.grad.copy_(g)
+
+
 def _one_step(opt: torch.optim.Optimizer, params: list[nn.Parameter], grads: list) -> None:
     if _is_sampling(opt):
         with opt.sampled_params(train=True):
-            for p, g in zip(params, grads):
-                p.grad = g
+            _set_grads(params, grads)
         opt.step()
     else:
-        for p, g in zip(params, grads):
-            p.grad = g
+        _set_grads(params, grads)
         opt.step()
 
 
@@ -118,8 +125,7 @@ def time_optimizer(
         _one_step(opt, params, grads)
         if i >= warmup:
             times.append(1e3 * (time.perf_counter() - t0))
-    for p, g in zip(params, grads):
-        p.grad = g
+    _set_grads(params, grads)
     return {
         "ms": statistics.median(times),
         "min_ms": min(times),

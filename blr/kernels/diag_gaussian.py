@@ -21,9 +21,22 @@ bracketed improved-BLR term, :func:`blr.gaussian_step` with ``improved=True`` wi
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
+
+
+def _chunks(n: int, scratch: Tensor | None) -> Iterator[tuple[int, int, Tensor | None]]:
+    """(start, stop, scratch view) over [0, n) in pieces as long as ``scratch`` (one piece and no
+    scratch when None: the caller allocates)."""
+    if scratch is None or scratch.numel() >= n:
+        yield 0, n, None if scratch is None else scratch[:n]
+        return
+    size = scratch.numel()
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        yield start, stop, scratch[: stop - start]
 
 
 def ivon_noise(
@@ -46,8 +59,10 @@ def ivon_noise(
     """
     out = torch.empty_like(hess) if out is None else out
     torch.randn(hess.shape, generator=generator, out=out, dtype=hess.dtype, device=hess.device)
-    scale = torch.add(hess, weight_decay, out=scratch).mul_(ess).rsqrt_()
-    return out.mul_(scale)
+    for a, b, work in _chunks(hess.numel(), scratch):
+        scale = torch.add(hess[a:b], weight_decay, out=work).mul_(ess).rsqrt_()
+        out[a:b].mul_(scale)
+    return out
 
 
 def ivon_hess_estimate_(
@@ -113,7 +128,41 @@ def ivon_step_(
         >>> m
         tensor([-0.1000, -0.1000, -0.1000])
     """
-    scratch = torch.empty_like(mean) if scratch is None else scratch
+    bias = 1.0 - beta1**step if debias else 1.0
+    for a, b, work in _chunks(mean.numel(), scratch):
+        _ivon_piece(
+            mean[a:b],
+            momentum[a:b],
+            hess[a:b],
+            g_hat[a:b],
+            h_hat[a:b],
+            torch.empty_like(mean[a:b]) if work is None else work,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=weight_decay,
+            bias=bias,
+            clip_radius=clip_radius,
+            correction=correction,
+        )
+
+
+def _ivon_piece(
+    mean,
+    momentum,
+    hess,
+    g_hat,
+    h_hat,
+    scratch,
+    *,
+    lr,
+    beta1,
+    beta2,
+    weight_decay,
+    bias,
+    clip_radius,
+    correction,
+) -> None:
     momentum.mul_(beta1).add_(g_hat, alpha=1.0 - beta1)
     diff = h_hat.sub_(hess).neg_()  # h − ĥ, in the ĥ buffer
     if correction:
@@ -122,7 +171,6 @@ def ivon_step_(
         hess.addcdiv_(diff.square_(), scratch, value=0.5 * (1.0 - beta2) ** 2)
     else:
         hess.sub_(diff, alpha=1.0 - beta2)
-    bias = 1.0 - beta1**step if debias else 1.0
     direction = torch.add(momentum, mean, alpha=weight_decay * bias, out=scratch)
     direction.div_(torch.add(hess, weight_decay, out=diff))
     if bias != 1.0:
@@ -165,12 +213,13 @@ def vadam_step_(
         >>> m
         tensor([-0.1000, -0.1000])
     """
-    scratch = torch.empty_like(mean) if scratch is None else scratch
     delta = prior_prec / ess
     exp_avg_sq.mul_(beta2).addcmul_(g_hat, g_hat, value=1.0 - beta2)
     exp_avg.mul_(beta1).add_(g_hat.add_(mean, alpha=delta), alpha=1.0 - beta1)
-    denom = torch.div(exp_avg_sq, 1.0 - beta2**step, out=scratch).sqrt_().add_(delta)
-    mean.addcdiv_(exp_avg, denom, value=-lr / (1.0 - beta1**step))
+    for a, b, work in _chunks(mean.numel(), scratch):
+        work = torch.empty_like(mean[a:b]) if work is None else work
+        denom = torch.div(exp_avg_sq[a:b], 1.0 - beta2**step, out=work).sqrt_().add_(delta)
+        mean[a:b].addcdiv_(exp_avg[a:b], denom, value=-lr / (1.0 - beta1**step))
 
 
 def vadam_noise(
@@ -185,5 +234,7 @@ def vadam_noise(
     """σ⊙z with σ = (N s + δ)^{-1/2}: the offset of a Vadam draw."""
     out = torch.empty_like(exp_avg_sq) if out is None else out
     torch.randn(exp_avg_sq.shape, generator=generator, out=out, dtype=out.dtype, device=out.device)
-    scale = torch.mul(exp_avg_sq, ess, out=scratch).add_(prior_prec).rsqrt_()
-    return out.mul_(scale)
+    for a, b, work in _chunks(exp_avg_sq.numel(), scratch):
+        scale = torch.mul(exp_avg_sq[a:b], ess, out=work).add_(prior_prec).rsqrt_()
+        out[a:b].mul_(scale)
+    return out

@@ -19,48 +19,104 @@ import torch
 from torch import Tensor
 
 _FORMAT = 1
+_SCRATCH = 1 << 16  # least elements of the per-bucket work buffer of the chunked kernels
 
 
 class _Bucket:
-    """The trainable parameters of one group on one (device, dtype): flat views of its state."""
+    """The trainable parameters of one group on one (device, dtype) and their flat buffers.
 
-    def __init__(self, params: list[torch.nn.Parameter], state_names: tuple[str, ...]) -> None:
+    With ``alias_first`` (Gaussian optimizers) and fp32/fp64 parameters, the first state buffer
+    (the mean m) IS the parameters' storage: every parameter becomes a view of one flat tensor,
+    draws are added to it in place and subtracted on exit, so the optimizer keeps no copy of the
+    weights. Gradients likewise live in one flat buffer whose views are the parameters' ``.grad``.
+    Low-precision parameters keep an fp32 master copy of m (and of the gradient).
+    """
+
+    def __init__(
+        self, params: list[torch.nn.Parameter], state_names: tuple[str, ...], alias_first: bool
+    ) -> None:
         self.params = params
         self.device, self.dtype = params[0].device, params[0].dtype
         self.numels = [p.numel() for p in params]
         self.numel = sum(self.numels)
         # fp32 state for fp32/bf16/fp16 parameters, fp64 for fp64 ones
-        state_dtype = torch.promote_types(self.dtype, torch.float32)
-        kw = dict(device=self.device, dtype=state_dtype)
-        self.state = {name: torch.zeros(self.numel, **kw) for name in state_names}
-        self.noise = torch.zeros(self.numel, **kw)
-        self.avg_grad = torch.zeros(self.numel, **kw)
-        self.avg_stat = torch.zeros(self.numel, **kw)
-        self.seen = [False] * len(params)
+        self.state_dtype = torch.promote_types(self.dtype, torch.float32)
+        self.alias = alias_first and self.dtype == self.state_dtype
+        kw = dict(device=self.device, dtype=self.state_dtype)
+        self.state: dict[str, Tensor] = {}
         with torch.no_grad():
-            first = self.state[state_names[0]]  # starts as the parameters' values
-            torch._foreach_copy_(self.views(first), [p.detach() for p in params])
+            for i, name in enumerate(state_names):
+                self.state[name] = torch.zeros(self.numel, **kw)
+                if i == 0:  # starts as the parameters' values
+                    torch._foreach_copy_(self.views(self.state[name]), [p.detach() for p in params])
+            if self.alias:
+                for p, v in zip(params, self.views(self.state[state_names[0]])):
+                    p.data = v
+        self._first = state_names[0]
+        self.noise = torch.zeros(self.numel, **kw)
+        self.grad = torch.zeros(self.numel, device=self.device, dtype=self.dtype)
+        self.grad32 = None if self.dtype == self.state_dtype else torch.zeros(self.numel, **kw)
+        self.work = None if self.alias else torch.zeros(self.numel, **kw)
+        self.scratch = torch.empty(min(self.numel, max(_SCRATCH, self.numel // 8)), **kw)
+        self.acc_grad: Tensor | None = None  # Monte Carlo averages, from the second sample on
+        self.acc_stat: Tensor | None = None
+        self.seen = [False] * len(params)
+        self._hooks = [
+            p.register_post_accumulate_grad_hook(self._marker(i)) for i, p in enumerate(params)
+        ]
+
+    def _marker(self, i: int) -> Callable:
+        def mark(_: Tensor) -> None:
+            self.seen[i] = True
+
+        return mark
 
     def views(self, flat: Tensor) -> list[Tensor]:
         return [v.view(p.shape) for v, p in zip(flat.split(self.numels), self.params)]
 
+    def check_alias(self) -> None:
+        if not self.alias:
+            return
+        first = self.state[self._first]
+        for p, v in zip(self.params, self.views(first)):
+            if p.data_ptr() != v.data_ptr():
+                raise RuntimeError(
+                    "a parameter's storage was replaced after the optimizer started (e.g. by "
+                    "model.to(...) or load_state_dict(assign=True)); create the optimizer after "
+                    "moving the model"
+                )
+
     def write_params(self, flat: Tensor) -> None:
+        if self.alias and flat is self.state[self._first]:
+            return
         with torch.no_grad():
             torch._foreach_copy_([p.data for p in self.params], self.views(flat))
 
-    def gather_grads(self, out: Tensor) -> None:
-        """Flat fp32 gradient into ``out`` (zeros where a parameter has no gradient)."""
-        views, grads = [], []
-        for i, (p, v) in enumerate(zip(self.params, self.views(out))):
-            if p.grad is None:
+    def sync_grads(self) -> Tensor:
+        """Make every ``.grad`` a view of the flat gradient buffer (copying gradients that
+        autograd allocated afresh) and return the gradient in the state dtype."""
+        views = self.views(self.grad)
+        copy_to, copy_from = [], []
+        for p, v in zip(self.params, views):
+            g = p.grad
+            if g is None:
                 v.zero_()
-            else:
-                views.append(v)
-                grads.append(p.grad)
-                self.seen[i] = True
-        if views:
+                p.grad = v
+            elif g.data_ptr() != v.data_ptr():
+                copy_to.append(v)
+                copy_from.append(g)
+                p.grad = v
+        if copy_to:
             with torch.no_grad():
-                torch._foreach_copy_(views, grads)
+                torch._foreach_copy_(copy_to, copy_from)
+        if self.grad32 is None:
+            return self.grad
+        return self.grad32.copy_(self.grad)
+
+    def zero_grad(self) -> None:
+        self.grad.zero_()
+        for p, v in zip(self.params, self.views(self.grad)):
+            p.grad = v
 
 
 class SamplingOptimizer(torch.optim.Optimizer):
@@ -73,6 +129,7 @@ class SamplingOptimizer(torch.optim.Optimizer):
     """
 
     _state_names: tuple[str, ...] = ("mean",)
+    _alias_first = True  # the first state buffer is the mean of a Gaussian: alias the weights
 
     def __init__(
         self,
@@ -94,6 +151,7 @@ class SamplingOptimizer(torch.optim.Optimizer):
         self._generators: dict[torch.device, torch.Generator] = {}
         self._buckets: list[list[_Bucket]] | None = None
         self._count = 0
+        self._stashed = False
         self.skipped_steps = 0
         for group in self.param_groups:
             group.setdefault("step", 0)
@@ -111,10 +169,11 @@ class SamplingOptimizer(torch.optim.Optimizer):
         return contextlib.nullcontext()
 
     def _draw(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> Tensor:
-        """The values a posterior draw writes into the parameters (default: m + σ⊙z, with the
-        offset σ⊙z kept in ``bucket.noise``)."""
+        """The values a posterior draw writes into the parameters of a bucket that does not
+        alias its mean (default: m + σ⊙z, the offset σ⊙z kept in ``bucket.noise``). Aliased
+        buckets add ``bucket.noise`` in place instead."""
         self._noise(group, bucket, generator)
-        return torch.add(bucket.state["mean"], bucket.noise, out=bucket.avg_grad)
+        return torch.add(bucket.state["mean"], bucket.noise, out=bucket.work)
 
     def _center(self, group: dict, bucket: _Bucket) -> Tensor:
         """The values the parameters hold outside ``sampled_params`` (default: the mean m)."""
@@ -145,7 +204,7 @@ class SamplingOptimizer(torch.optim.Optimizer):
                         by_key.setdefault((p.device, p.dtype), []).append(p)
                 buckets = []
                 for params in by_key.values():
-                    bucket = _Bucket(params, self._state_names)
+                    bucket = _Bucket(params, self._state_names, self._alias_first)
                     self._init_bucket(group, bucket)
                     buckets.append(bucket)
                 self._buckets.append(buckets)
@@ -162,7 +221,7 @@ class SamplingOptimizer(torch.optim.Optimizer):
                     by_key.setdefault((p.device, p.dtype), []).append(p)
             buckets = []
             for params in by_key.values():
-                bucket = _Bucket(params, self._state_names)
+                bucket = _Bucket(params, self._state_names, self._alias_first)
                 self._init_bucket(group, bucket)
                 buckets.append(bucket)
             self._buckets.append(buckets)
@@ -173,20 +232,41 @@ class SamplingOptimizer(torch.optim.Optimizer):
         """Within the context the parameters hold a posterior draw θ = m + σ⊙z; on exit they
         hold the mean m again (also when the body raises). With ``train=True`` the gradients
         present on exit are collected as one Monte Carlo sample for the next :meth:`step`
-        (accumulate micro-batches by calling ``backward`` several times inside)."""
+        (accumulate micro-batches by calling ``backward`` several times inside).
+
+        fp32/fp64 weights are the mean itself (no copy is kept): a training draw is added in
+        place and subtracted on exit, which restores m up to one rounding of the weights
+        (|Δm| ≤ ulp(m + σz)); prediction draws (``train=False``) restore m exactly."""
         groups = self._all_buckets()
+        self._stash()  # a new draw overwrites the buffers that hold a single collected sample
+        saved: dict[int, Tensor] = {}
         for group, buckets in zip(self.param_groups, groups):
             for b in buckets:
-                b.write_params(self._draw(group, b, self._generator(b.device)))
+                b.check_alias()
+                gen = self._generator(b.device)
+                if b.alias:
+                    self._noise(group, b, gen)
+                    if not train:  # prediction draws restore m exactly (not the hot path)
+                        saved[id(b)] = b.state[b._first].clone()
+                    b.state[b._first].add_(b.noise)
+                else:
+                    b.write_params(self._draw(group, b, gen))
+        failed = True
         try:
             with self._sample_context() if train else contextlib.nullcontext():
                 yield
-            if train:
-                self._collect()
+            failed = False
         finally:
             for group, buckets in zip(self.param_groups, groups):
                 for b in buckets:
-                    b.write_params(self._center(group, b))
+                    if id(b) in saved:
+                        b.state[b._first].copy_(saved[id(b)])
+                    elif b.alias:  # m = (m + σz) − σz, exact up to one rounding of the weights
+                        b.state[b._first].sub_(b.noise)
+                    else:
+                        b.write_params(self._center(group, b))
+        if train and not failed:
+            self._collect()
 
     @torch.no_grad()
     def _collect(self) -> None:
@@ -194,18 +274,56 @@ class SamplingOptimizer(torch.optim.Optimizer):
         k = self._count
         for group, buckets in zip(self.param_groups, self._all_buckets()):
             for b in buckets:
-                if k == 1:  # straight into the accumulators: no allocation
-                    b.gather_grads(b.avg_grad)
-                    self._sample_stat(group, b, b.avg_grad, out=b.avg_stat)
-                else:  # Welford means
-                    grad = torch.empty_like(b.avg_grad)
-                    b.gather_grads(grad)
-                    stat = self._sample_stat(group, b, grad, out=torch.empty_like(grad))
-                    b.avg_grad.add_(grad.sub_(b.avg_grad), alpha=1.0 / k)
-                    b.avg_stat.add_(stat.sub_(b.avg_stat), alpha=1.0 / k)
+                grad = b.sync_grads()
+                stat = self._sample_stat(group, b, grad, out=b.noise)  # the draw is spent
+                if k > 1:  # Welford means (the first sample was stashed)
+                    b.acc_grad.add_(grad - b.acc_grad, alpha=1.0 / k)
+                    b.acc_stat.add_(stat - b.acc_stat, alpha=1.0 / k)
+
+    @torch.no_grad()
+    def _stash(self) -> None:
+        """Move a single collected sample out of the gradient and draw buffers into the
+        averages, before either is overwritten (a second draw, ``zero_grad``)."""
+        if self._count != 1 or self._stashed:
+            return
+        for buckets in self._all_buckets():
+            for b in buckets:
+                if b.acc_grad is None:
+                    b.acc_grad, b.acc_stat = torch.empty_like(b.noise), torch.empty_like(b.noise)
+                b.acc_grad.copy_(b.grad if b.grad32 is None else b.grad32)
+                b.acc_stat.copy_(b.noise)
+        self._stashed = True
+
+    def _sample_buffers(self, b: _Bucket) -> tuple[Tensor, Tensor]:
+        """(ĝ, averaged statistic) for the next update."""
+        if self._count > 1 or self._stashed:
+            return b.acc_grad, b.acc_stat
+        return (b.grad if b.grad32 is None else b.grad32), b.noise
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients. The parameters this optimizer trains keep their ``.grad`` as views
+        of its flat gradient buffer, zeroed in place (whatever ``set_to_none`` says); other
+        parameters follow ``set_to_none``."""
+        if self._buckets is None:
+            super().zero_grad(set_to_none)
+            return
+        self._stash()
+        owned = set()
+        for buckets in self._buckets:
+            for b in buckets:
+                b.zero_grad()
+                owned.update(id(p) for p in b.params)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) not in owned and p.grad is not None:
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        p.grad.detach_().zero_()
 
     def _reset_samples(self) -> None:
         self._count = 0
+        self._stashed = False
         for buckets in self._buckets or []:
             for b in buckets:
                 b.seen = [False] * len(b.params)
@@ -240,7 +358,7 @@ class SamplingOptimizer(torch.optim.Optimizer):
             for buckets in groups
             for b in buckets
             # NaN/Inf propagate through a sum: one reduction each, no boolean temporaries
-            if not bool(torch.isfinite(b.avg_grad.sum() + b.avg_stat.sum()))
+            if not bool(torch.isfinite(sum(x.sum() for x in self._sample_buffers(b))))
         ]
         if bad:
             self._reset_samples()
@@ -255,9 +373,16 @@ class SamplingOptimizer(torch.optim.Optimizer):
         for group, buckets in zip(self.param_groups, groups):
             group["step"] += 1
             for b in buckets:
-                frozen = [i for i, s in enumerate(b.seen) if not s]
+                g_hat, stat = self._sample_buffers(b)
+                # untouched: no backward reached the parameter and its gradient is zero (a
+                # gradient written by hand, without autograd's hook, still counts)
+                frozen = [
+                    i
+                    for i, (s, v) in enumerate(zip(b.seen, g_hat.split(b.numels)))
+                    if not s and not bool(v.any())
+                ]
                 saved = self._save_segments(b, frozen)
-                self._update(group, b, b.avg_grad, b.avg_stat)
+                self._update(group, b, g_hat, stat)
                 self._restore_segments(b, frozen, saved)
                 b.write_params(self._center(group, b))
         self._reset_samples()

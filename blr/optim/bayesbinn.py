@@ -70,6 +70,7 @@ class BayesBiNN(SamplingOptimizer):
     """
 
     _state_names = ("lam", "momentum")
+    _alias_first = False  # the parameters hold draws or tanh λ, not λ
 
     def __init__(
         self,
@@ -118,7 +119,7 @@ class BayesBiNN(SamplingOptimizer):
             generator=generator,
             out=bucket.noise,
         )
-        return torch.tanh(bucket.noise, out=bucket.avg_grad)
+        return torch.tanh(bucket.noise, out=bucket.work)
 
     def _center(self, group: dict, bucket: _Bucket) -> Tensor:
         lam = bucket.state["lam"]

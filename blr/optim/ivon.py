@@ -131,7 +131,7 @@ class IVON(SamplingOptimizer):
             weight_decay=group["weight_decay"],
             generator=generator,
             out=bucket.noise,
-            scratch=bucket.avg_stat,  # free until the sample is collected
+            scratch=bucket.scratch,
         )
 
     def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor, out: Tensor) -> Tensor:
@@ -149,7 +149,7 @@ class IVON(SamplingOptimizer):
         world = dist.get_world_size()
         for buckets in self._all_buckets():
             for b in buckets:
-                for buf in (b.avg_grad, b.avg_stat):  # both: gradsq works with sync too
+                for buf in self._sample_buffers(b):  # both: gradsq works with sync too
                     dist.all_reduce(buf)
                     buf.div_(world)
 
@@ -176,5 +176,5 @@ class IVON(SamplingOptimizer):
             step=group["step"],
             clip_radius=group["clip_radius"],
             debias=self.debias,
-            scratch=bucket.noise,  # the draw is not needed once its statistic is collected
+            scratch=bucket.scratch,
         )

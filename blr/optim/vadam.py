@@ -85,7 +85,7 @@ class Vadam(SamplingOptimizer):
             ess=group["ess"],
             generator=generator,
             out=bucket.noise,
-            scratch=bucket.avg_stat,
+            scratch=bucket.scratch,
         )
 
     def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor, out: Tensor) -> Tensor:
@@ -104,5 +104,5 @@ class Vadam(SamplingOptimizer):
             prior_prec=group["prior_prec"],
             ess=group["ess"],
             step=group["step"],
-            scratch=bucket.noise,
+            scratch=bucket.scratch,
         )

@@ -118,7 +118,7 @@ class VOGN(SamplingOptimizer):
             weight_decay=group["weight_decay"],
             generator=generator,
             out=bucket.noise,
-            scratch=bucket.avg_stat,
+            scratch=bucket.scratch,
         )
 
     def _sample_context(self) -> contextlib.AbstractContextManager:
@@ -167,7 +167,7 @@ class VOGN(SamplingOptimizer):
             weight_decay=group["weight_decay"],
             step=group["step"],
             correction=False,
-            scratch=bucket.noise,
+            scratch=bucket.scratch,
         )
 
 

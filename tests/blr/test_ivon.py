@@ -391,3 +391,40 @@ def test_mixed_dtypes_in_one_optimizer_and_a_compiled_model():
     buckets = opt._all_buckets()[0]
     assert {b.dtype for b in buckets} == {torch.float32, torch.bfloat16}
     assert all(s.dtype == torch.float32 for b in buckets for s in b.state.values())
+
+
+def test_zero_grad_between_collection_and_step_keeps_the_sample():
+    x, y = _regression()
+    results = []
+    for zero_after in (False, True):
+        model = _model()
+        opt = IVON(model.parameters(), lr=0.05, ess=64, seed=4)
+        for _ in range(3):
+            with opt.sampled_params(train=True):
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(model(x).squeeze(-1), y).backward()
+            if zero_after:
+                opt.zero_grad()  # the collected sample is stashed before the buffer is zeroed
+            opt.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_weights_are_views_of_the_mean_and_replacing_them_is_an_error():
+    x, y = _regression()
+    model = _model()
+    opt = IVON(model.parameters(), lr=0.05, ess=64)
+    _train(model, opt, x, y, 1)
+    mean = opt._all_buckets()[0][0].state["mean"]
+    assert all(
+        p.untyped_storage().data_ptr() == mean.untyped_storage().data_ptr()
+        for p in model.parameters()
+    )
+    assert all(
+        p.grad.untyped_storage().data_ptr() != mean.untyped_storage().data_ptr()
+        for p in model.parameters()
+    )
+    model.double()  # new storage for every parameter
+    with pytest.raises(RuntimeError, match="storage was replaced"):
+        _train(model, opt, x.double(), y.double(), 1)

@@ -139,7 +139,10 @@ class SamplingOptimizer(torch.optim.Optimizer):
         mc_samples: int = 1,
         nonfinite: str = "raise",
         seed: int | None = None,
+        missing_sample: str = "raise",
     ) -> None:
+        if missing_sample not in ("raise", "skip"):
+            raise ValueError(f"missing_sample must be 'raise' or 'skip', got {missing_sample!r}")
         if int(mc_samples) != mc_samples or mc_samples < 1:
             raise ValueError(f"mc_samples must be an integer ≥ 1, got {mc_samples}")
         if nonfinite not in ("raise", "skip"):
@@ -147,6 +150,7 @@ class SamplingOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.mc_samples = int(mc_samples)
         self.nonfinite = nonfinite
+        self.missing_sample = missing_sample
         self._seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
         self._generators: dict[torch.device, torch.Generator] = {}
         self._buckets: list[list[_Bucket]] | None = None
@@ -348,6 +352,8 @@ class SamplingOptimizer(torch.optim.Optimizer):
                     losses.append(closure())
             loss = sum(x.detach() for x in losses) / len(losses)
         if self._count == 0:
+            if self.missing_sample == "skip":
+                return loss
             raise RuntimeError(
                 f"{type(self).__name__}.step() found no gradient sample: call step(closure), or "
                 "run forward and backward inside `with optimizer.sampled_params(train=True):`"

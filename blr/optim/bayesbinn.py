@@ -87,6 +87,7 @@ class BayesBiNN(SamplingOptimizer):
         *,
         nonfinite: str = "raise",
         seed: int | None = None,
+        missing_sample: str = "raise",
     ) -> None:
         check_positive(lr, "lr", allow_zero=True)
         check_positive(ess, "ess")
@@ -105,7 +106,14 @@ class BayesBiNN(SamplingOptimizer):
             beta=beta,
             init_scale=float(init_scale),
         )
-        super().__init__(params, defaults, mc_samples=mc_samples, nonfinite=nonfinite, seed=seed)
+        super().__init__(
+            params,
+            defaults,
+            mc_samples=mc_samples,
+            nonfinite=nonfinite,
+            seed=seed,
+            missing_sample=missing_sample,
+        )
         self.eval_point = eval_point
 
     def _init_bucket(self, group: dict, bucket: _Bucket) -> None:

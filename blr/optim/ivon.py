@@ -31,7 +31,8 @@ class IVON(SamplingOptimizer):
     arguments and defaults are those of ivon-opt 0.1.3, so switching is one import. Beyond it:
     an exception inside ``sampled_params`` restores the mean; micro-batch gradient accumulation
     inside one sample; frozen parameters and parameters without a gradient are left untouched;
-    ``step()`` without a collected sample is a clear error; ``step(closure)`` samples by itself;
+    ``step()`` without a collected sample is a clear error (or a no-op with
+    ``missing_sample="skip"``); ``step(closure)`` samples by itself;
     the step counter and the random generators are in the ``state_dict``; ``add_param_group``
     works; parameters may mix devices and dtypes (bf16/fp16 parameters get fp32 state); the
     device is taken lazily; ``gradsq`` works with ``sync``; NaN/Inf gradients raise (or skip with
@@ -53,6 +54,8 @@ class IVON(SamplingOptimizer):
         rescale_lr: multiply lr by h₀ + δ.
         nonfinite: ``"raise"`` or ``"skip"`` for NaN/Inf gradients.
         seed: seed of the optimizer's own generators (default: drawn from torch's global RNG).
+        missing_sample: ``step()`` without a collected sample: ``"raise"`` or ``"skip"``
+            (a no-op).
 
     Example:
         >>> import torch
@@ -95,6 +98,7 @@ class IVON(SamplingOptimizer):
         *,
         nonfinite: str = "raise",
         seed: int | None = None,
+        missing_sample: str = "raise",
     ) -> None:
         check_positive(lr, "lr", allow_zero=True)
         check_positive(ess, "ess")
@@ -117,7 +121,14 @@ class IVON(SamplingOptimizer):
             weight_decay=weight_decay,
             clip_radius=clip_radius,
         )
-        super().__init__(params, defaults, mc_samples=mc_samples, nonfinite=nonfinite, seed=seed)
+        super().__init__(
+            params,
+            defaults,
+            mc_samples=mc_samples,
+            nonfinite=nonfinite,
+            seed=seed,
+            missing_sample=missing_sample,
+        )
         self.hess_approx, self.sync = hess_approx, bool(sync)
         self.debias, self.rescale_lr = bool(debias), bool(rescale_lr)
 

@@ -62,6 +62,7 @@ class Vadam(SamplingOptimizer):
         *,
         nonfinite: str = "raise",
         seed: int | None = None,
+        missing_sample: str = "raise",
     ) -> None:
         check_positive(lr, "lr", allow_zero=True)
         check_positive(ess, "ess")
@@ -73,7 +74,14 @@ class Vadam(SamplingOptimizer):
         defaults = dict(
             lr=lr, ess=ess, prior_prec=prior_prec, betas=tuple(betas), prec_init=prec_init
         )
-        super().__init__(params, defaults, mc_samples=mc_samples, nonfinite=nonfinite, seed=seed)
+        super().__init__(
+            params,
+            defaults,
+            mc_samples=mc_samples,
+            nonfinite=nonfinite,
+            seed=seed,
+            missing_sample=missing_sample,
+        )
 
     def _init_bucket(self, group: dict, bucket: _Bucket) -> None:
         bucket.state["exp_avg_sq"].fill_(group["prec_init"])

@@ -81,6 +81,7 @@ class VOGN(SamplingOptimizer):
         *,
         nonfinite: str = "raise",
         seed: int | None = None,
+        missing_sample: str = "raise",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -99,7 +100,14 @@ class VOGN(SamplingOptimizer):
             lr=lr, ess=ess, weight_decay=weight_decay, beta1=beta1, beta2=beta2, hess_init=hess_init
         )
         params = [p for p in model.parameters() if p.requires_grad]
-        super().__init__(params, defaults, mc_samples=mc_samples, nonfinite=nonfinite, seed=seed)
+        super().__init__(
+            params,
+            defaults,
+            mc_samples=mc_samples,
+            nonfinite=nonfinite,
+            seed=seed,
+            missing_sample=missing_sample,
+        )
         self.model, self.curvature, self.loss, self.sigma2 = model, curvature, loss, sigma2
         self.sample = bool(sample)
         self._pe: PerExample | None = None

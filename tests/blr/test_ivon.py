@@ -428,3 +428,12 @@ def test_weights_are_views_of_the_mean_and_replacing_them_is_an_error():
     model.double()  # new storage for every parameter
     with pytest.raises(RuntimeError, match="storage was replaced"):
         _train(model, opt, x.double(), y.double(), 1)
+
+
+def test_step_without_a_sample_can_be_a_no_op():
+    model = _model()
+    opt = IVON(model.parameters(), lr=0.05, ess=64, missing_sample="skip")
+    before = [p.detach().clone() for p in model.parameters()]
+    assert opt.step() is None
+    assert all(torch.equal(p, w) for p, w in zip(model.parameters(), before))
+    assert opt.param_groups[0]["step"] == 0

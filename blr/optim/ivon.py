@@ -130,6 +130,9 @@ class IVON(SamplingOptimizer):
             missing_sample=missing_sample,
         )
         self.hess_approx, self.sync = hess_approx, bool(sync)
+        # with per-rank draws, subtracting a draw rounds differently on each rank and the means
+        # would drift apart by ulps: keep a separate mean, restored exactly, when syncing
+        self._alias_first = not self.sync
         self.debias, self.rescale_lr = bool(debias), bool(rescale_lr)
 
     def _init_bucket(self, group: dict, bucket: _Bucket) -> None:

@@ -1,4 +1,4 @@
-"""torch.optim drop-ins built on the kernels of :mod:`blr.kernels`: :class:`IVON`,
+"""torch.optim drop-ins built on the kernels of :mod:`blr.kernels`: :class:`IVON`, :class:`VON`,
 :class:`VOGN`, :class:`OGN`, :class:`Vadam` and :class:`BayesBiNN`, with per-example curvature
 from :class:`PerExample`."""
 
@@ -8,7 +8,7 @@ from blr.optim import curvature
 from blr.optim._base import SamplingOptimizer
 from blr.optim.bayesbinn import BayesBiNN
 from blr.optim.curvature import PerExample
-from blr.optim.ivon import IVON
+from blr.optim.ivon import IVON, VON
 from blr.optim.vadam import Vadam
 from blr.optim.vogn import OGN, VOGN
 
@@ -16,6 +16,7 @@ __all__ = [
     "IVON",
     "OGN",
     "VOGN",
+    "VON",
     "BayesBiNN",
     "PerExample",
     "SamplingOptimizer",

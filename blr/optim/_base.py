@@ -189,6 +189,9 @@ class SamplingOptimizer(torch.optim.Optimizer):
     def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
         raise NotImplementedError
 
+    def _check_update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
+        """Raise before anything is written if the update would leave the family's domain."""
+
     # ------------------------------------------------------------------ buckets, lazily
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = self._generators.get(device)
@@ -376,6 +379,13 @@ class SamplingOptimizer(torch.optim.Optimizer):
                 "changed (pass nonfinite='skip' to skip such steps)"
             )
         self._sync()
+        try:  # every bucket is checked before any is written
+            for group, buckets in zip(self.param_groups, groups):
+                for b in buckets:
+                    self._check_update(group, b, *self._sample_buffers(b))
+        except Exception:
+            self._reset_samples()
+            raise
         for group, buckets in zip(self.param_groups, groups):
             group["step"] += 1
             for b in buckets:

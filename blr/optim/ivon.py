@@ -7,7 +7,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from blr.kernels.diag_gaussian import ivon_hess_estimate_, ivon_noise, ivon_step_
+from blr.kernels.diag_gaussian import (
+    ivon_hess_estimate,
+    ivon_hess_estimate_,
+    ivon_noise,
+    ivon_step_,
+)
 from blr.optim._base import SamplingOptimizer, _Bucket, check_positive
 
 
@@ -133,6 +138,7 @@ class IVON(SamplingOptimizer):
         # with per-rank draws, subtracting a draw rounds differently on each rank and the means
         # would drift apart by ulps: keep a separate mean, restored exactly, when syncing
         self._alias_first = not self.sync
+        self._correction = True
         self.debias, self.rescale_lr = bool(debias), bool(rescale_lr)
 
     def _init_bucket(self, group: dict, bucket: _Bucket) -> None:
@@ -190,5 +196,76 @@ class IVON(SamplingOptimizer):
             step=group["step"],
             clip_radius=group["clip_radius"],
             debias=self.debias,
+            correction=self._correction,
             scratch=bucket.scratch,
         )
+
+
+class VON(IVON):
+    r"""Variational Online Newton (Khan et al., ICML 2018; BLR_SPEC §1.5–1.6): the plain
+    diagonal-Gaussian BLR with the reparameterization (Price/Stein) Hessian estimate
+    ĥ = ĝ⊙(θ − m)/σ², i.e. :class:`IVON` without the improved-BLR correction (and, by default,
+    without gradient momentum or learning-rate rescaling):
+
+    .. math::
+        h \leftarrow \beta_2 h + (1-\beta_2)\hat h,\qquad
+        m \leftarrow m - \alpha\,\frac{\bar g + \delta m}{h + \delta}.
+
+    The Stein estimate can be negative; without the correction h + δ can leave (0, ∞), which
+    this optimizer refuses with a FloatingPointError before writing anything (IVON's correction
+    is the cure). Arguments as :class:`IVON`.
+
+    Example:
+        >>> import torch
+        >>> from blr.optim import VON
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = VON(model.parameters(), lr=0.01, ess=100, hess_init=10.0)
+        >>> with opt.sampled_params(train=True):
+        ...     model(torch.randn(8, 3)).pow(2).mean().backward()
+        >>> opt.step()
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float,
+        ess: float,
+        hess_init: float = 1.0,
+        beta1: float = 0.0,
+        beta2: float = 0.999,
+        weight_decay: float = 1e-4,
+        mc_samples: int = 1,
+        hess_approx: str = "price",
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("rescale_lr", False)
+        super().__init__(
+            params,
+            lr,
+            ess,
+            hess_init,
+            beta1,
+            beta2,
+            weight_decay,
+            mc_samples,
+            hess_approx,
+            **kwargs,
+        )
+        self._correction = False
+
+    def _check_update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
+        wd, b2 = group["weight_decay"], group["beta2"]
+        h_hat = ivon_hess_estimate(
+            stat,
+            bucket.state["hess"],
+            ess=group["ess"],
+            weight_decay=wd,
+            hess_approx=self.hess_approx,
+        )
+        low = (bucket.state["hess"] * b2 + h_hat * (1 - b2)).min().item() + wd
+        if not low > 0:
+            raise FloatingPointError(
+                f"VON: the update would make h + weight_decay non-positive (min {low:.3g}); "
+                "the state was not changed (use IVON, whose correction keeps it positive, a "
+                "smaller 1 - beta2, or hess_approx='gradsq')"
+            )

@@ -437,3 +437,40 @@ def test_step_without_a_sample_can_be_a_no_op():
     assert opt.step() is None
     assert all(torch.equal(p, w) for p, w in zip(model.parameters(), before))
     assert opt.param_groups[0]["step"] == 0
+
+
+def test_von_is_ivon_without_the_correction_and_refuses_a_non_positive_precision():
+    from blr.optim import VON
+
+    x, y = _regression()
+    a, b = _model(), _model()
+    von = VON(a.parameters(), lr=0.05, ess=64, beta2=0.9, hess_init=5.0, seed=2)
+    ivn = IVON(
+        b.parameters(),
+        lr=0.05,
+        ess=64,
+        beta1=0.0,
+        beta2=0.9,
+        hess_init=5.0,
+        rescale_lr=False,
+        seed=2,
+    )
+    ivn._correction = False  # the same kernel with the correction switched off
+    for model, opt in ((a, von), (b, ivn)):
+        _train(model, opt, x, y, 3)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    # a concave loss: every Stein estimate is negative, and with beta2 = 0 h would follow it
+    c = _model()
+    bad = VON(c.parameters(), lr=0.05, ess=64, beta2=0.0, hess_init=1.0, seed=0)
+    before = copy.deepcopy(bad.state_dict())
+    with bad.sampled_params(train=True):
+        bad.zero_grad()
+        (-(c(x) ** 2).mean()).backward()
+    with pytest.raises(FloatingPointError, match="non-positive"):
+        bad.step()
+    after = bad.state_dict()
+    for k, entry in before["state"].items():
+        for name, v in entry.items():
+            torch.testing.assert_close(after["state"][k][name], v, rtol=0, atol=1e-6)
+    assert after["param_groups"][0]["step"] == 0

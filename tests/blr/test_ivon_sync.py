@@ -5,6 +5,7 @@ only all-reduced the Price statistic, so gradsq crashed)."""
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 
 import pytest
@@ -15,8 +16,17 @@ import torch.multiprocessing as mp
 from blr.optim import IVON
 
 
-def _worker(rank: int, world: int, init_file: str, approx: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, approx: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     try:
         torch.manual_seed(0)
         model = torch.nn.Linear(3, 1)
@@ -31,21 +41,18 @@ def _worker(rank: int, world: int, init_file: str, approx: str, out_dir: str) ->
                 torch.nn.functional.mse_loss(model(x), y).backward()
             opt.step()
         state = opt.state_dict()["state"]
-        torch.save(
-            {k: v["hess"] for k, v in state.items()} | {"w": model.weight.detach()},
-            os.path.join(out_dir, f"rank{rank}.pt"),
-        )
+        result = {k: v["hess"] for k, v in state.items()}
+        result["w"] = model.weight.detach()
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("approx", ["price", "gradsq"])
 def test_sync_averages_both_hessian_statistics_across_ranks(approx):
-    if not dist.is_available():
-        pytest.fail("torch.distributed is not available")
     with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        mp.spawn(_worker, args=(2, init_file, approx, tmp), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, _free_port(), approx, tmp), nprocs=2, join=True)
         r0 = torch.load(os.path.join(tmp, "rank0.pt"))
         r1 = torch.load(os.path.join(tmp, "rank1.pt"))
     for k in r0:

@@ -518,6 +518,37 @@ class SamplingOptimizer(torch.optim.Optimizer):
         self._reset_samples()
 
 
+class PrecisionSampler(SamplingOptimizer):
+    """Diagonal Gaussians in IVON's parameterization: state (m, ḡ, h), draws
+    θ = m + z/√(N(h + δ)) with N = ``ess`` and δ = ``weight_decay`` of the group (IVON, VON,
+    VOGN, OGN)."""
+
+    _state_names = ("mean", "momentum", "hess")
+
+    def _init_bucket(self, group: dict, bucket: _Bucket) -> None:
+        bucket.state["hess"].fill_(group["hess_init"])
+
+    def _noise(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
+        from blr.kernels.diag_gaussian import ivon_noise
+
+        ivon_noise(
+            bucket.state["hess"],
+            ess=group["ess"],
+            weight_decay=group["weight_decay"],
+            generator=generator,
+            out=bucket.noise,
+            scratch=bucket.scratch,
+        )
+
+
+def check_beta(value: float, name: str, *, closed: bool = False) -> float:
+    """A rate in [0, 1) (or [0, 1] with ``closed``); ValueError names it otherwise."""
+    v = float(value)
+    if not (0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0):
+        raise ValueError(f"{name} must lie in [0, 1{']' if closed else ')'}, got {value}")
+    return v
+
+
 def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
     """A finite positive (or non-negative) hyperparameter; ValueError names it otherwise."""
     v = float(value)

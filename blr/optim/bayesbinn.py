@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from blr.kernels.bernoulli import bayesbinn_step_, relaxed_sample_, relaxed_scale
-from blr.optim._base import SamplingOptimizer, _Bucket, check_positive
+from blr.optim._base import SamplingOptimizer, _Bucket, check_beta, check_positive
 
 
 class BayesBiNN(SamplingOptimizer):
@@ -93,8 +93,7 @@ class BayesBiNN(SamplingOptimizer):
         check_positive(ess, "ess")
         check_positive(temperature, "temperature")
         check_positive(kl_weight, "kl_weight", allow_zero=True)
-        if not 0.0 <= float(beta) < 1.0:
-            raise ValueError(f"beta must lie in [0, 1), got {beta}")
+        check_beta(beta, "beta")
         if eval_point not in ("mean", "sign"):
             raise ValueError(f"eval_point must be 'mean' or 'sign', got {eval_point!r}")
         defaults = dict(

@@ -10,13 +10,12 @@ from torch import Tensor
 from blr.kernels.diag_gaussian import (
     ivon_hess_estimate,
     ivon_hess_estimate_,
-    ivon_noise,
     ivon_step_,
 )
-from blr.optim._base import SamplingOptimizer, _Bucket, check_positive
+from blr.optim._base import PrecisionSampler, _Bucket, check_beta, check_positive
 
 
-class IVON(SamplingOptimizer):
+class IVON(PrecisionSampler):
     r"""Improved Variational Online Newton: the diagonal-Gaussian BLR with a Price/Stein Hessian
     estimate, the improved-BLR correction and gradient momentum (Shen et al., ICML 2024):
 
@@ -82,7 +81,6 @@ class IVON(SamplingOptimizer):
         Shen et al., "Variational Learning is Effective for Large Deep Networks", ICML 2024.
     """
 
-    _state_names = ("mean", "momentum", "hess")
     hessian_approx_methods = ("price", "gradsq")
 
     def __init__(
@@ -110,9 +108,8 @@ class IVON(SamplingOptimizer):
         check_positive(hess_init, "hess_init")
         check_positive(weight_decay, "weight_decay", allow_zero=True)
         check_positive(clip_radius, "clip_radius")
-        for name, beta in (("beta1", beta1), ("beta2", beta2)):
-            if not 0.0 <= float(beta) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {beta}")
+        check_beta(beta1, "beta1", closed=True)
+        check_beta(beta2, "beta2", closed=True)
         if hess_approx not in self.hessian_approx_methods:
             raise ValueError(
                 f"hess_approx must be one of {self.hessian_approx_methods}, got {hess_approx!r}"
@@ -140,19 +137,6 @@ class IVON(SamplingOptimizer):
         self._alias_first = not self.sync
         self._correction = True
         self.debias, self.rescale_lr = bool(debias), bool(rescale_lr)
-
-    def _init_bucket(self, group: dict, bucket: _Bucket) -> None:
-        bucket.state["hess"].fill_(group["hess_init"])
-
-    def _noise(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
-        ivon_noise(
-            bucket.state["hess"],
-            ess=group["ess"],
-            weight_decay=group["weight_decay"],
-            generator=generator,
-            out=bucket.noise,
-            scratch=bucket.scratch,
-        )
 
     def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor, out: Tensor) -> Tensor:
         if self.hess_approx == "price":

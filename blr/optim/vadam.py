@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from blr.kernels.diag_gaussian import vadam_noise, vadam_step_
-from blr.optim._base import SamplingOptimizer, _Bucket, check_positive
+from blr.optim._base import SamplingOptimizer, _Bucket, check_beta, check_positive
 
 
 class Vadam(SamplingOptimizer):
@@ -68,9 +68,8 @@ class Vadam(SamplingOptimizer):
         check_positive(ess, "ess")
         check_positive(prior_prec, "prior_prec", allow_zero=True)
         check_positive(prec_init, "prec_init")
-        for name, beta in zip(("betas[0]", "betas[1]"), betas):
-            if not 0.0 <= float(beta) < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {beta}")
+        check_beta(betas[0], "betas[0]")
+        check_beta(betas[1], "betas[1]")
         defaults = dict(
             lr=lr, ess=ess, prior_prec=prior_prec, betas=tuple(betas), prec_init=prec_init
         )

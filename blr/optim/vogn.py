@@ -7,12 +7,12 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
-from blr.kernels.diag_gaussian import ivon_noise, ivon_step_
-from blr.optim._base import SamplingOptimizer, _Bucket, check_positive
+from blr.kernels.diag_gaussian import ivon_step_
+from blr.optim._base import PrecisionSampler, _Bucket, check_beta, check_positive
 from blr.optim.curvature import PerExample
 
 
-class VOGN(SamplingOptimizer):
+class VOGN(PrecisionSampler):
     r"""Variational Online Gauss–Newton (Khan et al., ICML 2018; Osawa et al., NeurIPS 2019;
     BLR_SPEC Rows 8–9): the diagonal-Gaussian BLR where the Hessian is the minibatch mean of
     per-example Gauss–Newton (or squared-gradient) curvature, evaluated at a posterior draw:
@@ -62,8 +62,6 @@ class VOGN(SamplingOptimizer):
         >>> opt.step()
     """
 
-    _state_names = ("mean", "momentum", "hess")
-
     def __init__(
         self,
         model: nn.Module,
@@ -93,9 +91,8 @@ class VOGN(SamplingOptimizer):
         check_positive(ess, "ess")
         check_positive(weight_decay, "weight_decay", allow_zero=True)
         check_positive(hess_init, "hess_init")
-        for name, beta in (("beta1", beta1), ("beta2", beta2)):
-            if not 0.0 <= float(beta) < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {beta}")
+        check_beta(beta1, "beta1")
+        check_beta(beta2, "beta2")
         defaults = dict(
             lr=lr, ess=ess, weight_decay=weight_decay, beta1=beta1, beta2=beta2, hess_init=hess_init
         )
@@ -113,21 +110,11 @@ class VOGN(SamplingOptimizer):
         self._pe: PerExample | None = None
         self._squares: dict | None = None
 
-    def _init_bucket(self, group: dict, bucket: _Bucket) -> None:
-        bucket.state["hess"].fill_(group["hess_init"])
-
     def _noise(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
         if not self.sample:  # OGN: the delta method, no draw
             bucket.noise.zero_()
             return
-        ivon_noise(
-            bucket.state["hess"],
-            ess=group["ess"],
-            weight_decay=group["weight_decay"],
-            generator=generator,
-            out=bucket.noise,
-            scratch=bucket.scratch,
-        )
+        super()._noise(group, bucket, generator)
 
     def _sample_context(self) -> contextlib.AbstractContextManager:
         kw = (

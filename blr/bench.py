@@ -141,6 +141,7 @@ def default_optimizers() -> dict[str, Callable]:
         "adamw-foreach": lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True),
         "adamw-fused": lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True),
         "blr IVON": lambda p: IVON(p, lr=0.1, ess=50_000, seed=0),
+        "blr IVON fused": lambda p: IVON(p, lr=0.1, ess=50_000, seed=0, fused=True),
     }
 
 

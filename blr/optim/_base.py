@@ -179,6 +179,11 @@ class SamplingOptimizer(torch.optim.Optimizer):
         self._noise(group, bucket, generator)
         return torch.add(bucket.state["mean"], bucket.noise, out=bucket.work)
 
+    def _draw_aliased(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
+        """Turn the weights (= m) into a draw in place, keeping the offset in ``bucket.noise``."""
+        self._noise(group, bucket, generator)
+        bucket.state[bucket._first].add_(bucket.noise)
+
     def _center(self, group: dict, bucket: _Bucket) -> Tensor:
         """The values the parameters hold outside ``sampled_params`` (default: the mean m)."""
         return bucket.state["mean"]
@@ -252,10 +257,9 @@ class SamplingOptimizer(torch.optim.Optimizer):
                 b.check_alias()
                 gen = self._generator(b.device)
                 if b.alias:
-                    self._noise(group, b, gen)
                     if not train:  # prediction draws restore m exactly (not the hot path)
                         saved[id(b)] = b.state[b._first].clone()
-                    b.state[b._first].add_(b.noise)
+                    self._draw_aliased(group, b, gen)
                 else:
                     b.write_params(self._draw(group, b, gen))
         failed = True

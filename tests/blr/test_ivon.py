@@ -474,3 +474,21 @@ def test_von_is_ivon_without_the_correction_and_refuses_a_non_positive_precision
         for name, v in entry.items():
             torch.testing.assert_close(after["state"][k][name], v, rtol=0, atol=1e-6)
     assert after["param_groups"][0]["step"] == 0
+
+
+def test_fused_compiled_path_equals_the_vectorized_one():
+    x, y = _regression()
+    a, b = _model(), _model()
+    eager = IVON(a.parameters(), lr=0.05, ess=64, seed=8)
+    fused = IVON(b.parameters(), lr=0.05, ess=64, seed=8, fused=True)
+    for model, opt in ((a, eager), (b, fused)):
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)  # no recompiles
+        for _ in range(5):
+            _train(model, opt, x, y, 1)
+            sched.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    sa, sb = eager.state_dict()["state"], fused.state_dict()["state"]
+    for k in sa:
+        for name in ("momentum", "hess"):
+            torch.testing.assert_close(sa[k][name], sb[k][name], rtol=1e-5, atol=1e-6)

@@ -61,6 +61,7 @@ class _Bucket:
         self.acc_grad: Tensor | None = None  # Monte Carlo averages, from the second sample on
         self.acc_stat: Tensor | None = None
         self.seen = [False] * len(params)
+        self.had_grad = [False] * len(params)
         self._hooks = [
             p.register_post_accumulate_grad_hook(self._marker(i)) for i, p in enumerate(params)
         ]
@@ -97,8 +98,9 @@ class _Bucket:
         autograd allocated afresh) and return the gradient in the state dtype."""
         views = self.views(self.grad)
         copy_to, copy_from = [], []
-        for p, v in zip(self.params, views):
+        for i, (p, v) in enumerate(zip(self.params, views)):
             g = p.grad
+            self.had_grad[i] = g is not None
             if g is None:
                 v.zero_()
                 p.grad = v
@@ -396,11 +398,16 @@ class SamplingOptimizer(torch.optim.Optimizer):
                 g_hat, stat = self._sample_buffers(b)
                 # untouched: no backward reached the parameter and its gradient is zero (a
                 # gradient written by hand, without autograd's hook, still counts)
-                frozen = [
-                    i
-                    for i, (s, v) in enumerate(zip(b.seen, g_hat.split(b.numels)))
-                    if not s and not bool(v.any())
-                ]
+                # (when no hook fired at all, the gradients were written by hand: every
+                # parameter that had a .grad counts)
+                if any(b.seen):
+                    frozen = [
+                        i
+                        for i, (s, v) in enumerate(zip(b.seen, g_hat.split(b.numels)))
+                        if not s and not bool(v.any())
+                    ]
+                else:
+                    frozen = [i for i, h in enumerate(b.had_grad) if not h]
                 saved = self._save_segments(b, frozen)
                 self._update(group, b, g_hat, stat)
                 self._restore_segments(b, frozen, saved)

@@ -492,3 +492,13 @@ def test_fused_compiled_path_equals_the_vectorized_one():
     for k in sa:
         for name in ("momentum", "hess"):
             torch.testing.assert_close(sa[k][name], sb[k][name], rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_written_by_hand_count_and_missing_ones_do_not():
+    w, v = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = IVON([w, v], lr=0.1, ess=10, seed=0)
+    with opt.sampled_params(train=True):
+        w.grad = torch.full((3,), 0.5)  # no autograd: no hook fires; v has no gradient at all
+    opt.step()
+    assert not torch.equal(w.detach(), torch.ones(3))
+    assert torch.equal(v.detach(), torch.ones(2))

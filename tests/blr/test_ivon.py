@@ -500,5 +500,6 @@ def test_gradients_written_by_hand_count_and_missing_ones_do_not():
     with opt.sampled_params(train=True):
         w.grad = torch.full((3,), 0.5)  # no autograd: no hook fires; v has no gradient at all
     opt.step()
-    assert not torch.equal(w.detach(), torch.ones(3))
-    assert torch.equal(v.detach(), torch.ones(2))
+    assert not torch.allclose(w.detach(), torch.ones(3))
+    # untouched by the update; the draw was added and subtracted: one rounding at most
+    torch.testing.assert_close(v.detach(), torch.ones(2), rtol=0, atol=1e-7)

@@ -163,8 +163,8 @@ def _ivon_piece(
     clip_radius,
     correction,
 ) -> None:
-    momentum.mul_(beta1).add_(g_hat, alpha=1.0 - beta1)
-    diff = h_hat.sub_(hess).neg_()  # h − ĥ, in the ĥ buffer
+    momentum.lerp_(g_hat, 1.0 - beta1)  # β₁ḡ + (1 − β₁)ĝ in one pass
+    diff = torch.sub(hess, h_hat, out=h_hat)  # h − ĥ, in the ĥ buffer
     if correction:
         torch.add(hess, weight_decay, out=scratch)  # old h + δ
         hess.sub_(diff, alpha=1.0 - beta2)  # β₂h + (1 − β₂)ĥ
@@ -172,12 +172,12 @@ def _ivon_piece(
     else:
         hess.sub_(diff, alpha=1.0 - beta2)
     direction = torch.add(momentum, mean, alpha=weight_decay * bias, out=scratch)
-    direction.div_(torch.add(hess, weight_decay, out=diff))
-    if bias != 1.0:
-        direction.div_(bias)
+    denom = torch.add(hess, weight_decay, out=diff)
     if math.isfinite(clip_radius):
-        direction.clamp_(-clip_radius, clip_radius)
-    mean.sub_(direction, alpha=lr)
+        direction.div_(denom).div_(bias).clamp_(-clip_radius, clip_radius)
+        mean.sub_(direction, alpha=lr)
+    else:  # m − (α/b)·(ḡ + bδm)/(h + δ) in one pass
+        mean.addcdiv_(direction, denom, value=-lr / bias)
 
 
 @torch.no_grad()

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from blr.kernels.diag_gaussian import ivon_noise
+
 _FORMAT = 1
 _SCRATCH = 1 << 16  # least elements of the per-bucket work buffer of the chunked kernels
 
@@ -540,8 +542,6 @@ class PrecisionSampler(SamplingOptimizer):
         bucket.state["hess"].fill_(group["hess_init"])
 
     def _noise(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
-        from blr.kernels.diag_gaussian import ivon_noise
-
         ivon_noise(
             bucket.state["hess"],
             ess=group["ess"],

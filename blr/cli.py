@@ -1,5 +1,5 @@
-"""The ``blr`` command line. Subcommands (``table``, ``demo``, ``bench``) are added as they are
-built; without one, ``blr`` prints its help."""
+"""The ``blr`` command line: ``blr table`` (the paper's table, derived and verified) and
+``blr bench optim`` (optimizer benchmarks); without a subcommand, ``blr`` prints its help."""
 
 from __future__ import annotations
 
@@ -21,6 +21,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    table = sub.add_parser(
+        "table",
+        help="the paper's table: every row derived (sympy) and checked against its algorithm",
+        description=(
+            "Run every row of the BLR paper's table (Khan & Rue 2023, Table 1, plus IVON, VON, "
+            "Vadam and bSAM): the sympy derivation and the check of the BLR instance against "
+            "the classical algorithm. Exits with status 1 if any row fails."
+        ),
+    )
+    table.add_argument(
+        "--row", action="append", metavar="NAME", help="run only this row (repeatable)"
+    )
+    table.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    table.add_argument("--json", action="store_true", help="print JSON (one object per row)")
+    table.add_argument(
+        "--device",
+        default="cpu",
+        help="device of the batched kernel checks (cpu, cuda, cuda:1, ...); default cpu",
+    )
+    table.add_argument(
+        "--no-symbolic",
+        action="store_true",
+        help="skip the sympy derivations (numeric checks only)",
+    )
+    table.add_argument("--list", action="store_true", help="list the rows' names and exit")
     bench = sub.add_parser("bench", help="benchmark tables (optimizer-side time and memory)")
     bench.add_argument("target", choices=["optim"], help="what to benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the target (--help)")
@@ -34,11 +59,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "table":
+        return _table(args)
     if args.command == "bench":
         from blr import bench  # lazily: the benchmark code is only needed here
 
         return bench.main(args.rest)
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
+
+
+def _table(args: argparse.Namespace) -> int:
+    # lazily: blr never imports derivations at module level
+    from derivations import ROWS, table
+
+    if args.list:
+        print("\n".join(ROWS))
+        return 0
+    try:
+        results = table.run_table(args.row, device=args.device, symbolic=not args.no_symbolic)
+    except ValueError as exc:
+        print(f"blr table: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(table.to_json(results))
+    else:
+        print(table.format_table(results, markdown=args.markdown))
+    return 0 if all(r.passed for r in results) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,8 @@
 - :func:`full_gaussian_step` — B independent full-covariance Gaussians in one batched call
   (Cholesky, triangular solves), CPU and CUDA, on the working representation
   :class:`FullGaussianState` (m, S, L).
+- :func:`diag_gaussian_step_` — the diagonal (m, s)-form with the deep-learning rows' options
+  (rates, gradient averaging, prior precision, damping, square-root scaling), any batch shape.
 - :func:`ivon_step_`, :func:`ivon_noise`, :func:`ivon_hess_estimate` — the diagonal-Gaussian
   (IVON) update on flat fp32 buffers, in place (vectorized torch ops on CPU).
 - :mod:`blr.kernels.bernoulli` — the BayesBiNN update (relaxed draws, the Gumbel scale).
@@ -15,11 +17,17 @@ Kernels depend on :mod:`expfam` and torch only (never on the optimizers).
 
 from __future__ import annotations
 
-from blr.kernels.diag_gaussian import ivon_hess_estimate, ivon_noise, ivon_step_
+from blr.kernels.diag_gaussian import (
+    diag_gaussian_step_,
+    ivon_hess_estimate,
+    ivon_noise,
+    ivon_step_,
+)
 from blr.kernels.full_gaussian import FullGaussianState, full_gaussian_step
 
 __all__ = [
     "FullGaussianState",
+    "diag_gaussian_step_",
     "full_gaussian_step",
     "ivon_hess_estimate",
     "ivon_noise",

@@ -282,3 +282,96 @@ def compiled(name: str):
         fn = torch.compile(source, dynamic=True, fullgraph=True)
         _COMPILED[name] = fn
     return fn
+
+
+# ------------------------------------------------------------------- general (m, s)-form, batched
+@torch.no_grad()
+def diag_gaussian_step_(
+    m: Tensor,
+    s: Tensor,
+    g_hat: Tensor,
+    h_hat: Tensor | None,
+    *,
+    rho: float,
+    lr: float | None = None,
+    g_avg: Tensor | None = None,
+    gamma: float = 1.0,
+    delta: float = 0.0,
+    eps: float = 0.0,
+    sqrt: bool = False,
+) -> None:
+    r"""The diagonal-Gaussian BLR in (m, s) form with the deep-learning rows' options, in place
+    on tensors of any shape (leading dimensions are independent copies: one call updates a batch
+    of problems), any floating dtype and device:
+
+    .. math::
+        s &\leftarrow (1-\rho)\,s + \rho\,\hat h,\\
+        \bar g &\leftarrow (1-\gamma)\,\bar g + \gamma\,(\hat g + \delta m),\\
+        m &\leftarrow m - \alpha\,\frac{\bar g}{\phi(s) + \delta + \epsilon},
+        \qquad \phi(s) = s\ \text{or}\ \sqrt{s}.
+
+    Rows of the paper's table it covers (BLR_SPEC §2): gradient descent and SGD (ρ = 0, s = 1,
+    γ = 1), RMSprop (√s, ε), Adam (ρ_t = (1−β₂)/(1−β₂^t), γ_t = (1−β₁)/(1−β₁^t): bias correction
+    as rate schedules), OGN and VOGN (s the per-example Hessian average, δ = δ̃ = δ/N), Vadam
+    (√s + δ̃). With γ = 1, ε = 0, no square root and α = ρ it is :func:`blr.step` for a
+    :class:`~expfam.DiagGaussian` on ℓ̄/N with the prior precision δ folded in (a test checks it).
+
+    Args:
+        m: means, updated in place.
+        s: the scale vector (precision per unit of ℓ̄/N), updated in place (unless ρ = 0).
+        g_hat: ĝ, shaped like ``m``; not modified.
+        h_hat: ĥ, shaped like ``m`` (may be None when ρ = 0); not modified.
+        rho: ρ ≥ 0, the scale's rate (0 keeps s fixed; usually ρ ≤ 1).
+        lr: α > 0, the mean's rate; None means α = ρ.
+        g_avg: the gradient average ḡ, updated in place; required when γ ≠ 1 (with γ = 1,
+            ḡ = ĝ + δm and no buffer is needed).
+        gamma: γ > 0, the rate of ḡ (usually ≤ 1; 1 means no averaging).
+        delta: δ ≥ 0, the prior precision (per unit of ℓ̄/N), in numerator and denominator.
+        eps: ε ≥ 0, damping added to the denominator.
+        sqrt: precondition with √s (square-root scaling) instead of s.
+
+    Raises ValueError naming the argument for mismatched shapes, dtypes or devices and for
+    rates out of range, before anything is written.
+
+    Example:
+        >>> m, s = torch.zeros(2, 3), torch.ones(2, 3)   # two copies of a 3-d problem
+        >>> diag_gaussian_step_(m, s, torch.ones(2, 3), None, rho=0.0, lr=0.1)  # GD
+        >>> m[0]
+        tensor([-0.1000, -0.1000, -0.1000])
+    """
+    named = {"s": s, "g_hat": g_hat, "h_hat": h_hat, "g_avg": g_avg}
+    for name, t in named.items():
+        if t is None:
+            continue
+        if not isinstance(t, Tensor) or t.shape != m.shape:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{name} must have the shape of m {tuple(m.shape)}, got {got}")
+        if t.dtype != m.dtype or t.device != m.device:
+            raise ValueError(
+                f"{name} must have m's dtype and device ({m.dtype}, {m.device}), "
+                f"got ({t.dtype}, {t.device})"
+            )
+    rho, gamma = float(rho), float(gamma)
+    if not (math.isfinite(rho) and rho >= 0.0):
+        raise ValueError(f"rho must be a finite number ≥ 0, got {rho}")
+    alpha = rho if lr is None else float(lr)
+    if not alpha > 0:
+        raise ValueError(f"lr must be positive (or rho > 0 when lr is None), got {alpha}")
+    if not (math.isfinite(gamma) and gamma > 0.0):
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma}")
+    if gamma != 1.0 and g_avg is None:
+        raise ValueError("gamma ≠ 1 needs g_avg (the gradient average buffer)")
+    if rho > 0 and h_hat is None:
+        raise ValueError("rho > 0 needs h_hat")
+    if delta < 0 or eps < 0:
+        raise ValueError(f"delta and eps must be ≥ 0, got delta={delta}, eps={eps}")
+    if rho > 0:
+        s.lerp_(h_hat, rho)
+    direction = g_hat + delta * m if delta else g_hat
+    if g_avg is not None:
+        g_avg.lerp_(direction, gamma)
+        direction = g_avg
+    denom = s.sqrt() if sqrt else s.clone()
+    if delta or eps:
+        denom.add_(delta + eps)
+    m.addcdiv_(direction, denom, value=-alpha)

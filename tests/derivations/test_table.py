@@ -1,0 +1,103 @@
+"""The paper's table: every row's derivation and check pass, the row contract holds, `blr table`
+behaves as a command line should, and docs/table.md is current."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pathlib
+
+import pytest
+
+from blr.cli import main
+from derivations import ROWS, table
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("key", ROWS)
+def test_row_derivation_and_check_pass(key):
+    module = importlib.import_module(f"derivations.{key}")
+    result = table.run_row(module)
+    failing = [c for c in result.comparisons if not c.passed]
+    assert result.error is None, result.error
+    assert result.symbolic_ok, "derive() did not run"
+    assert result.statements, "derive() proved nothing"
+    assert result.comparisons and not failing, failing
+    assert result.passed
+
+
+@pytest.mark.parametrize("key", ROWS)
+def test_row_contract(key):
+    module = importlib.import_module(f"derivations.{key}")
+    info = module.INFO
+    assert isinstance(info, table.RowInfo)
+    assert info.key == key
+    doc = module.__doc__ or ""
+    for section in ("**Equality conditions.**", "**References.**"):
+        assert section in doc, f"{key}: the module docstring lacks {section}"
+    assert callable(module.derive) and callable(module.check)
+
+
+def test_table_numbers_cover_the_papers_seventeen_rows():
+    numbers = [importlib.import_module(f"derivations.{k}").INFO.number for k in ROWS]
+    assert sorted(n for n in numbers if n is not None) == list(range(1, 18))
+    assert len(ROWS) == 21
+
+
+def test_cli_json_for_one_row(capsys):
+    assert main(["table", "--row", "gradient_descent", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["key"] for r in rows] == ["gradient_descent"]
+    assert rows[0]["status"] == "pass" and rows[0]["symbolic"] is True
+    assert rows[0]["max_abs_diff"] < 1e-10
+    assert all(c["passed"] for c in rows[0]["comparisons"])
+
+
+def test_cli_text_and_markdown(capsys):
+    assert main(["table", "--row", "gradient_descent", "--no-symbolic"]) == 0
+    out = capsys.readouterr().out
+    assert "Gradient descent" in out and "pass" in out and "1/1 rows pass" in out
+    assert main(["table", "--row", "gradient_descent", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| # | Algorithm |") and "max \\|Δ\\|" in out
+
+
+def test_cli_unknown_row_and_device_are_clear_errors(capsys):
+    assert main(["table", "--row", "nope"]) == 2
+    assert "unknown row 'nope'" in capsys.readouterr().err
+    assert main(["table", "--row", "gradient_descent", "--device", "warp9"]) == 2
+    assert "warp9" in capsys.readouterr().err
+
+
+def test_cli_exits_nonzero_when_a_row_fails(monkeypatch, capsys):
+    module = importlib.import_module("derivations.gradient_descent")
+    monkeypatch.setattr(
+        module, "check", lambda device="cpu": [table.Comparison("forced", 1.0, 1e-10)]
+    )
+    assert main(["table", "--row", "gradient_descent"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "forced: 1.000e+00 > 1.0e-10" in out
+
+
+def test_a_raising_check_is_reported_not_raised(monkeypatch):
+    module = importlib.import_module("derivations.gradient_descent")
+
+    def boom(device="cpu"):
+        raise RuntimeError("broken row")
+
+    monkeypatch.setattr(module, "check", boom)
+    result = table.run_row(module, symbolic=False)
+    assert not result.passed and "broken row" in result.error
+
+
+def test_cli_list(capsys):
+    assert main(["table", "--list"]) == 0
+    assert capsys.readouterr().out.split() == list(ROWS)
+
+
+def test_docs_table_is_current():
+    path = ROOT / "docs" / "table.md"
+    assert path.read_text() == table.document(), (
+        "docs/table.md is stale: python -m derivations.table > docs/table.md"
+    )

@@ -1,7 +1,9 @@
 """One GPU run: the fused Triton IVON step against the torch path, then optimizer-side timings
 and peak memory on the issue's two models (8 × Linear 4096 + GELU, 134M parameters; ResNet-50,
 25.6M parameters in 161 tensors) for AdamW (fused, foreach), ivon-opt 0.1.3 (if installed),
-blr.optim.IVON (torch path) and the fused Triton step alone. Well under 10 minutes on an H100.
+blr.optim.IVON (torch path, and fused='triton': the optimizer driving the Triton kernels)
+and the fused Triton step alone; peak GPU memory and the bytes the optimizer holds. Well
+under 10 minutes on an H100.
 
     python bench/gpu_check.py                 # on the GPU machine
     python bench/gpu_check.py --small         # a dry run on CPU (Triton interpreted), seconds
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from blr.bench import _one_step
+from blr.bench import _one_step, held_bytes
 from blr.kernels import triton_ivon
 from blr.optim import IVON
 
@@ -122,8 +124,9 @@ def time_opt(make_model, make_opt, device, repeats: int) -> dict[str, float]:
         if i >= 3:
             times.append(1e3 * (time.perf_counter() - t0))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    held = held_bytes(opt, params) / 2**20
     del opt, model, params, grads
-    return {"ms": statistics.median(times), "peak_gib": peak}
+    return {"ms": statistics.median(times), "peak_gib": peak, "held_mib": held}
 
 
 def time_fused(numel: int, device: torch.device, repeats: int) -> float:
@@ -165,6 +168,8 @@ def main() -> int:
         "adamw-foreach": lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True),
         "blr IVON": lambda p: IVON(p, lr=0.1, ess=1e6, seed=0),
     }
+    if device.type == "cuda" or triton_ivon.triton_interpreted():
+        makers["blr IVON fused=triton"] = lambda p: IVON(p, lr=0.1, ess=1e6, seed=0, fused="triton")
     try:
         import ivon
 
@@ -185,15 +190,19 @@ def main() -> int:
                 "optimizer": "fused Triton step alone",
                 "ms": time_fused(numel, device, repeats),
                 "peak_gib": float("nan"),
+                "held_mib": float("nan"),
             }
         )
     base = {r["model"]: r["ms"] for r in rows if r["optimizer"] == "adamw-fused"}
-    print(f"{'model':9} {'optimizer':24} {'params':>11} {'ms':>9} {'×fused':>7} {'peak GiB':>9}")
+    print(
+        f"{'model':9} {'optimizer':24} {'params':>11} {'ms':>9} {'×fused':>7} {'peak GiB':>9} "
+        f"{'held MiB':>9}"
+    )
     for r in rows:
         r["x_adamw_fused"] = r["ms"] / base[r["model"]]
         print(
             f"{r['model']:9} {r['optimizer']:24} {r['params']:11d} {r['ms']:9.3f} "
-            f"{r['x_adamw_fused']:7.2f} {r['peak_gib']:9.2f}"
+            f"{r['x_adamw_fused']:7.2f} {r['peak_gib']:9.2f} {r['held_mib']:9.1f}"
         )
     record["rows"] = rows
     print(json.dumps(record))

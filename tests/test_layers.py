@@ -1,5 +1,6 @@
 """Imports point down only: expfam imports torch (and the standard library) alone; blr may import
-expfam; nothing in expfam or blr imports derivations."""
+expfam; derivations may import both (and sympy); nothing in expfam or blr imports derivations, and
+nothing imports the test-only reference ivon-opt."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ALLOWED = {
     "expfam": {"torch", "expfam"},
     "blr": {"torch", "expfam", "blr", "numpy", "scipy"},
+    "derivations": {"torch", "expfam", "blr", "derivations", "numpy", "scipy", "sympy"},
 }
 
 
@@ -59,3 +61,15 @@ def test_importing_expfam_loads_no_blr_or_derivations_module():
     loaded = eval(out.stdout.strip())
     # torch itself may import numpy; blr, derivations and scipy must stay out
     assert not [m for m in loaded if m.split(".")[0] in ("blr", "derivations", "scipy")]
+
+
+def test_derivations_import_only_the_layers_below_and_sympy():
+    for path in (ROOT / "derivations").rglob("*.py"):
+        extra = _imported_roots(path) - ALLOWED["derivations"] - set(sys.stdlib_module_names)
+        assert not extra, f"{path.relative_to(ROOT)} imports {sorted(extra)}"
+
+
+def test_no_package_module_imports_the_gpl_reference():
+    for package in ("expfam", "blr", "derivations"):
+        for path in (ROOT / package).rglob("*.py"):
+            assert "ivon" not in _imported_roots(path), f"{path.relative_to(ROOT)} imports ivon"

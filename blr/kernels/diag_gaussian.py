@@ -59,10 +59,22 @@ def ivon_noise(
     """
     out = torch.empty_like(hess) if out is None else out
     torch.randn(hess.shape, generator=generator, out=out, dtype=hess.dtype, device=hess.device)
+    return ivon_scale_noise_(out, hess, ess=ess, weight_decay=weight_decay, scratch=scratch)
+
+
+def ivon_scale_noise_(
+    z: Tensor, hess: Tensor, *, ess: float, weight_decay: float, scratch: Tensor | None = None
+) -> Tensor:
+    """z ← σ⊙z with σ = (N(h + δ))^{-1/2}, in place (standard normals → the draw's offset).
+
+    Example:
+        >>> ivon_scale_noise_(torch.ones(2), torch.full((2,), 3.0), ess=4.0, weight_decay=1.0)
+        tensor([0.2500, 0.2500])
+    """
     for a, b, work in _chunks(hess.numel(), scratch):
         scale = torch.add(hess[a:b], weight_decay, out=work).mul_(ess).rsqrt_()
-        out[a:b].mul_(scale)
-    return out
+        z[a:b].mul_(scale)
+    return z
 
 
 def ivon_hess_estimate_(

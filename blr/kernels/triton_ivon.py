@@ -271,6 +271,7 @@ if triton is not None:
         ctr0,
         wd,
         ess,
+        SUBTRACT: tl.constexpr,
         RNE_BF16: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
@@ -279,7 +280,10 @@ if triton is not None:
         m = tl.load(mean_ptr + offs, mask=mask, other=0.0)
         h = tl.load(hess_ptr + offs, mask=mask, other=1.0)
         z = tl.randn(seed, offs.to(tl.int64) + ctr0)
-        theta = m + z * tl.rsqrt((h + wd) * ess)
+        if SUBTRACT:
+            theta = m - z * tl.rsqrt((h + wd) * ess)
+        else:
+            theta = m + z * tl.rsqrt((h + wd) * ess)
         _store_param(out_ptr, offs, theta, mask, RNE_BF16)
 
     @triton.jit(do_not_specialize=["seed", "ctr", "seed_next", "ctr_next"])
@@ -432,10 +436,14 @@ def ivon_fused_sample_(
     weight_decay: float,
     base: int = 0,
     block_size: int = _BLOCK,
+    subtract: bool = False,
 ) -> Tensor:
     """Write a posterior sample θ = m + σz, σ = (N(h + δ))^{-1/2}, z = draw ``draw`` under
     ``seed``, into ``param_out`` (any float dtype; cast on store): the first sample before the
-    first :func:`ivon_fused_step_`. Returns ``param_out``."""
+    first :func:`ivon_fused_step_`. ``param_out`` may be ``mean`` itself (in place: each element
+    is read before it is written). With ``subtract`` it writes m − σz instead: applied to a
+    buffer that holds θ = m + σz it undoes the draw in place (exact up to one rounding).
+    Returns ``param_out``."""
     _require_triton(mean, hess, param_out)
     n = mean.numel()
     _check_flat(n, mean=mean, hess=hess, param_out=param_out)
@@ -452,6 +460,7 @@ def ivon_fused_sample_(
             noise_counter(draw, base),
             float(weight_decay),
             float(ess),
+            SUBTRACT=bool(subtract),
             RNE_BF16=_rne_bf16(param_out),
             BLOCK=block_size,
             enable_fp_fusion=False,
@@ -491,7 +500,8 @@ def ivon_fused_step_(
         mean, momentum, hess: flat contiguous fp32 state (m, ḡ, h), updated in place.
         grad: ĝ at the current sample θ = m + σz (any float dtype, read as fp32).
         param_out: receives θ' = m + σ'z' (or m when ``sample_next`` is False), cast to its
-            dtype; may alias nothing else.
+            dtype; it may be ``mean`` itself when ``sample_next`` is False (the same value is
+            stored twice), and aliases nothing else otherwise.
         seed, draw: the key and draw index of the current sample's z (module docstring).
         lr, beta1, beta2, weight_decay, ess, step, clip_radius, debias, correction: as in
             :func:`blr.kernels.diag_gaussian.ivon_step_` (``ess`` is N).

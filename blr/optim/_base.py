@@ -55,18 +55,41 @@ class _Bucket:
                 for p, v in zip(params, self.views(self.state[state_names[0]])):
                     p.data = v
         self._first = state_names[0]
-        self.noise = torch.zeros(self.numel, **kw)
+        self._kw = kw
+        self._noise: Tensor | None = None  # allocated on first use (kernels that regenerate
+        # their noise from a counter never need it)
         self.grad = torch.zeros(self.numel, device=self.device, dtype=self.dtype)
         self.grad32 = None if self.dtype == self.state_dtype else torch.zeros(self.numel, **kw)
         self.work = None if self.alias else torch.zeros(self.numel, **kw)
-        self.scratch = torch.empty(min(self.numel, max(_SCRATCH, self.numel // 8)), **kw)
+        self._scratch: Tensor | None = None
         self.acc_grad: Tensor | None = None  # Monte Carlo averages, from the second sample on
         self.acc_stat: Tensor | None = None
         self.seen = [False] * len(params)
         self.had_grad = [False] * len(params)
+        # counter-based noise (fused GPU kernels): key, index of the next draw, current draw
+        self.philox_seed = 0
+        self.draws = 0
+        self.drawn: int | None = None
+        self.counter_noise = False
         self._hooks = [
             p.register_post_accumulate_grad_hook(self._marker(i)) for i, p in enumerate(params)
         ]
+
+    @property
+    def noise(self) -> Tensor:
+        """The flat draw buffer σ⊙z (later the sample statistic), allocated on first use."""
+        if self._noise is None:
+            self._noise = torch.zeros(self.numel, **self._kw)
+        return self._noise
+
+    @property
+    def scratch(self) -> Tensor:
+        """The work buffer of the chunked kernels (an eighth of the bucket, at least 64K
+        elements), allocated on first use."""
+        if self._scratch is None:
+            n = min(self.numel, max(_SCRATCH, self.numel // 8))
+            self._scratch = torch.empty(n, **self._kw)
+        return self._scratch
 
     def _marker(self, i: int) -> Callable:
         def mark(_: Tensor) -> None:
@@ -188,6 +211,15 @@ class SamplingOptimizer(torch.optim.Optimizer):
         self._noise(group, bucket, generator)
         bucket.state[bucket._first].add_(bucket.noise)
 
+    def _undraw_aliased(self, group: dict, bucket: _Bucket) -> None:
+        """Undo :meth:`_draw_aliased`: m = (m + σz) − σz, exact up to one rounding."""
+        bucket.state[bucket._first].sub_(bucket.noise)
+
+    def _single_stat(self, group: dict, bucket: _Bucket) -> Tensor:
+        """The statistic of a single collected sample (default: computed by ``_collect`` into
+        ``bucket.noise``; kernels that defer it compute it here)."""
+        return bucket.noise
+
     def _center(self, group: dict, bucket: _Bucket) -> Tensor:
         """The values the parameters hold outside ``sampled_params`` (default: the mean m)."""
         return bucket.state["mean"]
@@ -212,7 +244,7 @@ class SamplingOptimizer(torch.optim.Optimizer):
 
     def _all_buckets(self) -> list[list[_Bucket]]:
         if self._buckets is None:
-            self._buckets = []
+            built: list[list[_Bucket]] = []
             for group in self.param_groups:
                 by_key: dict[tuple, list] = {}
                 for p in group["params"]:
@@ -223,7 +255,8 @@ class SamplingOptimizer(torch.optim.Optimizer):
                     bucket = _Bucket(params, self._state_names, self._alias_first)
                     self._init_bucket(group, bucket)
                     buckets.append(bucket)
-                self._buckets.append(buckets)
+                built.append(buckets)
+            self._buckets = built
         return self._buckets
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -277,7 +310,7 @@ class SamplingOptimizer(torch.optim.Optimizer):
                     if id(b) in saved:
                         b.state[b._first].copy_(saved[id(b)])
                     elif b.alias:  # m = (m + σz) − σz, exact up to one rounding of the weights
-                        b.state[b._first].sub_(b.noise)
+                        self._undraw_aliased(group, b)
                     else:
                         b.write_params(self._center(group, b))
         if train and not failed:
@@ -290,6 +323,8 @@ class SamplingOptimizer(torch.optim.Optimizer):
         for group, buckets in zip(self.param_groups, self._all_buckets()):
             for b in buckets:
                 grad = b.sync_grads()
+                if b.counter_noise and k == 1:
+                    continue  # the fused kernel regenerates the draw itself
                 stat = self._sample_stat(group, b, grad, out=b.noise)  # the draw is spent
                 if k > 1:  # Welford means (the first sample was stashed)
                     b.acc_grad.add_(grad - b.acc_grad, alpha=1.0 / k)
@@ -301,19 +336,22 @@ class SamplingOptimizer(torch.optim.Optimizer):
         averages, before either is overwritten (a second draw, ``zero_grad``)."""
         if self._count != 1 or self._stashed:
             return
-        for buckets in self._all_buckets():
+        for group, buckets in zip(self.param_groups, self._all_buckets()):
             for b in buckets:
                 if b.acc_grad is None:
-                    b.acc_grad, b.acc_stat = torch.empty_like(b.noise), torch.empty_like(b.noise)
+                    b.acc_grad = torch.empty(b.numel, **b._kw)
+                    b.acc_stat = torch.empty(b.numel, **b._kw)
+                b.acc_stat.copy_(self._single_stat(group, b))
                 b.acc_grad.copy_(b.grad if b.grad32 is None else b.grad32)
-                b.acc_stat.copy_(b.noise)
         self._stashed = True
 
-    def _sample_buffers(self, b: _Bucket) -> tuple[Tensor, Tensor]:
-        """(ĝ, averaged statistic) for the next update."""
+    def _sample_buffers(self, b: _Bucket) -> tuple[Tensor, Tensor | None]:
+        """(ĝ, averaged statistic) for the next update; the statistic is None when a fused
+        kernel computes it itself from regenerated noise (one sample, counter-based noise)."""
         if self._count > 1 or self._stashed:
             return b.acc_grad, b.acc_stat
-        return (b.grad if b.grad32 is None else b.grad32), b.noise
+        grad = b.grad if b.grad32 is None else b.grad32
+        return grad, (None if b.counter_noise else b.noise)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the gradients. The parameters this optimizer trains keep their ``.grad`` as views
@@ -375,7 +413,9 @@ class SamplingOptimizer(torch.optim.Optimizer):
             for buckets in groups
             for b in buckets
             # NaN/Inf propagate through a sum: one reduction each, no boolean temporaries
-            if not bool(torch.isfinite(sum(x.sum() for x in self._sample_buffers(b))))
+            if not bool(
+                torch.isfinite(sum(x.sum() for x in self._sample_buffers(b) if x is not None))
+            )
         ]
         if bad:
             self._reset_samples()
@@ -467,6 +507,8 @@ class SamplingOptimizer(torch.optim.Optimizer):
                 "seed": self._seed,
                 "generators": {str(d): g.get_state() for d, g in self._generators.items()},
                 "skipped_steps": self.skipped_steps,
+                # counter-based noise of fused kernels: (key, next draw) per bucket
+                "counters": [[[b.philox_seed, b.draws] for b in bs] for bs in groups],
             },
         }
 
@@ -528,6 +570,9 @@ class SamplingOptimizer(torch.optim.Optimizer):
         for dev, gstate in meta["generators"].items():
             self._generator(torch.device(dev)).set_state(gstate)
         self.skipped_steps = int(meta.get("skipped_steps", 0))
+        for bucket_list, counters in zip(buckets, meta.get("counters", [])):
+            for b, (key, draws) in zip(bucket_list, counters):
+                b.philox_seed, b.draws = int(key), int(draws)
         self._reset_samples()
 
 

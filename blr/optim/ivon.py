@@ -12,6 +12,7 @@ from blr.kernels.diag_gaussian import (
     compiled,
     ivon_hess_estimate,
     ivon_hess_estimate_,
+    ivon_scale_noise_,
     ivon_step_,
 )
 from blr.optim._base import PrecisionSampler, _Bucket, check_beta, check_positive
@@ -62,9 +63,15 @@ class IVON(PrecisionSampler):
         seed: seed of the optimizer's own generators (default: drawn from torch's global RNG).
         missing_sample: ``step()`` without a collected sample: ``"raise"`` or ``"skip"``
             (a no-op).
-        fused: draw and update in one compiled loop each (``torch.compile``: seconds to compile
-            on first use, then ~8× fewer memory passes); used for one MC sample with
-            ``hess_approx="price"`` and fp32 weights, else the vectorized path.
+        fused: ``False`` (vectorized torch ops), ``True`` (the fastest fused path available:
+            the Triton kernel for CUDA parameters when triton is installed, else
+            ``"compile"``), ``"compile"`` (draw and update in one ``torch.compile``'d loop
+            each: seconds to compile on first use, then ~8× fewer memory passes; used for one
+            MC sample with ``hess_approx="price"``, no clipping and fp32 weights), or
+            ``"triton"`` (:mod:`blr.kernels.triton_ivon` for every fp32 bucket: one launch
+            draws θ = m + σz with z regenerated from a (seed, draw) counter, one undoes it, one
+            updates; no noise buffer is kept, so the optimizer holds 16 B per parameter like
+            AdamW; CUDA parameters, or CPU ones under ``TRITON_INTERPRET=1`` for testing).
 
     Example:
         >>> import torch
@@ -142,12 +149,76 @@ class IVON(PrecisionSampler):
         # would drift apart by ulps: keep a separate mean, restored exactly, when syncing
         self._alias_first = not self.sync
         self._correction = True
-        self.fused = bool(fused)
+        if fused not in (False, True, "compile", "triton"):
+            raise ValueError(f"fused must be False, True, 'compile' or 'triton', got {fused!r}")
+        self.fused = fused
+        self._n_buckets = 0
         self.debias, self.rescale_lr = bool(debias), bool(rescale_lr)
+        if fused == "triton":  # refuse now what the first draw would refuse
+            for group in self.param_groups:
+                self._check_triton(group["params"])
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if getattr(self, "fused", None) == "triton":
+            params = param_group["params"]
+            params = [params] if isinstance(params, Tensor) else list(params)
+            self._check_triton(params)
+            param_group = {**param_group, "params": params}
+        super().add_param_group(param_group)
+
+    def _check_triton(self, params: list[Tensor]) -> None:
+        from blr.kernels import triton_ivon  # on demand: triton reads TRITON_INTERPRET once
+
+        for p in params:
+            if not p.requires_grad:
+                continue
+            ok_device = p.device.type == "cuda" or (
+                p.device.type == "cpu" and triton_ivon.triton_interpreted()
+            )
+            if self.sync or p.dtype != torch.float32 or not ok_device:
+                raise ValueError(
+                    "fused='triton' needs triton installed and fp32 parameters on a CUDA "
+                    "device (or on the CPU with TRITON_INTERPRET=1 set before triton is "
+                    f"imported, for testing), without sync; got a {p.dtype} parameter on "
+                    f"{p.device}" + (" and sync=True" if self.sync else "")
+                )
+        if not triton_ivon.triton_available():
+            raise ValueError("fused='triton' needs triton (`pip install triton`)")
+
+    def _init_bucket(self, group: dict, bucket: _Bucket) -> None:
+        super()._init_bucket(group, bucket)
+        index, self._n_buckets = self._n_buckets, self._n_buckets + 1
+        if not self._use_triton(bucket):
+            return
+        bucket.counter_noise = True
+        # one Philox key per bucket, a pure function of the optimizer's seed and the bucket
+        bucket.philox_seed = (self._seed * 0x9E3779B97F4A7C15 + 7919 * index) % 2**63
+
+    def _use_triton(self, bucket: _Bucket) -> bool:
+        if self.fused not in (True, "triton") or not self._correction:
+            return False
+        from blr.kernels import triton_ivon  # on demand: triton reads TRITON_INTERPRET once
+
+        cuda = bucket.device.type == "cuda"
+        usable = (
+            bucket.alias
+            and bucket.state_dtype == torch.float32
+            and triton_ivon.triton_available()
+            and (cuda or (bucket.device.type == "cpu" and triton_ivon.triton_interpreted()))
+        )
+        if self.fused == "triton" and not usable:
+            raise ValueError(
+                "fused='triton' needs triton installed and fp32 parameters on a CUDA device "
+                "(or on the CPU with TRITON_INTERPRET=1 set before triton is imported, for "
+                f"testing); got {bucket.dtype} parameters on {bucket.device}"
+                + (" with sync=True (per-rank draws need a separate mean)" if self.sync else "")
+            )
+        return usable and (cuda or self.fused == "triton")
 
     def _fused_ok(self, group: dict, bucket: _Bucket) -> bool:
         return (
-            self.fused
+            self.fused in (True, "compile")
+            and not bucket.counter_noise
             and bucket.alias
             and self._correction
             and self.hess_approx == "price"
@@ -155,6 +226,21 @@ class IVON(PrecisionSampler):
         )
 
     def _draw_aliased(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
+        if bucket.counter_noise:
+            from blr.kernels.triton_ivon import ivon_fused_sample_
+
+            mean = bucket.state["mean"]
+            ivon_fused_sample_(
+                mean,
+                bucket.state["hess"],
+                mean,
+                seed=bucket.philox_seed,
+                draw=bucket.draws,
+                ess=group["ess"],
+                weight_decay=group["weight_decay"],
+            )
+            bucket.drawn, bucket.draws = bucket.draws, bucket.draws + 1
+            return
         if not self._fused_ok(group, bucket):
             super()._draw_aliased(group, bucket, generator)
             return
@@ -167,7 +253,47 @@ class IVON(PrecisionSampler):
         )
         compiled("draw")(noise, bucket.state["hess"], bucket.state["mean"], hp)
 
+    def _undraw_aliased(self, group: dict, bucket: _Bucket) -> None:
+        if not bucket.counter_noise:
+            super()._undraw_aliased(group, bucket)
+            return
+        from blr.kernels.triton_ivon import ivon_fused_sample_
+
+        mean = bucket.state["mean"]
+        ivon_fused_sample_(
+            mean,
+            bucket.state["hess"],
+            mean,
+            seed=bucket.philox_seed,
+            draw=bucket.drawn,
+            ess=group["ess"],
+            weight_decay=group["weight_decay"],
+            subtract=True,
+        )
+
+    def _counter_noise(self, group: dict, bucket: _Bucket) -> Tensor:
+        """σ⊙z of the current draw, regenerated into ``bucket.noise`` (needed only when more
+        than one sample is averaged)."""
+        from blr.kernels.triton_ivon import ivon_randn_
+
+        ivon_randn_(bucket.noise, seed=bucket.philox_seed, draw=bucket.drawn)
+        return ivon_scale_noise_(
+            bucket.noise,
+            bucket.state["hess"],
+            ess=group["ess"],
+            weight_decay=group["weight_decay"],
+            scratch=bucket.scratch,
+        )
+
+    def _single_stat(self, group: dict, bucket: _Bucket) -> Tensor:
+        if not bucket.counter_noise:
+            return bucket.noise
+        grad = bucket.grad if bucket.grad32 is None else bucket.grad32
+        return self._sample_stat(group, bucket, grad, out=bucket.noise)
+
     def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor, out: Tensor) -> Tensor:
+        if bucket.counter_noise and self.hess_approx == "price":
+            self._counter_noise(group, bucket)
         if self.hess_approx == "price":
             return torch.mul(bucket.noise, grad, out=out)
         return torch.mul(grad, grad, out=out)
@@ -186,8 +312,33 @@ class IVON(PrecisionSampler):
                     dist.all_reduce(buf)
                     buf.div_(world)
 
-    def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
+    def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor | None) -> None:
         wd = group["weight_decay"]
+        if stat is None:  # one sample with counter-based noise: the Triton step regenerates z
+            from blr.kernels.triton_ivon import ivon_fused_step_
+
+            mean = bucket.state["mean"]
+            ivon_fused_step_(
+                mean,
+                bucket.state["momentum"],
+                bucket.state["hess"],
+                g_hat,
+                mean,
+                seed=bucket.philox_seed,
+                draw=bucket.drawn,
+                lr=group["lr"] * (group["hess_init"] + wd) if self.rescale_lr else group["lr"],
+                beta1=group["beta1"],
+                beta2=group["beta2"],
+                weight_decay=wd,
+                ess=group["ess"],
+                step=group["step"],
+                clip_radius=group["clip_radius"],
+                debias=self.debias,
+                hess_approx=self.hess_approx,
+                correction=self._correction,
+                sample_next=False,
+            )
+            return
         if self._fused_ok(group, bucket):
             lr = group["lr"] * (group["hess_init"] + wd) if self.rescale_lr else group["lr"]
             bias = 1.0 - group["beta1"] ** group["step"] if self.debias else 1.0

@@ -1,9 +1,9 @@
 """One GPU run: the fused Triton IVON step against the torch path, then optimizer-side timings
 and peak memory on the issue's two models (8 × Linear 4096 + GELU, 134M parameters; ResNet-50,
 25.6M parameters in 161 tensors) for AdamW (fused, foreach), ivon-opt 0.1.3 (if installed),
-blr.optim.IVON (torch path, and fused='triton': the optimizer driving the Triton kernels)
-and the fused Triton step alone; peak GPU memory and the bytes the optimizer holds. Well
-under 10 minutes on an H100.
+blr.optim.IVON (torch path; fused='triton', the optimizer driving the Triton kernels in three
+passes per step; with draw_ahead=True in one), the fused Triton step alone; peak GPU memory
+and the bytes the optimizer holds. Well under 10 minutes on an H100.
 
     python bench/gpu_check.py                 # on the GPU machine
     python bench/gpu_check.py --small         # a dry run on CPU (Triton interpreted), seconds
@@ -170,6 +170,9 @@ def main() -> int:
     }
     if device.type == "cuda" or triton_ivon.triton_interpreted():
         makers["blr IVON fused=triton"] = lambda p: IVON(p, lr=0.1, ess=1e6, seed=0, fused="triton")
+        makers["blr IVON triton ahead"] = lambda p: IVON(
+            p, lr=0.1, ess=1e6, seed=0, fused="triton", draw_ahead=True
+        )
     try:
         import ivon
 

@@ -313,6 +313,7 @@ if triton is not None:
         CORRECTION: tl.constexpr,
         CLIP: tl.constexpr,
         SAMPLE: tl.constexpr,
+        FROM_SAMPLE: tl.constexpr,
         RNE_BF16: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
@@ -323,10 +324,14 @@ if triton is not None:
         h = tl.load(hess_ptr + offs, mask=mask, other=1.0)
         g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         idx = offs.to(tl.int64)
+        if FROM_SAMPLE:  # the buffer holds θ = m + σz: m = θ − σz, as _sample_kernel undoes it
+            z = tl.randn(seed, idx + ctr)
+            m = m - z * tl.rsqrt((h + wd) * ess)
         # Hessian estimate ĥ from the OLD h (same op order as the torch reference)
         if PRICE:
             prec = (h + wd) * ess
-            z = tl.randn(seed, idx + ctr)
+            if not FROM_SAMPLE:
+                z = tl.randn(seed, idx + ctr)
             h_hat = ((z * tl.rsqrt(prec)) * g) * prec
         else:
             h_hat = (g * g) * ess
@@ -490,6 +495,7 @@ def ivon_fused_step_(
     next_seed: int | None = None,
     next_draw: int | None = None,
     sample_next: bool = True,
+    mean_from_sample: bool = False,
     base: int = 0,
     block_size: int = _BLOCK,
 ) -> None:
@@ -500,14 +506,18 @@ def ivon_fused_step_(
         mean, momentum, hess: flat contiguous fp32 state (m, ḡ, h), updated in place.
         grad: ĝ at the current sample θ = m + σz (any float dtype, read as fp32).
         param_out: receives θ' = m + σ'z' (or m when ``sample_next`` is False), cast to its
-            dtype; it may be ``mean`` itself when ``sample_next`` is False (the same value is
-            stored twice), and aliases nothing else otherwise.
+            dtype; it may be ``mean`` itself (each element is loaded before it is stored),
+            nothing else.
         seed, draw: the key and draw index of the current sample's z (module docstring).
         lr, beta1, beta2, weight_decay, ess, step, clip_radius, debias, correction: as in
             :func:`blr.kernels.diag_gaussian.ivon_step_` (``ess`` is N).
         hess_approx: ``"price"`` (ĥ = N(h + δ)·σz⊙ĝ) or ``"gradsq"`` (ĥ = N ĝ²).
         next_seed, next_draw: key and draw of z' (defaults: ``seed``, ``draw + 1``).
         sample_next: False writes the mean (evaluation) and skips drawing z'.
+        mean_from_sample: ``mean`` holds the current sample θ = m + σz, not m: the kernel
+            recovers m = θ − σz (as ``ivon_fused_sample_(subtract=True)`` would) before the
+            update. With ``param_out`` = ``mean`` and ``sample_next`` the buffer goes from θ to
+            θ' in one pass (the weights hold a draw between steps; m is never stored).
         base: counter offset of element 0 (buffers sharing a seed).
         block_size: elements per program (power of two).
     """
@@ -553,6 +563,7 @@ def ivon_fused_step_(
             CORRECTION=bool(correction),
             CLIP=clip,
             SAMPLE=bool(sample_next),
+            FROM_SAMPLE=bool(mean_from_sample),
             RNE_BF16=_rne_bf16(param_out),
             BLOCK=block_size,
             enable_fp_fusion=False,

@@ -71,6 +71,9 @@ class _Bucket:
         self.draws = 0
         self.drawn: int | None = None
         self.counter_noise = False
+        self.pending: int | None = None  # the draw the weights hold between steps, if any
+        self.fresh = False  # ... not yet used by a training sample
+        self.frozen_idx: list[int] = []  # parameters the running update must leave alone
         self._hooks = [
             p.register_post_accumulate_grad_hook(self._marker(i)) for i, p in enumerate(params)
         ]
@@ -206,12 +209,14 @@ class SamplingOptimizer(torch.optim.Optimizer):
         self._noise(group, bucket, generator)
         return torch.add(bucket.state["mean"], bucket.noise, out=bucket.work)
 
-    def _draw_aliased(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
+    def _draw_aliased(
+        self, group: dict, bucket: _Bucket, generator: torch.Generator, train: bool = True
+    ) -> None:
         """Turn the weights (= m) into a draw in place, keeping the offset in ``bucket.noise``."""
         self._noise(group, bucket, generator)
         bucket.state[bucket._first].add_(bucket.noise)
 
-    def _undraw_aliased(self, group: dict, bucket: _Bucket) -> None:
+    def _undraw_aliased(self, group: dict, bucket: _Bucket, train: bool = True) -> None:
         """Undo :meth:`_draw_aliased`: m = (m + σz) − σz, exact up to one rounding."""
         bucket.state[bucket._first].sub_(bucket.noise)
 
@@ -229,6 +234,12 @@ class SamplingOptimizer(torch.optim.Optimizer):
 
     def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
         raise NotImplementedError
+
+    def _before_update(self, group: dict, bucket: _Bucket, stat: Tensor | None) -> None:
+        """Hook run before the state of parameters without a gradient is saved."""
+
+    def _after_update(self, group: dict, bucket: _Bucket) -> None:
+        """Hook run after the update (and after frozen parameters were restored)."""
 
     def _check_update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
         """Raise before anything is written if the update would leave the family's domain."""
@@ -296,7 +307,7 @@ class SamplingOptimizer(torch.optim.Optimizer):
                 if b.alias:
                     if not train:  # prediction draws restore m exactly (not the hot path)
                         saved[id(b)] = b.state[b._first].clone()
-                    self._draw_aliased(group, b, gen)
+                    self._draw_aliased(group, b, gen, train)
                 else:
                     b.write_params(self._draw(group, b, gen))
         failed = True
@@ -310,11 +321,19 @@ class SamplingOptimizer(torch.optim.Optimizer):
                     if id(b) in saved:
                         b.state[b._first].copy_(saved[id(b)])
                     elif b.alias:  # m = (m + σz) − σz, exact up to one rounding of the weights
-                        self._undraw_aliased(group, b)
+                        self._undraw_aliased(group, b, train)
                     else:
                         b.write_params(self._center(group, b))
         if train and not failed:
             self._collect()
+
+    @contextlib.contextmanager
+    def mean_params(self) -> Iterator[None]:
+        """Within the context the parameters hold the posterior mean m (for evaluation at the
+        mean); on exit they hold what they held before. Outside ``sampled_params`` they
+        already do, so this is a no-op unless an optimizer keeps a draw in the weights between
+        steps (``IVON(fused="triton", draw_ahead=True)``)."""
+        yield
 
     @torch.no_grad()
     def _collect(self) -> None:
@@ -450,9 +469,12 @@ class SamplingOptimizer(torch.optim.Optimizer):
                     ]
                 else:
                     frozen = [i for i, h in enumerate(b.had_grad) if not h]
+                b.frozen_idx = frozen
+                self._before_update(group, b, stat)
                 saved = self._save_segments(b, frozen)
                 self._update(group, b, g_hat, stat)
                 self._restore_segments(b, frozen, saved)
+                self._after_update(group, b)
                 b.write_params(self._center(group, b))
         self._reset_samples()
         return loss

@@ -175,3 +175,73 @@ def test_refuses_what_it_cannot_run_before_touching_anything():
     extra = torch.nn.Linear(2, 2).to(DEVICE)
     opt.add_param_group({"params": extra.parameters()})  # a generator is consumed only once
     assert len(opt.param_groups[-1]["params"]) == 2
+
+
+def _state(opt):
+    return {k: _flat(opt, k).clone() for k in ("momentum", "hess")}
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+def test_draw_ahead_gives_the_same_trajectory_in_one_pass_per_step(samples):
+    model, x, y = _problem(4)
+    model2 = copy.deepcopy(model)
+    plain = IVON(model.parameters(), fused="triton", seed=11, mc_samples=samples, **HYP)
+    ahead = IVON(
+        model2.parameters(), fused="triton", seed=11, mc_samples=samples, draw_ahead=True, **HYP
+    )
+
+    def closure_for(m, o):
+        def closure():
+            o.zero_grad()
+            loss = torch.nn.functional.mse_loss(m(x), y)
+            loss.backward()
+            return loss
+
+        return closure
+
+    for _ in range(5):
+        plain.step(closure_for(model, plain))
+        ahead.step(closure_for(model2, ahead))
+    b = ahead._all_buckets()[0][0]
+    assert b.pending is not None and b.fresh  # the weights hold the next draw
+    flat_w = torch.cat([p.detach().reshape(-1) for p in model2.parameters()])
+    assert not torch.equal(flat_w, _flat(plain, "mean"))
+    with ahead.mean_params():
+        flat_m = torch.cat([p.detach().reshape(-1) for p in model2.parameters()])
+        torch.testing.assert_close(flat_m, _flat(plain, "mean"), rtol=0, atol=1e-6)
+    assert torch.equal(torch.cat([p.detach().reshape(-1) for p in model2.parameters()]), flat_w)
+    for k, v in _state(plain).items():
+        torch.testing.assert_close(_state(ahead)[k], v, rtol=0, atol=1e-6)
+
+
+def test_draw_ahead_checkpoint_resumes_bit_exactly_and_frozen_params_stay():
+    model, x, y = _problem(5)
+    opt = IVON(model.parameters(), fused="triton", seed=13, draw_ahead=True, **HYP)
+    _train(model, opt, x, y, 2)
+    saved_opt = copy.deepcopy(opt.state_dict())
+    with opt.mean_params():
+        saved_model = copy.deepcopy(model.state_dict())
+    _train(model, opt, x, y, 3)
+    model2, _, _ = _problem(9)
+    model2.load_state_dict(saved_model)
+    opt2 = IVON(model2.parameters(), fused="triton", seed=1, draw_ahead=True, **HYP)
+    opt2.load_state_dict(saved_opt)
+    _train(model2, opt2, x, y, 3)
+    for name in ("mean", "momentum", "hess"):
+        assert torch.equal(_flat(opt, name), _flat(opt2, name)), name
+    # a parameter that gets no gradient keeps its mean (the draw moves, the mean does not)
+    bias = model[2].bias
+    with opt.mean_params():
+        before = bias.detach().clone()
+    for _ in range(2):
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model[:2](x) @ model[2].weight.T, y).backward()
+        opt.step()
+    with opt.mean_params():
+        torch.testing.assert_close(bias.detach(), before, rtol=0, atol=1e-6)
+
+
+def test_draw_ahead_needs_the_triton_path():
+    with pytest.raises(ValueError, match="draw_ahead"):
+        IVON(torch.nn.Linear(2, 1).parameters(), lr=0.1, ess=10, draw_ahead=True)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from blr.bench import _one_step, held_bytes
+from blr.bench import _one_step, held_bytes, train_step_table
 from blr.kernels import triton_ivon
 from blr.optim import IVON
 
@@ -208,6 +208,11 @@ def main() -> int:
             f"{r['x_adamw_fused']:7.2f} {r['peak_gib']:9.2f} {r['held_mib']:9.1f}"
         )
     record["rows"] = rows
+    steps = train_step_table(repeats, device)
+    print("whole training step, MLP 512-1024-512-10, batch 128 (issue: VOGN <= 1.6x AdamW):")
+    for r in steps:
+        print(f"  {r['optimizer']:20} {r['step_ms']:9.3f} ms {r['x_adamw_foreach']:6.2f}x foreach")
+    record["train_step"] = steps
     print(json.dumps(record))
     return 0
 

@@ -180,30 +180,37 @@ def time_train_step(
     batch: int = 128,
     repeats: int = 20,
     warmup: int = 3,
+    device: str | torch.device = "cpu",
 ) -> float:
     """Median milliseconds of a whole training step of the MLP on a minibatch: forward,
     cross-entropy, backward (inside ``sampled_params(train=True)`` for sampling optimizers, which
     is where VOGN collects its per-example curvature) and the update."""
     torch.manual_seed(0)
-    model = mlp()
-    x, y = torch.randn(batch, 512), torch.randint(0, 10, (batch,))
+    device = torch.device(device)
+    model = mlp().to(device)
+    x = torch.randn(batch, 512, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     opt = make_opt(model)
     sampling = _is_sampling(opt)
     times = []
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for i in range(warmup + repeats):
+        sync()
         t0 = time.perf_counter()
         ctx = opt.sampled_params(train=True) if sampling else contextlib.nullcontext()
         with ctx:
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
+        sync()
         if i >= warmup:
             times.append(1e3 * (time.perf_counter() - t0))
     return statistics.median(times)
 
 
-def train_step_table(repeats: int = 20) -> list[dict[str, Any]]:
-    """AdamW vs the sampling optimizers, whole training steps on the MLP (batch 128)."""
+def train_step_table(repeats: int = 20, device: str | torch.device = "cpu") -> list[dict[str, Any]]:
+    """AdamW vs the sampling optimizers, whole training steps on the MLP (batch 128), on
+    ``device``."""
     from blr.optim import IVON, VOGN
 
     makers = {
@@ -218,7 +225,7 @@ def train_step_table(repeats: int = 20) -> list[dict[str, Any]]:
             m, lr=1e-3, ess=50_000, curvature="ggn", loss="cross_entropy", seed=0
         ),
     }
-    times = {k: time_train_step(f, repeats=repeats) for k, f in makers.items()}
+    times = {k: time_train_step(f, repeats=repeats, device=device) for k, f in makers.items()}
     base = times["adamw-foreach"]
     return [
         {

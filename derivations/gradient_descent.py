@@ -147,6 +147,7 @@ def check(device: str = "cpu") -> list[Comparison]:
             "BLR after 250 steps vs A⁻¹b = (0.6, −0.8)",
             (long[-1] - limit).abs().max().item(),
             1e-12,
+            kind="limit",
         ),
         Comparison(
             f"kernel ({device}, 64 copies) vs engine",

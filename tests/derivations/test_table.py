@@ -25,6 +25,10 @@ def test_row_derivation_and_check_pass(key):
     assert result.statements, "derive() proved nothing"
     assert result.comparisons and not failing, failing
     assert result.passed
+    equalities = [c for c in result.comparisons if c.kind == "equality"]
+    assert equalities, "a row must compare the BLR instance with its classical algorithm"
+    loose = [c for c in equalities if c.tolerance > 1e-10]
+    assert not loose, f"equality comparisons need a tolerance ≤ 1e-10: {loose}"
 
 
 @pytest.mark.parametrize("key", ROWS)
@@ -89,6 +93,15 @@ def test_a_raising_check_is_reported_not_raised(monkeypatch):
     monkeypatch.setattr(module, "check", boom)
     result = table.run_row(module, symbolic=False)
     assert not result.passed and "broken row" in result.error
+
+
+def test_comparison_kind_is_checked():
+    with pytest.raises(ValueError, match="kind"):
+        table.Comparison("x", 0.0, 1.0, kind="close enough")
+    limit = table.Comparison("limit", 1e-3, 1e-2, kind="limit")
+    result = table.RowResult(table.RowInfo("k", None, "A", "q", "none", False))
+    result.comparisons = [limit, table.Comparison("eq", 1e-15, 1e-12)]
+    assert result.max_abs_diff == 1e-15 and result.passed
 
 
 def test_cli_list(capsys):

@@ -1,0 +1,421 @@
+r"""Variational OGN (VOGN) is OGN without the delta method: the diagonal-Gaussian BLR with the
+gradient and the per-example Gauss–Newton Hessian at one Monte Carlo draw θ ~ q.
+
+**Family.** As OGN (row 8): q = N(m, diag(S)⁻¹), λ = (S⊙m, −½S), S = N(s + δ̃), δ̃ = δ/N,
+ℓ̄(θ) = Σ_iℓ_i(θ) + (δ/2)‖θ‖².
+
+**Rule.** ∇_μE_q[ℓ̄] = (E_q[∇ℓ̄] − E_q[∇²ℓ̄]m, ½E_q[∇²ℓ̄]) (Bonnet, Price). VOGN estimates both
+expectations with one draw θ_t = m_t + ε_t/√(N(s_t + δ̃)) (the current s_t, before the update)
+and a minibatch: ĝ = (1/M)Σ_{i∈B}∇ℓ_i(θ_t), ĥ = (1/M)Σ_{i∈B}h_i(θ_t) with h_i the per-example
+GGN diagonal (or [∇ℓ_i]², ``"ef"``), i.e. :class:`blr.BonnetPrice` with one sample. The rest is
+row 8's algebra:
+
+    s ← (1 − β)s + βĥ(θ_t),    m ← m − α(ĝ(θ_t) + δ̃m)/(s + δ̃).
+
+For a quadratic ℓ̄ (linear regression) E_ε[ĝ(θ_t)] = ∇ℓ̄(m) and the GGN is constant, so the
+exact-expectation VOGN (:class:`blr.Exact` on the closed-form E_q[ℓ̄]) coincides with OGN and
+its fixed point, (m, S) = (m*, diag S*), is the stationary point of the mean-field ELBO.
+
+**Equality conditions.** The same draws ε_t and minibatches, α = β (:func:`blr.step`) or α ≠ β
+(:func:`blr.gaussian_step` with ``GaussianOptions(lr=α)``), m₀ = θ₀, S₀ = N(s₀ + δ̃): identical
+to hand-coded VOGN and to :class:`blr.optim.VOGN` (``beta1=0``, ``beta2 = 1 − β``,
+``weight_decay = δ̃``, the same seed).
+
+**Test problem** (BLR_SPEC Row 9). (i) Row 8's logistic regression (N = 50, D = 2, δ = 0.1,
+M = 10), α = 0.2, β = 0.1, 30 steps with stored ε (replayed from the estimator's seeded
+generator) and stored minibatches: BLR ((m, S)-form) == VOGN for the GGN and the EF Hessian,
+:func:`blr.step` == VOGN at α = β = 0.1; blr.optim.VOGN == VOGN;
+:func:`blr.kernels.diag_gaussian_step_` on 64 copies (different starts, their own draws) == the
+batched engine and VOGN. (ii) Bayesian linear regression (N = 20, D = 2, σ² = 0.25,
+δ = 1), exact per-example GGN, K = 1000 draws, α_t = 0.8·min(1, 10/t), β = 0.5, 60 steps:
+N(s + δ̃) = diag(S*) to 1e-10 (the GGN does not depend on θ), ‖m − m*‖ < 1e-2; the
+exact-expectation version (α = 0.8, 60 steps) converges to the mean-field optimum
+(m*, diag S*) to 1e-10.
+
+**References.** Khan & Rue (2023), Table 1 row 9; Khan et al. (2018), "Fast and scalable
+Bayesian deep learning by weight-perturbation in Adam"; Osawa et al. (2019), "Practical deep
+learning with Bayesian principles".
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+import torch
+import torch.nn.functional as F
+
+import blr
+import expfam
+from blr.kernels import diag_gaussian_step_
+from blr.optim import VOGN
+from derivations.ogn import (
+    DELTA,
+    LR_DELTA,
+    LR_N,
+    LR_SIGMA2,
+    S0,
+    data,
+    linreg_data,
+    minibatches,
+    model_loss,
+)
+from derivations.table import Comparison, RowInfo
+
+INFO = RowInfo(
+    key="vogn",
+    number=9,
+    algorithm="Variational OGN (VOGN)",
+    posterior="Gaussian (diagonal)",
+    approximation="stochastic approx. (MC sample), GGN Hessian",
+    symbolic=True,
+)
+
+f64 = torch.float64
+D = 2
+ALPHA, BETA = 0.2, 0.1
+STEPS = 30
+SEED = 5
+LR_K, LR_ALPHA, LR_BETA, LR_STEPS, LR_BURN, EXACT_STEPS = 1000, 0.8, 0.5, 60, 10, 60
+
+
+def derive() -> list[str]:
+    """The BLR step at a draw is row 8's algebra; for a quadratic ℓ̄ the exact-expectation
+    rule's fixed point is the stationary point of the mean-field ELBO."""
+    # one BLR step from a one-draw estimate (ĝ(θ), ĥ(θ)), in OGN's units
+    n, s, dt, gh, hh, alpha, beta = sp.symbols("N s delta_t g h alpha beta", positive=True)
+    m = sp.Symbol("m", real=True)
+    big_s, big_h, g_tot = n * (s + dt), n * (hh + dt), n * (gh + dt * m)
+    lam1_new = big_s * m - beta * (g_tot - big_h * m + big_s * m)
+    lam2_new = -big_s / 2 - beta * (big_h / 2 - big_s / 2)
+    s_new = -2 * lam2_new
+    s_vogn = (1 - beta) * s + beta * hh
+    assert sp.expand(s_new / n - dt - s_vogn) == 0
+    assert sp.cancel(lam1_new / s_new - (m - beta * (gh + dt * m) / (s_vogn + dt))) == 0
+    m_form = m - alpha * g_tot / s_new  # (m, S)-form with α ≠ β
+    assert sp.cancel(m_form - (m - alpha * (gh + dt * m) / (s_vogn + dt))) == 0
+    # quadratic ℓ̄ = ½θᵀAθ − bᵀθ on N(m, diag v): closed-form E_q, its ∇_μ and stationarity
+    a11, a12, a22, b1, b2 = sp.symbols("a11 a12 a22 b1 b2", real=True)
+    amat, bvec = sp.Matrix([[a11, a12], [a12, a22]]), sp.Matrix([b1, b2])
+    mu1 = sp.Matrix(sp.symbols("mu1_1 mu1_2", real=True))
+    mu2 = sp.Matrix(sp.symbols("mu2_1 mu2_2", positive=True))
+    var = [mu2[j] - mu1[j] ** 2 for j in range(2)]
+    e_loss = (mu1.T * amat * mu1 / 2 - bvec.T * mu1)[0] + (a11 * var[0] + a22 * var[1]) / 2
+    g1 = sp.Matrix([sp.diff(e_loss, v) for v in mu1])
+    g2 = sp.Matrix([sp.diff(e_loss, v) for v in mu2])
+    diag_a = sp.Matrix([a11, a22])
+    # Bonnet/Price: (E[∇ℓ̄] − E[diag ∇²ℓ̄]⊙m, ½E[diag ∇²ℓ̄]) with E[∇ℓ̄] = Am − b
+    assert sp.expand(g1 - (amat * mu1 - bvec - diag_a.multiply_elementwise(mu1))) == sp.zeros(2, 1)
+    assert sp.expand(g2 - diag_a / 2) == sp.zeros(2, 1)
+    # a draw θ = m + σ⊙ε: E_ε[∇ℓ̄(θ)] = Am − b (ε has mean 0), and the GGN A is θ-free
+    eps = sp.Matrix(sp.symbols("e1 e2", real=True))
+    sd = sp.Matrix(sp.symbols("sd1 sd2", positive=True))
+    grad_draw = amat * (mu1 + sd.multiply_elementwise(eps)) - bvec
+    mean_draw = grad_draw.subs({eps[0]: 0, eps[1]: 0})  # linear in ε ⇒ E_ε = value at ε = 0
+    assert sp.expand(mean_draw - (amat * mu1 - bvec)) == sp.zeros(2, 1)
+    assert all(
+        sp.diff(grad_draw, e) == amat * sd.multiply_elementwise(sp.diff(eps, e)) for e in eps
+    )
+    # BLR fixed point λ = −∇_μE_q[ℓ̄] with λ = (S⊙m, −½S): S = diag A and Am = b
+    prec = sp.Matrix(sp.symbols("S1 S2", positive=True))
+    fp1 = prec.multiply_elementwise(mu1) + g1
+    fp2 = -prec / 2 + g2
+    sol = sp.solve(list(fp2), list(prec), dict=True)[0]
+    assert [sol[prec[0]], sol[prec[1]]] == [a11, a22]
+    assert sp.expand(fp1.subs(sol) - (amat * mu1 - bvec)) == sp.zeros(2, 1)
+    # mean-field ELBO in (m, v): E_q[ℓ̄] − ½Σ log v_j; stationarity gives the same equations
+    v = sp.Matrix(sp.symbols("v1 v2", positive=True))
+    elbo = e_loss.subs({mu2[j]: v[j] + mu1[j] ** 2 for j in range(2)}) - sum(
+        sp.log(v[j]) / 2 for j in range(2)
+    )
+    dm = sp.Matrix([sp.diff(elbo, x) for x in mu1])
+    assert sp.expand(dm - (amat * mu1 - bvec)) == sp.zeros(2, 1)
+    assert [sp.solve(sp.diff(elbo, v[j]), v[j]) for j in range(2)] == [[1 / a11], [1 / a22]]
+    return [
+        "BLR step with a one-draw (ĝ(θ), ĥ(θ)), S = N(s + δ̃): s' = (1 − β)s + βĥ(θ), "
+        "m' = m − α(ĝ(θ) + δ̃m)/(s' + δ̃) (VOGN; α = β is λ-space BLR)",
+        "quadratic ℓ̄ on N(m, diag v): ∇_μE_q[ℓ̄] = (Am − b − diag(A)m, ½diag A) (Bonnet/Price)",
+        "a draw θ = m + σ⊙ε: E_ε[∇ℓ̄(θ)] = Am − b, the GGN A does not depend on θ",
+        "BLR fixed point λ = −∇_μE_q[ℓ̄]: S = diag A, Am = b",
+        "mean-field ELBO stationarity: Am = b, 1/v_j = A_jj — the same point",
+    ]
+
+
+# ---------------------------------------------------------------------------- noise
+def draws(steps: int, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The stored ε_t, (steps, *shape): the standard-normal draws a generator seeded with
+    ``seed`` produces for one sample of shape ``shape`` per step (as :class:`blr.BonnetPrice`
+    with K = 1 and :class:`blr.optim.VOGN` draw them)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randn((1, *shape), dtype=f64, generator=g)[0] for _ in range(steps)])
+
+
+# ---------------------------------------------------------------------------- classical
+def classical(
+    m0: torch.Tensor,
+    s0: torch.Tensor,
+    eps: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batches: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    delta: float,
+    hessian: str = "ggn",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hand-coded VOGN for logistic regression (vectorized over leading copies):
+    θ = m + ε_t/√(N(s + δ̃)); ĝ = (1/M)Σ_{i∈B}(σ(x_iᵀθ) − y_i)x_i, ĥ = (1/M)Σ_{i∈B}h_i(θ) with
+    h_i = σ(1 − σ)x_i² (GGN) or (σ − y_i)²x_i² (EF); s ← (1 − β)s + βĥ;
+    m ← m − α(ĝ + δ̃m)/(s + δ̃). Returns all (m_t, s_t)."""
+    n = x.shape[0]
+    dt = delta / n
+    m, s = m0, s0
+    ms, ss = [m], [s]
+    for e, idx in zip(eps, batches):
+        theta = m + e / torch.sqrt(n * (s + dt))
+        xb, yb = x[idx], y[idx]
+        p = torch.sigmoid(theta @ xb.T)
+        r = (p - yb).unsqueeze(-1)
+        g = (r * xb).mean(-2)
+        if hessian == "ggn":
+            h = ((p * (1 - p)).unsqueeze(-1) * xb * xb).mean(-2)
+        else:
+            h = (r * xb).square().mean(-2)
+        s = (1 - beta) * s + beta * h
+        m = m - alpha * (g + dt * m) / (s + dt)
+        ms.append(m)
+        ss.append(s)
+    return torch.stack(ms, -2), torch.stack(ss, -2)
+
+
+# ---------------------------------------------------------------------------- BLR instance
+def blr_instance(
+    m0: torch.Tensor,
+    s0: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batches: torch.Tensor,
+    *,
+    alpha: float | list[float],
+    beta: float,
+    delta: float,
+    seed: int,
+    hessian: str = "ggn",
+    link: str = "logistic",
+    n_samples: int = 1,
+    generic: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The diagonal-Gaussian BLR, S = N(s + δ̃), prior λ₀ = (0, −½δ), with
+    ``blr.BonnetPrice(n_samples, hessian)`` (draws from q_t by a generator seeded with ``seed``)
+    on a :class:`blr.ModelLoss` with scale N/M, and :func:`blr.gaussian_step` with rate β and
+    mean rate α (a number, or one per step), or (``generic``, α = β) :func:`blr.step`.
+    Returns all (m_t, s_t) in VOGN's units."""
+    n = x.shape[0]
+    dt = delta / n
+    fam = expfam.DiagGaussian()
+    prior = expfam.DiagNat(torch.zeros_like(m0), torch.full_like(m0, -0.5 * delta))
+    nat = fam.from_moments(m0, n * (s0 + dt))
+    estimator = blr.BonnetPrice(n_samples, hessian)
+    gen = torch.Generator().manual_seed(seed)
+    rates = alpha if isinstance(alpha, list) else [alpha] * len(batches)
+    ms, ss = [m0], [s0]
+    if generic and any(rate != beta for rate in rates):
+        raise ValueError("blr.step has one rate: alpha must equal beta")
+    for rate, idx in zip(rates, batches):
+        loss = model_loss(x, y, idx, n, link)
+        if generic:
+            nat = blr.step(fam, nat, loss, beta, estimator=estimator, prior=prior, generator=gen)
+        else:
+            est = estimator(fam, nat, loss, generator=gen)
+            grad = expfam.DiagNat(est.grad.lam1 - prior.lam1, est.grad.lam2 - prior.lam2)
+            options = blr.GaussianOptions(lr=rate)
+            nat = blr.gaussian_step(fam, nat, grad, rho=beta, options=options)
+        m, prec = fam.to_moments(nat)
+        ms.append(m)
+        ss.append(prec / n - dt)
+    return torch.stack(ms, -2), torch.stack(ss, -2)
+
+
+def exact_instance(
+    x: torch.Tensor, y: torch.Tensor, *, alpha: float, beta: float, delta: float, steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact-expectation VOGN on linear regression: :class:`blr.Exact` on
+    E_q[ℓ̄] = Σ_i[(y_i − x_iᵀμ₁)² + Σ_j x_ij²(μ₂ − μ₁²)_j]/(2σ²) + (δ/2)Σ_jμ₂_j and
+    :func:`blr.gaussian_step`; returns the final (m, S)."""
+    fam = expfam.DiagGaussian()
+    nat = fam.from_moments(torch.zeros(D, dtype=f64), torch.ones(D, dtype=f64))
+
+    def expected_loss(mean: expfam.DiagMean) -> torch.Tensor:
+        var = mean.mu2 - mean.mu1.square()
+        fit = (y - x @ mean.mu1).square().sum() + (x.square() @ var).sum()
+        return fit / (2 * LR_SIGMA2) + 0.5 * delta * mean.mu2.sum()
+
+    for _ in range(steps):
+        est = blr.Exact()(fam, nat, expected_loss)
+        nat = blr.gaussian_step(fam, nat, est.grad, rho=beta, options=blr.GaussianOptions(lr=alpha))
+    return fam.to_moments(nat)
+
+
+# ---------------------------------------------------------------------------- kernel
+def kernel_instance(
+    m0: torch.Tensor,
+    s0: torch.Tensor,
+    eps: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batches: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    delta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """B copies ((B, D) on any device) through :func:`blr.kernels.diag_gaussian_step_`
+    (ρ = β, lr = α, δ = δ̃), one call per step; the draws θ = m + ε/√(N(s + δ̃)) and the GGN
+    (ĝ, ĥ) of all copies are computed batched."""
+    n = x.shape[0]
+    dt = delta / n
+    dev = m0.device
+    x, y, eps = x.to(dev), y.to(dev), eps.to(dev)
+    m, s = m0.clone(), s0.clone()
+    ms, ss = [m.clone()], [s.clone()]
+    for e, idx in zip(eps, batches.to(dev)):
+        theta = m + e / torch.sqrt(n * (s + dt))
+        xb, yb = x[idx], y[idx]
+        p = torch.sigmoid(theta @ xb.T)
+        g_hat = ((p - yb).unsqueeze(-1) * xb).mean(-2)
+        h_hat = ((p * (1 - p)).unsqueeze(-1) * xb * xb).mean(-2)
+        diag_gaussian_step_(m, s, g_hat, h_hat, rho=beta, lr=alpha, delta=dt)
+        ms.append(m.clone())
+        ss.append(s.clone())
+    return torch.stack(ms, -2), torch.stack(ss, -2)
+
+
+# ---------------------------------------------------------------------------- blr.optim.VOGN
+def optimizer_instance(
+    m0: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batches: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    delta: float,
+    s0: float,
+    seed: int,
+    hessian: str = "ggn",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:class:`blr.optim.VOGN` on a bias-free linear model (lr = α, β₁ = 0, β₂ = 1 − β,
+    weight_decay = δ̃, hess_init = s₀, ``seed``); returns (m_t, s_t)."""
+    model = torch.nn.Linear(x.shape[1], 1, bias=False).to(f64)
+    with torch.no_grad():
+        model.weight.copy_(m0.reshape(1, -1))
+    kwargs = dict(curvature="ggn", loss="bce_with_logits") if hessian == "ggn" else {}
+    kwargs.setdefault("curvature", "ef")
+    opt = VOGN(
+        model,
+        lr=alpha,
+        ess=x.shape[0],
+        weight_decay=delta / x.shape[0],
+        beta1=0.0,
+        beta2=1.0 - beta,
+        hess_init=s0,
+        seed=seed,
+        **kwargs,
+    )
+    ms, ss = [m0], [torch.full_like(m0, s0)]
+    for idx in batches:
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            logits = model(x[idx]).squeeze(-1)
+            (F.softplus(logits) - y[idx] * logits).mean().backward()  # BCE with logits
+        opt.step()
+        ms.append(model.weight.detach().reshape(-1).clone())
+        ss.append(opt.state_dict()["state"][0]["hess"].reshape(-1).clone())
+    return torch.stack(ms), torch.stack(ss)
+
+
+def _dev(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> float:
+    return max((u.cpu() - v.cpu()).abs().max().item() for u, v in zip(a, b))
+
+
+def check(device: str = "cpu") -> list[Comparison]:
+    """BLR vs VOGN under the same draws (GGN, EF), blr.optim.VOGN, the batched kernel, and the
+    Bayesian-linear-regression limits (MC and exact expectations)."""
+    x, y = data()
+    batches = minibatches(STEPS)
+    m0, s0 = torch.zeros(D, dtype=f64), torch.full((D,), S0, dtype=f64)
+    kw = dict(alpha=ALPHA, beta=BETA, delta=DELTA)
+    eps = draws(STEPS, SEED, (D,))
+    out: list[Comparison] = []
+    for hessian, est_name in (("ggn", "ggn"), ("ef", "per_example")):
+        vogn = classical(m0, s0, eps, x, y, batches, hessian=hessian, **kw)
+        bl = blr_instance(m0, s0, x, y, batches, seed=SEED, hessian=est_name, **kw)
+        out.append(
+            Comparison(
+                f"BLR (m, S)-form vs VOGN ({hessian}), same ε, 30 steps", _dev(bl, vogn), 1e-10
+            )
+        )
+        opt = optimizer_instance(m0, x, y, batches, s0=S0, seed=SEED, hessian=hessian, **kw)
+        out.append(
+            Comparison(f"blr.optim.VOGN vs VOGN ({hessian}), same ε", _dev(opt, vogn), 1e-10)
+        )
+    same = dict(alpha=BETA, beta=BETA, delta=DELTA)
+    vogn = classical(m0, s0, eps, x, y, batches, **same)
+    gen = blr_instance(m0, s0, x, y, batches, seed=SEED, generic=True, **same)
+    out.append(Comparison("blr.step (α = β) vs VOGN (ggn), same ε", _dev(gen, vogn), 1e-10))
+    # batched kernel: 64 copies, the first 8 with the engine's (batched) draws
+    g = torch.Generator().manual_seed(2)
+    starts = torch.randn(64, D, dtype=f64, generator=g)
+    scales = 0.5 + torch.rand(64, D, dtype=f64, generator=g)
+    eps64 = torch.cat([draws(STEPS, SEED + 1, (8, D)), draws(STEPS, SEED + 2, (56, D))], 1)
+    kern = kernel_instance(starts.to(device), scales.to(device), eps64, x, y, batches, **kw)
+    engine = blr_instance(starts[:8], scales[:8], x, y, batches, seed=SEED + 1, **kw)
+    batched = classical(starts, scales, eps64, x, y, batches, **kw)
+    first = tuple(k[:8] for k in kern)
+    out.append(
+        Comparison(f"kernel ({device}, 64 copies) vs engine (8 copies)", _dev(first, engine), 1e-10)
+    )
+    out.append(Comparison(f"kernel ({device}, 64 copies) vs VOGN", _dev(kern, batched), 1e-10))
+    # (ii) Bayesian linear regression, exact per-example GGN
+    xl, yl = linreg_data()
+    prec = xl.T @ xl / LR_SIGMA2 + LR_DELTA * torch.eye(D, dtype=f64)
+    m_star = torch.linalg.solve(prec, xl.T @ yl / LR_SIGMA2)
+    full = torch.arange(LR_N).expand(LR_STEPS, LR_N)
+    rates = [LR_ALPHA * min(1.0, LR_BURN / t) for t in range(1, LR_STEPS + 1)]
+    m_mc, s_mc = blr_instance(
+        torch.zeros(D, dtype=f64),
+        torch.ones(D, dtype=f64),
+        xl,
+        yl,
+        full,
+        alpha=rates,
+        beta=LR_BETA,
+        delta=LR_DELTA,
+        seed=SEED,
+        link="gaussian",
+        n_samples=LR_K,
+    )
+    s_ogn = (xl.square().mean(0) / LR_SIGMA2 + LR_DELTA / LR_N) * LR_N
+    rel = (LR_N * (s_mc[-1] + LR_DELTA / LR_N) / s_ogn - 1).abs().max().item()
+    out.append(Comparison("linreg (K = 1000): N(s + δ̃) vs the OGN value diag(S*)", rel, 1e-10))
+    out.append(
+        Comparison(
+            "linreg (K = 1000, decaying α): ‖m − m*‖ after 60 steps",
+            torch.linalg.vector_norm(m_mc[-1] - m_star).item(),
+            1e-2,
+            kind="limit",
+        )
+    )
+    m_ex, s_ex = exact_instance(
+        xl, yl, alpha=LR_ALPHA, beta=LR_BETA, delta=LR_DELTA, steps=EXACT_STEPS
+    )
+    out.append(
+        Comparison(
+            "linreg exact E_q: m vs m*, S vs diag S* (relative), 60 steps",
+            max(
+                (m_ex - m_star).abs().max().item(),
+                (s_ex / torch.diagonal(prec) - 1).abs().max().item(),
+            ),
+            1e-10,
+        )
+    )
+    return out

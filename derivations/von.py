@@ -1,0 +1,224 @@
+r"""VON is the plain diagonal-Gaussian BLR with one posterior draw and the Price/Stein Hessian
+estimate at that draw.
+
+**Family.** q = N(m, diag(1/S)), λ = (S⊙m, −½S), μ = (m, m² + 1/S), ∇_μ(−H) = λ (as for
+``ivon``). VON's units (Khan et al. 2018): S = N(s + δ), s the precision of the per-example
+average loss, δ the prior precision per example, N the number of examples; the total loss is
+ℓ̄(θ) = N·ℓ_B(θ) + ½Nδ‖θ‖² with the conjugate prior λ₀ = (0, −½Nδ) handled exactly.
+
+**Rule.** With ∇_μE_q[Nℓ_B] ≈ (ĝ − Ĥ⊙m, ½Ĥ) (Bonnet/Price), the BLR with a conjugate prior,
+λ ← (1 − ρ)λ + ρ(λ₀ − ∇_μE_q[Nℓ_B]), is exactly
+
+    S ← (1 − ρ)S + ρ(Ĥ + Nδ),    m ← m − ρ(ĝ + Nδm)/S    (S the new precision).
+
+The approximations: *MC sample*, one draw θ = m + σ⊙z, σ = (N(s + δ))^{-1/2}, ĝ = N∇ℓ_B(θ); and
+the *Price/Stein Hessian* at the same draw, Ĥ = N ĥ with ĥ = ∇ℓ_B(θ)⊙(θ − m)/σ² (unbiased for
+E_q[diag ∇²ℓ_B] by Stein's identity, proved below for a polynomial ℓ). Divided by N:
+
+    s ← (1 − ρ)s + ρĥ,    m ← m − ρ(∇ℓ_B(θ) + δm)/(s + δ):
+
+VON (Khan et al. 2018, with the reparameterization Hessian). It is IVON without the
+improved-BLR correction and without momentum (:class:`blr.optim.VON`); the Stein ĥ can be
+negative, and without the correction nothing keeps s + δ > 0 (see the row ``ivon``).
+
+**Equality conditions.** Same draws z_t and minibatches, m₀ and s₀ with S₀ = N(s₀ + δ), the
+prior λ₀ and one rate ρ for both parameters ⇒ VON's iterates (m_t, s_t) equal those of
+:func:`blr.step` with :class:`blr.BonnetPrice` (``hessian="stein"``, one draw) for every t, as
+long as every s_t + δ > 0 (else the BLR step leaves the family and :func:`blr.step` raises).
+With two rates (mean α, precision ρ; :class:`blr.optim.VON`'s ``lr`` and 1 − ``beta2``) VON is
+the (m, S)-form :func:`blr.gaussian_step` with ``GaussianOptions(lr=α)`` (BLR_SPEC §1.5), not a
+λ-space BLR step.
+
+**Test problem.** The 64 logistic regressions of the row ``ivon`` (N = 64, M = 8, 40 steps,
+one seeded draw per step and copy), m₀ = 0, s₀ = 1, δ = 0.1, ρ = 0.05 (s + δ stays ≥ 0.1 on
+every copy; with ρ = 0.1 it does not). Hand-coded VON vs :func:`blr.step` (all copies as one
+batched DiagGaussian) vs the flat-buffer kernel :func:`blr.kernels.ivon_step_` with
+``correction=False, beta1=0`` (64 copies concatenated, on ``device``): within 1e-10 over 40
+steps; and the two-rate VON (α = 0.1, ρ = 0.05) vs :func:`blr.gaussian_step` and the kernel.
+:class:`blr.optim.VON` on an ``nn.Linear(2, 1)`` equals the hand-coded VON on copy 0 in
+``tests/derivations/test_von.py`` (a torch optimizer imports torch._dynamo, ~1.5 s).
+
+**References.** Khan, Nielsen, Tangkaratt, Lin, Gal & Srivastava, "Fast and Scalable Bayesian
+Deep Learning by Weight-Perturbation in Adam", ICML 2018 (VON); Khan & Rue (2023);
+BLR_SPEC §1.5–1.6.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+import torch
+from torch import Tensor
+
+import blr
+import expfam
+from derivations.ivon import (
+    F64,
+    D,
+    N,
+    Problem,
+    diag_family,
+    kernel_instance,
+    likelihood,
+    minibatch_grad,
+    prior_nat,
+    problem,
+    stein_and_bonnet_price,
+)
+from derivations.table import Comparison, RowInfo
+
+INFO = RowInfo(
+    key="von",
+    number=None,
+    algorithm="VON",
+    posterior="Gaussian (diagonal)",
+    approximation="MC sample, Price/Stein Hessian",
+    symbolic=True,
+)
+
+RHO, LR2, DELTA, S0 = 0.05, 0.1, 0.1, 1.0
+
+
+def derive() -> list[str]:
+    """The family and Stein/Price (as ``ivon``), the λ-space BLR step with a conjugate prior in
+    VON's units, and the two-rate (m, S)-form."""
+    out = diag_family() + stein_and_bonnet_price()
+    n, delta, s, rho, alpha = sp.symbols("N delta s rho alpha", positive=True)
+    m, g, h = sp.symbols("m g hhat", real=True)  # g = ∇ℓ_B(θ), h = ĥ
+    prec = n * (s + delta)
+    lam1, lam2 = prec * m, -prec / 2
+    lam0_1, lam0_2 = 0, -n * delta / 2
+    big_g, big_h = n * g, n * h  # ĝ and Ĥ of the data part Nℓ_B
+    grad1, grad2 = big_g - big_h * m, big_h / 2  # ∇_μE_q[Nℓ_B] (Bonnet/Price)
+    new1 = (1 - rho) * lam1 + rho * (lam0_1 - grad1)
+    new2 = (1 - rho) * lam2 + rho * (lam0_2 - grad2)
+    prec_new = -2 * new2
+    s_new = (1 - rho) * s + rho * h
+    assert sp.expand(prec_new - n * (s_new + delta)) == 0
+    m_new = new1 / prec_new
+    assert sp.cancel(m_new - (m - rho * (g + delta * m) / (s_new + delta))) == 0
+    out.append(
+        "λ-space BLR with prior λ₀ = (0, −½Nδ), ∇_μE_q[Nℓ_B] = (N(g − ĥm), ½Nĥ), "
+        "S = N(s + δ): s' = (1 − ρ)s + ρĥ and m' = m − ρ(g + δm)/(s' + δ) (VON)"
+    )
+    # the (m, S)-form with rates (α, ρ): S' as above, m' = m − αS'⁻¹(ĝ + Nδm)
+    m_two = m - alpha * n * (g + delta * m) / prec_new
+    assert sp.cancel(m_two - (m - alpha * (g + delta * m) / (s_new + delta))) == 0
+    out.append("(m, S)-form with rates (α, ρ): m' = m − α(g + δm)/(s' + δ), s' as above")
+    return out
+
+
+def classical(
+    pb: Problem, *, rho: float = RHO, lr: float | None = None, delta: float = DELTA, s0: float = S0
+) -> tuple[Tensor, Tensor]:
+    """Hand-coded VON (Khan et al. 2018, reparameterization Hessian), batched over copies:
+
+    θ = m + σz, σ = (N(s + δ))^{-1/2};  ĝ = ∇ℓ_B(θ);  ĥ = ĝ(θ − m)/σ²;
+    s ← (1 − ρ)s + ρĥ;  m ← m − α(ĝ + δm)/(s + δ)   (α = ``lr``, default ρ).
+
+    Returns the means and s, ``(T + 1, B, D)`` each."""
+    alpha = rho if lr is None else lr
+    steps, copies = pb.z.shape[0], pb.z.shape[1]
+    m = torch.zeros(copies, D, dtype=F64, device=pb.z.device)
+    s = torch.full_like(m, s0)
+    means, scales = [m], [s]
+    for t in range(steps):
+        sigma = 1.0 / torch.sqrt(N * (s + delta))
+        theta = m + sigma * pb.z[t]
+        g_hat = minibatch_grad(pb.xb[t], pb.yb[t], theta)
+        h_hat = g_hat * (theta - m) / sigma**2
+        s = (1 - rho) * s + rho * h_hat
+        m = m - alpha * (g_hat + delta * m) / (s + delta)
+        means.append(m)
+        scales.append(s)
+    return torch.stack(means), torch.stack(scales)
+
+
+def blr_instance(
+    pb: Problem, *, rho: float = RHO, lr: float | None = None, delta: float = DELTA, s0: float = S0
+) -> tuple[Tensor, Tensor]:
+    """The BLR on a batch of diagonal Gaussians (one per copy) with :class:`blr.BonnetPrice`
+    (one draw from a generator seeded like ``pb.z``, Stein Hessian) on the data part Nℓ_B and
+    the prior λ₀: :func:`blr.step` (``lr`` None: one rate ρ) or the (m, S)-form
+    :func:`blr.gaussian_step` with ``GaussianOptions(lr=α)``. Returns the means and
+    s = S/N − δ, ``(T + 1, B, D)`` each."""
+    steps, copies = pb.z.shape[0], pb.z.shape[1]
+    fam = expfam.DiagGaussian()
+    zeros = torch.zeros(copies, D, dtype=F64)
+    nat = fam.from_moments(zeros, torch.full_like(zeros, N * (s0 + delta)))
+    prior = prior_nat(fam, (copies, D), delta)
+    estimator = blr.BonnetPrice(1, hessian="stein")
+    gen = torch.Generator().manual_seed(pb.noise_seed)
+    means, scales = [], []
+    for t in range(steps):
+        m, prec = fam.to_moments(nat)
+        means.append(m)
+        scales.append(prec / N - delta)
+        loss = likelihood(pb.xb[t], pb.yb[t])
+        if lr is None:
+            nat = blr.step(fam, nat, loss, rho, estimator=estimator, prior=prior, generator=gen)
+        else:
+            grad = estimator(fam, nat, loss, generator=gen).grad
+            grad = expfam.DiagNat(grad.lam1 - prior.lam1, grad.lam2 - prior.lam2)
+            nat = blr.gaussian_step(fam, nat, grad, rho=rho, options=blr.GaussianOptions(lr=lr))
+    m, prec = fam.to_moments(nat)
+    return torch.stack([*means, m]), torch.stack([*scales, prec / N - delta])
+
+
+def kernel(
+    pb: Problem, *, rho: float = RHO, lr: float | None = None, delta: float = DELTA, s0: float = S0
+) -> tuple[Tensor, Tensor]:
+    """:func:`blr.kernels.ivon_step_` with ``correction=False, beta1=0``, β₂ = 1 − ρ, α = ``lr``
+    (default ρ), the copies concatenated into flat buffers on ``pb``'s device (the loop of
+    :func:`derivations.ivon.kernel_instance`)."""
+    alpha = rho if lr is None else lr
+    return kernel_instance(
+        pb, lr=alpha, beta1=0.0, beta2=1 - rho, delta=delta, h0=s0, correction=False
+    )
+
+
+def _dev(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> float:
+    """max |Δ| over the means and the scales of two runs."""
+    return max((x.cpu() - y.cpu()).abs().max().item() for x, y in zip(a, b))
+
+
+def check(device: str = "cpu") -> list[Comparison]:
+    """Hand-coded VON vs :func:`blr.step` and vs the flat-buffer kernel on ``device`` (64 copies,
+    one rate ρ), the two-rate version vs :func:`blr.gaussian_step` and the kernel, and s + δ > 0
+    along the run."""
+    pb = problem()
+    ref = classical(pb)
+    engine = blr_instance(pb)
+    kern = kernel(pb.to(device))
+    ref2 = classical(pb, lr=LR2)
+    engine2 = blr_instance(pb, lr=LR2)
+    kern2 = kernel(pb.to(device), lr=LR2)
+    low = min((ref[1] + DELTA).min().item(), (ref2[1] + DELTA).min().item())
+    fast = kernel(pb.to(device), rho=2 * RHO)[1].cpu() + DELTA  # ρ = 0.1: s + δ ≤ 0 occurs
+    failed = int(((fast <= 0) | fast.isnan()).any(-1).any(0).sum())
+    return [
+        Comparison(
+            "BLR (blr.step, 64 copies) vs VON, ρ = 0.05, 40 steps, (m, s)", _dev(engine, ref), 1e-10
+        ),
+        Comparison(
+            f"kernel ({device}, 64 copies) vs engine, 40 steps, (m, s)", _dev(kern, engine), 1e-10
+        ),
+        Comparison(
+            f"kernel ({device}, 64 copies) vs VON, 40 steps, (m, s)", _dev(kern, ref), 1e-10
+        ),
+        Comparison(
+            "(m, S)-form (gaussian_step, α = 0.1, ρ = 0.05) vs two-rate VON, (m, s)",
+            _dev(engine2, ref2),
+            1e-10,
+        ),
+        Comparison(
+            f"kernel ({device}, 64 copies, α = 0.1) vs two-rate VON, (m, s)",
+            _dev(kern2, ref2),
+            1e-10,
+        ),
+        Comparison(f"s + δ stays positive (min {low:.3g}): −min(s + δ)", -low, 0.0),
+        Comparison(
+            f"with ρ = 0.1 (same draws) VON leaves the family on {failed}/64 copies: min s + δ",
+            fast[fast.isfinite()].min().item(),
+            0.0,
+        ),
+    ]

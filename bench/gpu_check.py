@@ -213,6 +213,12 @@ def main() -> int:
     for r in steps:
         print(f"  {r['optimizer']:20} {r['step_ms']:9.3f} ms {r['x_adamw_foreach']:6.2f}x foreach")
     record["train_step"] = steps
+    if device.type == "cuda":  # the paper's table with its batched kernels on the GPU
+        from derivations import table
+
+        results = table.run_table(device="cuda", symbolic=False)
+        print(table.format_table(results))
+        record["table_cuda"] = {r.info.key: r.passed for r in results}
     print(json.dumps(record))
     return 0
 

@@ -104,6 +104,20 @@ def test_comparison_kind_is_checked():
     assert result.max_abs_diff == 1e-15 and result.passed
 
 
+def test_python_dash_m_blr_table_runs_a_row():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "blr", "table", "--row", "conjugate", "--no-symbolic", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)[0]["status"] == "pass"
+
+
 def test_cli_list(capsys):
     assert main(["table", "--list"]) == 0
     assert capsys.readouterr().out.split() == list(ROWS)

@@ -9,13 +9,17 @@
 - the Gaussian (m, S)-form with its options: :func:`gaussian_step`, :class:`GaussianOptions`;
 - mixtures of Gaussians (BLR_SPEC §1.9): :func:`mixture_step`, :func:`mixture_objective`;
 - :mod:`blr.schedules` (constant, bias correction as ρ_t);
+- predictions and their quality: :func:`predict_classification`, :func:`predict_regression`
+  (Bayesian model averaging over any optimizer's or BLR posterior's draws,
+  :class:`ParameterPosterior`) and :mod:`blr.metrics` (accuracy, NLL, ECE, Brier, reliability
+  diagrams; RMSE, Gaussian log-likelihood, interval coverage);
 - :mod:`blr.kernels`: fused fast paths, each tested against :func:`step` (batched full-covariance
   Gaussians: :func:`full_gaussian_step`).
 """
 
 from __future__ import annotations
 
-from blr import kernels, quadrature, schedules
+from blr import kernels, metrics, quadrature, schedules
 from blr.engine import objective, step, step_with_estimate
 from blr.estimators import (
     BonnetPrice,
@@ -37,6 +41,11 @@ from blr.mixture import (
     mixture_objective,
     mixture_step,
 )
+from blr.predict import (
+    ParameterPosterior,
+    predict_classification,
+    predict_regression,
+)
 from blr.rule import BLR
 from expfam import __version__
 
@@ -53,6 +62,7 @@ __all__ = [
     "GumbelSoftmax",
     "MixtureExpectations",
     "ModelLoss",
+    "ParameterPosterior",
     "Reparam",
     "ScoreFunction",
     "__version__",
@@ -60,10 +70,13 @@ __all__ = [
     "gaussian_step",
     "kernels",
     "laplace",
+    "metrics",
     "mixture_expectations",
     "mixture_objective",
     "mixture_step",
     "objective",
+    "predict_classification",
+    "predict_regression",
     "quadrature",
     "schedules",
     "step",

@@ -13,13 +13,16 @@
   (Bayesian model averaging over any optimizer's or BLR posterior's draws,
   :class:`ParameterPosterior`) and :mod:`blr.metrics` (accuracy, NLL, ECE, Brier, reliability
   diagrams; RMSE, Gaussian log-likelihood, interval coverage);
+- Laplace for networks (:class:`NNLaplace`: full, diagonal and last-layer GGN posteriors, GLM
+  predictive, marginal likelihood) and the memory-perturbation equation (:mod:`blr.influence`:
+  per-example sensitivities and "what if these examples were removed" without retraining);
 - :mod:`blr.kernels`: fused fast paths, each tested against :func:`step` (batched full-covariance
   Gaussians: :func:`full_gaussian_step`).
 """
 
 from __future__ import annotations
 
-from blr import kernels, metrics, quadrature, schedules
+from blr import influence, kernels, metrics, quadrature, schedules
 from blr.engine import objective, step, step_with_estimate
 from blr.estimators import (
     BonnetPrice,
@@ -34,6 +37,17 @@ from blr.estimators import (
 )
 from blr.gaussian import GaussianOptions, gaussian_step
 from blr.glm import GLMQuadrature, laplace
+from blr.influence import (
+    Removal,
+    Sensitivity,
+    glm_removal,
+    glm_sensitivity,
+    module_removal,
+    module_sensitivity,
+    mpe_removal,
+    mpe_sensitivity,
+    optimizer_posterior,
+)
 from blr.kernels import FullGaussianState, full_gaussian_step
 from blr.mixture import (
     MixtureExpectations,
@@ -41,6 +55,7 @@ from blr.mixture import (
     mixture_objective,
     mixture_step,
 )
+from blr.nn_laplace import NNLaplace
 from blr.predict import (
     ParameterPosterior,
     predict_classification,
@@ -62,19 +77,30 @@ __all__ = [
     "GumbelSoftmax",
     "MixtureExpectations",
     "ModelLoss",
+    "NNLaplace",
     "ParameterPosterior",
+    "Removal",
     "Reparam",
     "ScoreFunction",
+    "Sensitivity",
     "__version__",
     "full_gaussian_step",
     "gaussian_step",
+    "glm_removal",
+    "glm_sensitivity",
+    "influence",
     "kernels",
     "laplace",
     "metrics",
     "mixture_expectations",
     "mixture_objective",
     "mixture_step",
+    "module_removal",
+    "module_sensitivity",
+    "mpe_removal",
+    "mpe_sensitivity",
     "objective",
+    "optimizer_posterior",
     "predict_classification",
     "predict_regression",
     "quadrature",

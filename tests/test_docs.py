@@ -49,3 +49,12 @@ def test_readme_quickstart_runs_as_written(capsys):
     for block in blocks:
         exec(compile(block, str(readme), "exec"), {"__name__": "readme"})
     assert "tensor(" in capsys.readouterr().out
+
+
+def test_laplace_guide_runs_as_written(capsys):
+    doc = DOC.parent / "laplace.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert blocks, "docs/laplace.md has a python example"
+    for block in blocks:
+        exec(compile(block, str(doc), "exec"), {"__name__": "laplace_doc"})
+    assert "tensor" in capsys.readouterr().out

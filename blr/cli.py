@@ -1,5 +1,7 @@
-"""The ``blr`` command line: ``blr table`` (the paper's table, derived and verified) and
-``blr bench optim`` (optimizer benchmarks); without a subcommand, ``blr`` prints its help."""
+"""The ``blr`` command line: ``blr table`` (the paper's table, derived and verified), ``blr demo``
+(IVON vs AdamW vs SGD: accuracy and calibration), ``blr bench optim`` (optimizer time and memory)
+and ``blr bench uci --data DIR`` (the UCI regression protocol); without a subcommand, ``blr``
+prints its help."""
 
 from __future__ import annotations
 
@@ -46,8 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the sympy derivations (numeric checks only)",
     )
     table.add_argument("--list", action="store_true", help="list the rows' names and exit")
-    bench = sub.add_parser("bench", help="benchmark tables (optimizer-side time and memory)")
-    bench.add_argument("target", choices=["optim"], help="what to benchmark")
+    demo = sub.add_parser(
+        "demo",
+        help="IVON vs AdamW vs SGD on a real dataset: accuracy, NLL, ECE, Brier, a reliability "
+        "diagram",
+        add_help=False,
+    )
+    demo.add_argument("rest", nargs=argparse.REMAINDER, help="options of the demo (--help)")
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark tables: optimizer-side time and memory (optim), the UCI regression "
+        "protocol (uci)",
+    )
+    bench.add_argument("target", choices=["optim", "uci"], help="what to benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the target (--help)")
     return parser
 
@@ -61,6 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "table":
         return _table(args)
+    if args.command == "demo":
+        from blr import demo  # lazily: it imports scikit-learn and the optional extras
+
+        return demo.main(args.rest)
+    if args.command == "bench" and args.target == "uci":
+        from blr import uci
+
+        return uci.main(args.rest)
     if args.command == "bench":
         from blr import bench  # lazily: the benchmark code is only needed here
 

@@ -41,3 +41,11 @@ def test_bench_optim_prints_json_rows(capsys):
     names = {r["optimizer"] for r in out["optimizer_side"]}
     assert {"adamw-foreach", "blr IVON"} <= names
     assert all(r["bytes"] > 0 and r["ms"] > 0 for r in out["optimizer_side"])
+
+
+def test_bench_uci_help_and_a_missing_directory(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "uci", "--help"])
+    assert exc.value.code == 0
+    assert "--data" in capsys.readouterr().out
+    assert main(["bench", "uci", "--data", str(tmp_path / "nope")]) == 2

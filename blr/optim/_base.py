@@ -6,12 +6,21 @@ draws written into the parameters (``sampled_params``), gradients gathered into 
 one multi-tensor copy (no ``torch.cat``), Monte Carlo averaging, non-finite checks, an own random
 generator per device, and a ``state_dict`` that resumes bit-exactly. Subclasses name their state
 buffers, the posterior standard deviation, and the update (a kernel call).
+
+Under ``torch.distributed`` (docs/distributed.md) it also owns the noise and the statistics:
+shared noise by default (rank 0's seed is broadcast at the first draw, so DDP's gradient average
+is the gradient of the concatenated batch), per-rank noise with ``sync=True`` (the optimizer
+all-reduces the gradients and the statistics itself), statistics computed from local data
+(VOGN's per-example curvature) averaged in either mode, and parameters sharded by FSDP2's
+``fully_shard`` (DTensors) updated shard by shard with per-rank noise.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import sys
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,6 +31,61 @@ from blr.kernels.diag_gaussian import ivon_noise
 
 _FORMAT = 1
 _SCRATCH = 1 << 16  # least elements of the per-bucket work buffer of the chunked kernels
+_MASK64 = (1 << 64) - 1
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a DTensor (e.g. a parameter sharded by FSDP2's ``fully_shard``); no
+    import: if torch.distributed.tensor was never imported, no tensor can be one."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and isinstance(t, mod.DTensor)
+
+
+def _local(t: Tensor) -> Tensor:
+    """The tensor whose storage holds ``t``'s values on this rank (a DTensor's local shard)."""
+    if _is_dtensor(t):
+        with torch.no_grad():  # to_local() without grad is the local tensor itself, no copy
+            return t.to_local()
+    return t
+
+
+def _mix_seed(seed: int, rank: int, draw: int, device: torch.device) -> int:
+    """A 63-bit seed that is a pure function of (seed, rank, draw, device): splitmix64 of each in
+    turn, so neighbouring ranks and draws get unrelated streams."""
+    x = 0
+    for v in (seed, rank, draw, zlib.crc32(str(device).encode())):
+        x = (x ^ (int(v) & _MASK64)) + 0x9E3779B97F4A7C15 & _MASK64
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & _MASK64
+        x ^= x >> 31
+    return x >> 1
+
+
+def _world_size(group: Any = None) -> int:
+    """The number of ranks in ``group`` (1 when torch.distributed is not initialized)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+def _global_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _comm_device(group: Any = None) -> torch.device:
+    """Where small control tensors (seeds) must live for ``group``'s backend: CUDA for NCCL-only
+    groups, the CPU otherwise (gloo, or a 'cpu:gloo,cuda:nccl' pair)."""
+    import torch.distributed as dist
+
+    backend = str(dist.get_backend(group))
+    if "cpu" not in backend and "gloo" not in backend and "mpi" not in backend:
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 class _Bucket:
@@ -32,25 +96,33 @@ class _Bucket:
     draws are added to it in place and subtracted on exit, so the optimizer keeps no copy of the
     weights. Gradients likewise live in one flat buffer whose views are the parameters' ``.grad``.
     Low-precision parameters keep an fp32 master copy of m (and of the gradient).
+
+    Parameters sharded by FSDP2 (DTensors, ``sharded``) are handled through their local shards:
+    the buffers hold this rank's shard only, draws and means are copied into the shards (FSDP
+    all-gathers them in the forward), gradients are copied from the reduce-scattered ``.grad``
+    shards; nothing is aliased.
     """
 
     def __init__(
         self, params: list[torch.nn.Parameter], state_names: tuple[str, ...], alias_first: bool
     ) -> None:
         self.params = params
-        self.device, self.dtype = params[0].device, params[0].dtype
-        self.numels = [p.numel() for p in params]
+        self.sharded = _is_dtensor(params[0])
+        local = [_local(p) for p in params]
+        self.shapes = [t.shape for t in local]
+        self.device, self.dtype = local[0].device, local[0].dtype
+        self.numels = [t.numel() for t in local]
         self.numel = sum(self.numels)
         # fp32 state for fp32/bf16/fp16 parameters, fp64 for fp64 ones
         self.state_dtype = torch.promote_types(self.dtype, torch.float32)
-        self.alias = alias_first and self.dtype == self.state_dtype
+        self.alias = alias_first and self.dtype == self.state_dtype and not self.sharded
         kw = dict(device=self.device, dtype=self.state_dtype)
         self.state: dict[str, Tensor] = {}
         with torch.no_grad():
             for i, name in enumerate(state_names):
                 self.state[name] = torch.zeros(self.numel, **kw)
                 if i == 0:  # starts as the parameters' values
-                    torch._foreach_copy_(self.views(self.state[name]), [p.detach() for p in params])
+                    torch._foreach_copy_(self.views(self.state[name]), [t.detach() for t in local])
             if self.alias:
                 for p, v in zip(params, self.views(self.state[state_names[0]])):
                     p.data = v
@@ -68,6 +140,7 @@ class _Bucket:
         self.had_grad = [False] * len(params)
         # counter-based noise (fused GPU kernels): key, index of the next draw, current draw
         self.philox_seed = 0
+        self.philox_index = 0  # the bucket's index among the optimizer's (keys its Philox seed)
         self.draws = 0
         self.drawn: int | None = None
         self.counter_noise = False
@@ -101,7 +174,11 @@ class _Bucket:
         return mark
 
     def views(self, flat: Tensor) -> list[Tensor]:
-        return [v.view(p.shape) for v, p in zip(flat.split(self.numels), self.params)]
+        return [v.view(shape) for v, shape in zip(flat.split(self.numels), self.shapes)]
+
+    def targets(self) -> list[Tensor]:
+        """The tensors holding the parameters' values on this rank (local shards if sharded)."""
+        return [_local(p) for p in self.params] if self.sharded else [p.data for p in self.params]
 
     def check_alias(self) -> None:
         if not self.alias:
@@ -119,17 +196,24 @@ class _Bucket:
         if self.alias and flat is self.state[self._first]:
             return
         with torch.no_grad():
-            torch._foreach_copy_([p.data for p in self.params], self.views(flat))
+            torch._foreach_copy_(self.targets(), self.views(flat))
 
     def sync_grads(self) -> Tensor:
         """Make every ``.grad`` a view of the flat gradient buffer (copying gradients that
-        autograd allocated afresh) and return the gradient in the state dtype."""
+        autograd allocated afresh) and return the gradient in the state dtype. Sharded
+        parameters keep their DTensor ``.grad``; its local shard is copied."""
         views = self.views(self.grad)
         copy_to, copy_from = [], []
         for i, (p, v) in enumerate(zip(self.params, views)):
             g = p.grad
             self.had_grad[i] = g is not None
-            if g is None:
+            if self.sharded:
+                if g is None:
+                    v.zero_()
+                else:
+                    copy_to.append(v)
+                    copy_from.append(_local(g))
+            elif g is None:
                 v.zero_()
                 p.grad = v
             elif g.data_ptr() != v.data_ptr():
@@ -145,6 +229,10 @@ class _Bucket:
 
     def zero_grad(self) -> None:
         self.grad.zero_()
+        if self.sharded:  # FSDP writes a fresh DTensor gradient (or accumulates into this one)
+            for p in self.params:
+                p.grad = None
+            return
         for p, v in zip(self.params, self.views(self.grad)):
             p.grad = v
 
@@ -156,10 +244,35 @@ class SamplingOptimizer(torch.optim.Optimizer):
     parameters), ``_init_bucket``, ``_noise`` (write σ⊙z into ``bucket.noise``) or ``_draw`` and
     ``_center`` (for non-Gaussian posteriors), ``_sample_stat`` (the per-sample statistic averaged
     into ``bucket.avg_stat``) and ``_update`` (the kernel call).
+
+    Distributed training (``torch.distributed``; see docs/distributed.md). Arguments:
+
+    - ``sync=False`` (shared noise, for DDP): every rank draws the same noise, so DDP's gradient
+      average is the gradient of the concatenated batch at the same θ and statistics formed from
+      it (IVON's σz⊙ĝ and ĝ², BayesBiNN's, Vadam's) are exact. Without an explicit ``seed``, rank
+      0's seed is broadcast at the first draw; explicit seeds must agree across ranks (checked
+      then: a ValueError on every rank otherwise). Statistics computed from local data
+      (``_local_stat``: VOGN's per-example curvature) are all-reduced (averaged).
+    - ``sync=True`` (per-rank noise): each rank draws its own noise (from a generator reseeded
+      at every draw from (seed, rank, draw index), so checkpoints resume exactly); the model must
+      not average gradients (a plain model, or DDP's ``no_sync()``); the optimizer all-reduces
+      (averages) ĝ and the statistic itself. The mean is kept apart from the weights so that it
+      stays bit-identical across ranks.
+    - Parameters sharded by FSDP2's ``fully_shard`` (DTensors on a 1-D mesh): the state holds
+      the local shards, each rank draws its own noise for its own shard (every element of θ is
+      drawn once, by its owner), FSDP's reduce-scatter averages the gradients.
+    - ``process_group``: the ranks to agree with (default: the default group); a group of one
+      rank per process gives independent runs.
+
+    Every all-reduce happens before the NaN/Inf check, so a non-finite gradient on one rank
+    makes every rank raise the same FloatingPointError (or skip, with ``nonfinite="skip"``).
     """
 
     _state_names: tuple[str, ...] = ("mean",)
     _alias_first = True  # the first state buffer is the mean of a Gaussian: alias the weights
+    _has_stat = True  # the per-sample statistic carries data (Vadam's is identically zero)
+    _local_stat = False  # the statistic comes from local per-example quantities, not from the
+    # (all-reduced) gradient: average it across ranks even with shared noise (VOGN)
 
     def __init__(
         self,
@@ -170,7 +283,11 @@ class SamplingOptimizer(torch.optim.Optimizer):
         nonfinite: str = "raise",
         seed: int | None = None,
         missing_sample: str = "raise",
+        sync: bool = False,
+        process_group: Any = None,
     ) -> None:
+        if not isinstance(sync, bool):
+            raise TypeError(f"sync must be True or False, got {sync!r}")
         if missing_sample not in ("raise", "skip"):
             raise ValueError(f"missing_sample must be 'raise' or 'skip', got {missing_sample!r}")
         if int(mc_samples) != mc_samples or mc_samples < 1:
@@ -182,13 +299,22 @@ class SamplingOptimizer(torch.optim.Optimizer):
         self.nonfinite = nonfinite
         self.missing_sample = missing_sample
         self._seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
+        self._seed_given = seed is not None
+        self._seed_resolved = False  # agreed across ranks (at the first draw)
+        self.sync, self.process_group = sync, process_group
+        # with per-rank draws, subtracting a draw rounds differently on each rank and the means
+        # would drift apart by ulps: keep a separate mean, restored exactly, when syncing
+        self._alias_first = type(self)._alias_first and not sync
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._rank_generators: dict[torch.device, tuple[int, torch.Generator]] = {}
+        self._draws = 0  # posterior draws taken (seeds the per-rank generators)
         self._buckets: list[list[_Bucket]] | None = None
         self._count = 0
         self._stashed = False
         self.skipped_steps = 0
         for group in self.param_groups:
             group.setdefault("step", 0)
+            self._check_params(group)
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _init_bucket(self, group: dict, bucket: _Bucket) -> None:
@@ -244,8 +370,9 @@ class SamplingOptimizer(torch.optim.Optimizer):
     def _check_update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
         """Raise before anything is written if the update would leave the family's domain."""
 
-    # ------------------------------------------------------------------ buckets, lazily
+    # ------------------------------------------------------------------ noise, across ranks
     def _generator(self, device: torch.device) -> torch.Generator:
+        """The shared-noise generator of ``device``: seeded once, identical on every rank."""
         gen = self._generators.get(device)
         if gen is None:
             gen = torch.Generator(device=device)
@@ -253,38 +380,109 @@ class SamplingOptimizer(torch.optim.Optimizer):
             self._generators[device] = gen
         return gen
 
+    def _per_rank_seed(self, device: torch.device, draw: int) -> int:
+        """Seed of this rank's generator for draw number ``draw`` (per-rank noise)."""
+        return _mix_seed(self._seed, _global_rank(), draw, device)
+
+    def _rank_generator(self, device: torch.device, draw: int) -> torch.Generator:
+        """The per-rank generator of ``device`` (``sync=True``, sharded parameters), reseeded at
+        each draw, so that its state is a function of the state_dict (seed, draws)."""
+        seeded, gen = self._rank_generators.get(device, (-1, None))
+        if gen is None:
+            gen = torch.Generator(device=device)
+        if seeded != draw:
+            gen.manual_seed(self._per_rank_seed(device, draw))
+            self._rank_generators[device] = (draw, gen)
+        return gen
+
+    def _resolve_seed(self) -> None:
+        """Make the seed agree across the ranks of ``process_group`` (once, at the first draw):
+        without an explicit seed, rank 0's; with shared noise, explicit seeds must be equal."""
+        if self._seed_resolved:
+            return
+        world = _world_size(self.process_group)
+        if world > 1:
+            import torch.distributed as dist
+
+            mine = torch.tensor(
+                [self._seed % 2**63, int(self._seed_given)],
+                dtype=torch.int64,
+                device=_comm_device(self.process_group),
+            )
+            everyone = [torch.empty_like(mine) for _ in range(world)]
+            dist.all_gather(everyone, mine, group=self.process_group)
+            seeds = [int(t[0]) for t in everyone]
+            given = [bool(t[1]) for t in everyone]
+            if not self.sync and any(given) and not (all(given) and len(set(seeds)) == 1):
+                shown = ", ".join(
+                    f"rank {r}: {s if g else 'none'}" for r, (s, g) in enumerate(zip(seeds, given))
+                )
+                raise ValueError(
+                    f"{type(self).__name__}: seed differs across ranks ({shown}); with shared "
+                    "noise (sync=False) every rank must draw the same noise: pass the same seed "
+                    "on every rank, or none (rank 0's is then broadcast), or sync=True for "
+                    "per-rank noise"
+                )
+            if not self._seed_given and seeds[0] != self._seed:
+                self._seed = seeds[0]
+                self._seed_changed()
+        self._seed_resolved = True
+
+    def _seed_changed(self) -> None:
+        """Hook run when the seed was replaced by rank 0's after buckets were built."""
+
+    def _noise_generator(self, bucket: _Bucket, draw: int) -> torch.Generator:
+        if self.sync or bucket.sharded:
+            return self._rank_generator(bucket.device, draw)
+        return self._generator(bucket.device)
+
+    # ------------------------------------------------------------------ buckets, lazily
+    def _make_buckets(self, group: dict) -> list[_Bucket]:
+        by_key: dict[tuple, list] = {}
+        for p in group["params"]:
+            if p.requires_grad:  # frozen parameters are left alone
+                by_key.setdefault((p.device, p.dtype, _is_dtensor(p)), []).append(p)
+        buckets = []
+        for params in by_key.values():
+            bucket = _Bucket(params, self._state_names, self._alias_first)
+            self._init_bucket(group, bucket)
+            buckets.append(bucket)
+        return buckets
+
+    def _check_params(self, group: dict) -> None:
+        """Refuse DTensor parameters this optimizer cannot update shard by shard."""
+        for p in group["params"]:
+            if p.requires_grad and _is_dtensor(p):
+                self._check_sharded(p)
+
+    def _check_sharded(self, p: Tensor) -> None:
+        from torch.distributed.tensor import Shard
+
+        name = type(self).__name__
+        if self.sync:
+            raise ValueError(
+                f"{name}(sync=True) averages gradients of replicated parameters itself; got a "
+                "parameter sharded by FSDP (a DTensor), whose gradient FSDP already "
+                "reduce-scatters: use sync=False (sharded parameters get per-rank noise anyway)"
+            )
+        if p.device_mesh.ndim != 1 or not isinstance(p.placements[0], Shard):
+            raise ValueError(
+                f"{name} supports DTensor parameters sharded on a 1-D mesh (FSDP2's "
+                f"fully_shard); got placements {p.placements} on a {p.device_mesh.ndim}-D mesh"
+            )
+
     def _all_buckets(self) -> list[list[_Bucket]]:
         if self._buckets is None:
-            built: list[list[_Bucket]] = []
-            for group in self.param_groups:
-                by_key: dict[tuple, list] = {}
-                for p in group["params"]:
-                    if p.requires_grad:  # frozen parameters are left alone
-                        by_key.setdefault((p.device, p.dtype), []).append(p)
-                buckets = []
-                for params in by_key.values():
-                    bucket = _Bucket(params, self._state_names, self._alias_first)
-                    self._init_bucket(group, bucket)
-                    buckets.append(bucket)
-                built.append(buckets)
-            self._buckets = built
+            self._buckets = [self._make_buckets(group) for group in self.param_groups]
         return self._buckets
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         param_group.setdefault("step", 0)
         super().add_param_group(param_group)
+        if hasattr(self, "sync"):  # (torch.optim's __init__ adds the first groups: see ours)
+            self._check_params(self.param_groups[-1])
         if getattr(self, "_buckets", None) is not None:
-            group = self.param_groups[-1]
-            by_key: dict[tuple, list] = {}
-            for p in group["params"]:
-                if p.requires_grad:
-                    by_key.setdefault((p.device, p.dtype), []).append(p)
-            buckets = []
-            for params in by_key.values():
-                bucket = _Bucket(params, self._state_names, self._alias_first)
-                self._init_bucket(group, bucket)
-                buckets.append(bucket)
-            self._buckets.append(buckets)
+            self._buckets.append(self._make_buckets(self.param_groups[-1]))
 
     # ------------------------------------------------------------------ sampling
     @contextlib.contextmanager
@@ -296,14 +494,19 @@ class SamplingOptimizer(torch.optim.Optimizer):
 
         fp32/fp64 weights are the mean itself (no copy is kept): a training draw is added in
         place and subtracted on exit, which restores m up to one rounding of the weights
-        (|Δm| ≤ ulp(m + σz)); prediction draws (``train=False``) restore m exactly."""
+        (|Δm| ≤ ulp(m + σz)); prediction draws (``train=False``) restore m exactly.
+
+        Under ``torch.distributed`` the first draw makes the seed agree across ranks (see the
+        class docstring), so every rank must take it."""
+        self._resolve_seed()
         groups = self._all_buckets()
         self._stash()  # a new draw overwrites the buffers that hold a single collected sample
         saved: dict[int, Tensor] = {}
+        draw, self._draws = self._draws, self._draws + 1
         for group, buckets in zip(self.param_groups, groups):
             for b in buckets:
                 b.check_alias()
-                gen = self._generator(b.device)
+                gen = self._noise_generator(b, draw)
                 if b.alias:
                     if not train:  # prediction draws restore m exactly (not the hot path)
                         saved[id(b)] = b.state[b._first].clone()
@@ -427,16 +630,17 @@ class SamplingOptimizer(torch.optim.Optimizer):
                 "run forward and backward inside `with optimizer.sampled_params(train=True):`"
             )
         groups = self._all_buckets()
-        bad = [
-            b
+        # all-reduce first: a NaN on one rank reaches every rank, and all raise (or skip) alike
+        # instead of one raising while the others wait in the all-reduce
+        self._sync()
+        bad = any(
+            # NaN/Inf propagate through a sum: one reduction each, no boolean temporaries
+            not bool(torch.isfinite(sum(x.sum() for x in self._sample_buffers(b) if x is not None)))
             for buckets in groups
             for b in buckets
-            # NaN/Inf propagate through a sum: one reduction each, no boolean temporaries
-            if not bool(
-                torch.isfinite(sum(x.sum() for x in self._sample_buffers(b) if x is not None))
-            )
-        ]
-        if bad:
+        )
+        # sharded parameters: a NaN may reach one rank's shards only; every rank must agree
+        if self._agree_max(float(bad)) > 0:
             self._reset_samples()
             if self.nonfinite == "skip":
                 self.skipped_steps += 1
@@ -445,7 +649,6 @@ class SamplingOptimizer(torch.optim.Optimizer):
                 f"{type(self).__name__}.step(): NaN/Inf in the gradients; the state was not "
                 "changed (pass nonfinite='skip' to skip such steps)"
             )
-        self._sync()
         try:  # every bucket is checked before any is written
             for group, buckets in zip(self.param_groups, groups):
                 for b in buckets:
@@ -480,7 +683,48 @@ class SamplingOptimizer(torch.optim.Optimizer):
         return loss
 
     def _sync(self) -> None:
-        """Hook for distributed averaging of the samples (see the subclasses' ``sync``)."""
+        """Average across ranks what is not already averaged (the class docstring): with
+        ``sync=True`` ĝ and the statistic, with shared noise the local statistics only."""
+        world = _world_size(self.process_group)
+        if world == 1:
+            return
+        import torch.distributed as dist
+
+        for buckets in self._all_buckets():
+            for b in buckets:
+                for buf in self._reduced_buffers(b):
+                    dist.all_reduce(buf, group=self.process_group)
+                    buf.div_(world)
+
+    def _shard_group(self) -> Any:
+        """The process group of the sharded parameters (None when there are none)."""
+        for buckets in self._all_buckets():
+            for b in buckets:
+                if b.sharded:
+                    return b.params[0].device_mesh.get_group()
+        return None
+
+    def _agree_max(self, value: float) -> float:
+        """The maximum of ``value`` over the ranks sharing sharded parameters (FSDP), where the
+        ranks hold different shards and must still take the same decisions; ``value`` itself
+        when nothing is sharded (replicated state: every rank computed the same value)."""
+        group = self._shard_group()
+        if group is None or _world_size(group) == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=_comm_device(group))
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+        return float(t.item())
+
+    def _reduced_buffers(self, b: _Bucket) -> list[Tensor]:
+        if b.sharded:  # FSDP has reduce-scattered the gradients; statistics are elementwise
+            return []
+        g_hat, stat = self._sample_buffers(b)
+        has_stat = stat is not None and self._has_stat
+        if self.sync:
+            return [g_hat, stat] if has_stat else [g_hat]
+        return [stat] if has_stat and self._local_stat else []
 
     def _save_segments(self, b: _Bucket, idx: list[int]) -> list[dict[str, Tensor]]:
         """Parameters that got no gradient in any sample keep their state unchanged."""
@@ -527,6 +771,7 @@ class SamplingOptimizer(torch.optim.Optimizer):
                 "optimizer": type(self).__name__,
                 "format": _FORMAT,
                 "seed": self._seed,
+                "draws": self._draws,
                 "generators": {str(d): g.get_state() for d, g in self._generators.items()},
                 "skipped_steps": self.skipped_steps,
                 # counter-based noise of fused kernels: (key, next draw) per bucket
@@ -562,18 +807,19 @@ class SamplingOptimizer(torch.optim.Optimizer):
         state = state_dict["state"]
         for bucket_list in buckets:  # check everything before writing anything
             for b in bucket_list:
-                for p in b.params:
+                for p, local_shape in zip(b.params, b.shapes):
                     entry = state.get(ids[id(p)])
                     if entry is None or set(entry) != set(b.state):
                         raise ValueError(
                             f"state_dict lacks the state {sorted(b.state)} of a "
                             f"parameter of shape {tuple(p.shape)}"
                         )
+                    shape = tuple(local_shape)  # the local shard if sharded
                     for k, v in entry.items():
-                        if tuple(v.shape) != tuple(p.shape):
+                        if tuple(v.shape) != shape:
                             raise ValueError(
                                 f"state_dict['state'][{ids[id(p)]}]['{k}'] has shape "
-                                f"{tuple(v.shape)}, the parameter {tuple(p.shape)}"
+                                f"{tuple(v.shape)}, the parameter {shape}"
                             )
         with torch.no_grad():
             for group, bucket_list in zip(self.param_groups, buckets):
@@ -588,6 +834,9 @@ class SamplingOptimizer(torch.optim.Optimizer):
                 if k != "params":
                     mine[k] = v
         self._seed = int(meta["seed"])
+        self._seed_resolved = True  # every rank loads the same seed
+        self._draws = int(meta.get("draws", 0))
+        self._rank_generators = {}
         self._generators = {}
         for dev, gstate in meta["generators"].items():
             self._generator(torch.device(dev)).set_state(gstate)

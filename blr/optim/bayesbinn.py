@@ -42,7 +42,10 @@ class BayesBiNN(SamplingOptimizer):
         init_scale: λ = init_scale · (initial parameter values).
         mc_samples: draws per ``step(closure)``.
         eval_point: ``"mean"`` or ``"sign"``.
-        nonfinite, seed: as in :class:`~blr.optim.IVON`.
+        nonfinite, seed, missing_sample, process_group: as in :class:`~blr.optim.IVON`.
+        sync: per-rank relaxed draws under ``torch.distributed`` (as in
+            :class:`~blr.optim.IVON`): the optimizer averages s⊙∇ℓ across ranks itself. With
+            the default shared draws, s⊙ĝ of DDP's averaged ĝ is that of the concatenated batch.
 
     Example:
         >>> import torch
@@ -88,6 +91,8 @@ class BayesBiNN(SamplingOptimizer):
         nonfinite: str = "raise",
         seed: int | None = None,
         missing_sample: str = "raise",
+        sync: bool = False,
+        process_group: Any = None,
     ) -> None:
         check_positive(lr, "lr", allow_zero=True)
         check_positive(ess, "ess")
@@ -112,6 +117,8 @@ class BayesBiNN(SamplingOptimizer):
             nonfinite=nonfinite,
             seed=seed,
             missing_sample=missing_sample,
+            sync=sync,
+            process_group=process_group,
         )
         self.eval_point = eval_point
 

@@ -58,13 +58,20 @@ class IVON(PrecisionSampler):
         mc_samples: draws per step with ``step(closure)``.
         hess_approx: ``"price"`` or ``"gradsq"``.
         clip_radius: r.
-        sync: average the samples across ``torch.distributed`` ranks (explicit all-reduce).
+        sync: per-rank noise under ``torch.distributed``: each rank draws its own θ and the
+            optimizer all-reduces (averages) ĝ and the Hessian statistic (σz⊙ĝ or ĝ²) itself,
+            so the model must not average gradients (a plain model or DDP's ``no_sync()``).
+            Default (``False``): every rank draws the same θ (rank 0's seed is broadcast at the
+            first draw when ``seed`` is not given) and DDP's gradient average makes ĝ and ĥ
+            those of the concatenated batch. See docs/distributed.md.
         debias: the 1 − β₁^t correction.
         rescale_lr: multiply lr by h₀ + δ.
         nonfinite: ``"raise"`` or ``"skip"`` for NaN/Inf gradients.
         seed: seed of the optimizer's own generators (default: drawn from torch's global RNG).
         missing_sample: ``step()`` without a collected sample: ``"raise"`` or ``"skip"``
             (a no-op).
+        process_group: the ``torch.distributed`` group whose ranks agree on the seed and
+            average the samples (default: the default group).
         fused: ``False`` (vectorized torch ops), ``True`` (the fastest fused path available:
             the Triton kernel for CUDA parameters when triton is installed, else
             ``"compile"``), ``"compile"`` (draw and update in one ``torch.compile``'d loop
@@ -123,6 +130,7 @@ class IVON(PrecisionSampler):
         missing_sample: str = "raise",
         fused: bool | str = False,
         draw_ahead: bool = False,
+        process_group: Any = None,
     ) -> None:
         check_positive(lr, "lr", allow_zero=True)
         check_positive(ess, "ess")
@@ -151,11 +159,10 @@ class IVON(PrecisionSampler):
             nonfinite=nonfinite,
             seed=seed,
             missing_sample=missing_sample,
+            sync=bool(sync),
+            process_group=process_group,
         )
-        self.hess_approx, self.sync = hess_approx, bool(sync)
-        # with per-rank draws, subtracting a draw rounds differently on each rank and the means
-        # would drift apart by ulps: keep a separate mean, restored exactly, when syncing
-        self._alias_first = not self.sync
+        self.hess_approx = hess_approx
         self._correction = True
         if fused not in (False, True, "compile", "triton"):
             raise ValueError(f"fused must be False, True, 'compile' or 'triton', got {fused!r}")
@@ -202,8 +209,19 @@ class IVON(PrecisionSampler):
         if not self._use_triton(bucket):
             return
         bucket.counter_noise = True
+        bucket.philox_index = index
         # one Philox key per bucket, a pure function of the optimizer's seed and the bucket
         bucket.philox_seed = (self._seed * 0x9E3779B97F4A7C15 + 7919 * index) % 2**63
+
+    def _seed_changed(self) -> None:
+        # rank 0's seed arrived after the buckets were built (a state_dict() before the first
+        # draw): rekey the counter-based noise, which no draw has used yet
+        for buckets in self._buckets or []:
+            for b in buckets:
+                if b.counter_noise:
+                    b.philox_seed = (
+                        self._seed * 0x9E3779B97F4A7C15 + 7919 * b.philox_index
+                    ) % 2**63
 
     def _use_triton(self, bucket: _Bucket) -> bool:
         if self.fused not in (True, "triton") or not self._correction:
@@ -223,6 +241,7 @@ class IVON(PrecisionSampler):
                 "(or on the CPU with TRITON_INTERPRET=1 set before triton is imported, for "
                 f"testing); got {bucket.dtype} parameters on {bucket.device}"
                 + (" with sync=True (per-rank draws need a separate mean)" if self.sync else "")
+                + (" sharded by FSDP" if bucket.sharded else "")
             )
         return usable and (cuda or self.fused == "triton")
 
@@ -381,20 +400,6 @@ class IVON(PrecisionSampler):
             return torch.mul(bucket.noise, grad, out=out)
         return torch.mul(grad, grad, out=out)
 
-    def _sync(self) -> None:
-        if not self.sync:
-            return
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        world = dist.get_world_size()
-        for buckets in self._all_buckets():
-            for b in buckets:
-                for buf in self._sample_buffers(b):  # both: gradsq works with sync too
-                    dist.all_reduce(buf)
-                    buf.div_(world)
-
     def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor | None) -> None:
         wd = group["weight_decay"]
         # draw-ahead: one pass θ → θ' when the weights still hold the sample (_before_update)
@@ -533,7 +538,9 @@ class VON(IVON):
             weight_decay=wd,
             hess_approx=self.hess_approx,
         )
-        low = (bucket.state["hess"] * b2 + h_hat * (1 - b2)).min().item() + wd
+        new = bucket.state["hess"] * b2 + h_hat * (1 - b2)
+        low = new.min().item() + wd if new.numel() else math.inf
+        low = -self._agree_max(-low)  # the least over the shards (FSDP): all ranks agree
         if not low > 0:
             raise FloatingPointError(
                 f"VON: the update would make h + weight_decay non-positive (min {low:.3g}); "

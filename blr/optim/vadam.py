@@ -36,7 +36,11 @@ class Vadam(SamplingOptimizer):
         betas: (β₁, β₂).
         prec_init: initial s (> 0 so that the first draws are not too wide).
         mc_samples: draws per ``step(closure)``.
-        nonfinite, seed: as in :class:`~blr.optim.IVON`.
+        nonfinite, seed, missing_sample, process_group: as in :class:`~blr.optim.IVON`.
+        sync: per-rank noise under ``torch.distributed`` (as in :class:`~blr.optim.IVON`): the
+            optimizer averages ĝ across ranks itself, and ŝ = ĝ² is formed from the average.
+            With the default shared noise, DDP's average is already the ĝ of the concatenated
+            batch.
 
     Example:
         >>> import torch
@@ -49,6 +53,7 @@ class Vadam(SamplingOptimizer):
     """
 
     _state_names = ("mean", "exp_avg", "exp_avg_sq")
+    _has_stat = False  # the curvature ĝ² is formed from the (averaged) gradient in the update
 
     def __init__(
         self,
@@ -63,6 +68,8 @@ class Vadam(SamplingOptimizer):
         nonfinite: str = "raise",
         seed: int | None = None,
         missing_sample: str = "raise",
+        sync: bool = False,
+        process_group: Any = None,
     ) -> None:
         check_positive(lr, "lr", allow_zero=True)
         check_positive(ess, "ess")
@@ -80,6 +87,8 @@ class Vadam(SamplingOptimizer):
             nonfinite=nonfinite,
             seed=seed,
             missing_sample=missing_sample,
+            sync=sync,
+            process_group=process_group,
         )
 
     def _init_bucket(self, group: dict, bucket: _Bucket) -> None:

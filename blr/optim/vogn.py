@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from blr.kernels.diag_gaussian import ivon_step_
-from blr.optim._base import PrecisionSampler, _Bucket, check_beta, check_positive
+from blr.optim._base import PrecisionSampler, _Bucket, _is_dtensor, check_beta, check_positive
 from blr.optim.curvature import PerExample
 
 
@@ -47,7 +48,17 @@ class VOGN(PrecisionSampler):
             ``"bce_with_logits"``, ``"gaussian"`` (with ``sigma2``) or ``"mse"``.
         sigma2: σ² of the ``"gaussian"`` loss.
         sample: draw θ (VOGN) or evaluate at the mean (OGN).
-        mc_samples, nonfinite, seed: as in :class:`~blr.optim.IVON`.
+        mc_samples, nonfinite, seed, missing_sample, process_group: as in
+            :class:`~blr.optim.IVON`.
+        sync: per-rank noise under ``torch.distributed`` (as in :class:`~blr.optim.IVON`): the
+            optimizer averages ĝ and ĥ across ranks itself. With the default shared noise, ĝ
+            comes averaged by DDP and the optimizer averages ĥ, which each rank computes from
+            its own examples. The model may be the DDP-wrapped one or the module inside it.
+            Parameters sharded by FSDP are refused (the per-example curvature is computed on
+            the gathered parameters).
+
+    Under ``torch.distributed`` each rank's ĥ is the mean over its own examples; the optimizer
+    averages it across ranks (equal per-rank batches: the mean over the concatenated batch).
 
     Example:
         >>> import torch
@@ -61,6 +72,8 @@ class VOGN(PrecisionSampler):
         ...     torch.nn.functional.cross_entropy(model(x), y).backward()
         >>> opt.step()
     """
+
+    _local_stat = True  # ĥ comes from this rank's examples: averaged across ranks
 
     def __init__(
         self,
@@ -80,6 +93,8 @@ class VOGN(PrecisionSampler):
         nonfinite: str = "raise",
         seed: int | None = None,
         missing_sample: str = "raise",
+        sync: bool = False,
+        process_group: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -97,6 +112,13 @@ class VOGN(PrecisionSampler):
             lr=lr, ess=ess, weight_decay=weight_decay, beta1=beta1, beta2=beta2, hess_init=hess_init
         )
         params = [p for p in model.parameters() if p.requires_grad]
+        if any(_is_dtensor(p) for p in params):
+            raise ValueError(
+                f"{type(self).__name__}: the model's parameters are sharded by FSDP "
+                "(fully_shard); the per-example curvature is computed on the gathered "
+                "parameters, which the optimizer does not see: wrap the model in "
+                "DistributedDataParallel instead"
+            )
         super().__init__(
             params,
             defaults,
@@ -104,6 +126,8 @@ class VOGN(PrecisionSampler):
             nonfinite=nonfinite,
             seed=seed,
             missing_sample=missing_sample,
+            sync=sync,
+            process_group=process_group,
         )
         self.model, self.curvature, self.loss, self.sigma2 = model, curvature, loss, sigma2
         self.sample = bool(sample)

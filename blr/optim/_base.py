@@ -12,7 +12,8 @@ shared noise by default (rank 0's seed is broadcast at the first draw, so DDP's 
 is the gradient of the concatenated batch), per-rank noise with ``sync=True`` (the optimizer
 all-reduces the gradients and the statistics itself), statistics computed from local data
 (VOGN's per-example curvature) averaged in either mode, and parameters sharded by FSDP2's
-``fully_shard`` (DTensors) updated shard by shard with per-rank noise.
+``fully_shard`` (DTensors) updated shard by shard with per-rank noise (VOGN averages the
+curvature of the full parameters and keeps its shard).
 """
 
 from __future__ import annotations
@@ -260,7 +261,9 @@ class SamplingOptimizer(torch.optim.Optimizer):
       stays bit-identical across ranks.
     - Parameters sharded by FSDP2's ``fully_shard`` (DTensors on a 1-D mesh): the state holds
       the local shards, each rank draws its own noise for its own shard (every element of θ is
-      drawn once, by its owner), FSDP's reduce-scatter averages the gradients.
+      drawn once, by its owner), FSDP's reduce-scatter averages the gradients; a statistic
+      computed from local data for the full parameter (VOGN's) is averaged and cut to the
+      local shard by the subclass (``VOGN._sharded_stat``).
     - ``process_group``: the ranks to agree with (default: the default group); a group of one
       rank per process gives independent runs.
 
@@ -719,6 +722,7 @@ class SamplingOptimizer(torch.optim.Optimizer):
 
     def _reduced_buffers(self, b: _Bucket) -> list[Tensor]:
         if b.sharded:  # FSDP has reduce-scattered the gradients; statistics are elementwise
+            # (or, VOGN's, already averaged in _sample_stat)
             return []
         g_hat, stat = self._sample_buffers(b)
         has_stat = stat is not None and self._has_stat

@@ -908,8 +908,8 @@ class PerExample:
         out = {}
         for pid, p in self._params.items():
             h = self._acc.get(pid)
-            if h is None:
-                h = torch.zeros_like(p, memory_format=torch.contiguous_format).detach()
+            if h is None:  # (of the full shape: a parameter sharded by FSDP is a DTensor)
+                h = torch.zeros(p.shape, dtype=p.dtype, device=p.device)
             out[p] = h
             if attr is not None:
                 setattr(p, attr, h)

@@ -9,7 +9,13 @@ import torch
 from torch import Tensor, nn
 
 from blr.kernels.diag_gaussian import ivon_step_
-from blr.optim._base import PrecisionSampler, _Bucket, _is_dtensor, check_beta, check_positive
+from blr.optim._base import (
+    PrecisionSampler,
+    _Bucket,
+    _world_size,
+    check_beta,
+    check_positive,
+)
 from blr.optim.curvature import PerExample
 
 
@@ -54,11 +60,13 @@ class VOGN(PrecisionSampler):
             optimizer averages ĝ and ĥ across ranks itself. With the default shared noise, ĝ
             comes averaged by DDP and the optimizer averages ĥ, which each rank computes from
             its own examples. The model may be the DDP-wrapped one or the module inside it.
-            Parameters sharded by FSDP are refused (the per-example curvature is computed on
-            the gathered parameters).
 
     Under ``torch.distributed`` each rank's ĥ is the mean over its own examples; the optimizer
     averages it across ranks (equal per-rank batches: the mean over the concatenated batch).
+    Models sharded by FSDP2's ``fully_shard`` (Shard(0) on a 1-D mesh, the default) work too:
+    the hooks see the gathered weights and compute ĥ of every full parameter; the optimizer
+    all-reduces it (once per sample, the size of the unsharded parameters) and keeps its own
+    shard. Other placements are refused with a ValueError. See docs/distributed.md.
 
     Example:
         >>> import torch
@@ -112,13 +120,6 @@ class VOGN(PrecisionSampler):
             lr=lr, ess=ess, weight_decay=weight_decay, beta1=beta1, beta2=beta2, hess_init=hess_init
         )
         params = [p for p in model.parameters() if p.requires_grad]
-        if any(_is_dtensor(p) for p in params):
-            raise ValueError(
-                f"{type(self).__name__}: the model's parameters are sharded by FSDP "
-                "(fully_shard); the per-example curvature is computed on the gathered "
-                "parameters, which the optimizer does not see: wrap the model in "
-                "DistributedDataParallel instead"
-            )
         super().__init__(
             params,
             defaults,
@@ -146,9 +147,23 @@ class VOGN(PrecisionSampler):
             if self.curvature == "ef"
             else dict(loss=self.loss, sigma2=self.sigma2)
         )
+        self._reshard()
         self._pe = PerExample(self.model, mode=self.curvature, **kw)
         self._squares = None
         return self._pe
+
+    def _reshard(self) -> None:
+        """Reshard the model's FSDP modules (a local operation): after a forward without
+        backward (an evaluation), FSDP keeps the root's gathered parameters, which would hide
+        the draw just written into the shards from the next forward and the sharded parameters
+        from the curvature hooks."""
+        if not any(b.sharded for buckets in self._all_buckets() for b in buckets):
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in self.model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
     def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor, out: Tensor) -> Tensor:
         pe = self._pe
@@ -162,6 +177,8 @@ class VOGN(PrecisionSampler):
                 )
             self._squares = pe.squared_grads()
         m = float(pe.num_examples)
+        if bucket.sharded:
+            return self._sharded_stat(bucket, out, m)
         out.zero_()
         views, values = [], []
         for p, v in zip(bucket.params, bucket.views(out)):
@@ -172,6 +189,59 @@ class VOGN(PrecisionSampler):
         if views:
             torch._foreach_copy_(views, values)
         return out.div_(m)  # the minibatch mean ĥ
+
+    def _check_sharded(self, p: Tensor) -> None:
+        super()._check_sharded(p)  # (1-D mesh, Shard placement, sync=False)
+        dim = p.placements[0].dim
+        if dim != 0 and dim != -p.dim():
+            raise ValueError(
+                f"{type(self).__name__} supports parameters sharded on dimension 0 (FSDP2's "
+                f"default placement); got {p.placements} for a parameter of shape "
+                f"{tuple(p.shape)}: leave shard_placement_fn at its default"
+            )
+
+    def _sharded_stat(self, bucket: _Bucket, out: Tensor, m: float) -> Tensor:
+        """ĥ of parameters sharded by FSDP: the hooks computed this rank's curvature of every
+        FULL parameter (on the gathered weights); average it across the ranks of the mesh (they
+        drew the same θ, each element by its owner) and keep this rank's shard (Shard(0):
+        a contiguous block of rows, possibly shorter or empty on the last ranks)."""
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        full = torch.zeros(
+            sum(p.numel() for p in bucket.params), device=out.device, dtype=out.dtype
+        )
+        views, values = [], []
+        for p, v in zip(bucket.params, full.split([p.numel() for p in bucket.params])):
+            sq = self._squares.get(p)
+            if sq is not None:  # (None: not a parameter of the model: ĥ = 0, as unsharded)
+                views.append(v.view(p.shape))
+                values.append(sq)
+        if views:
+            torch._foreach_copy_(views, values)
+        group = bucket.params[0].device_mesh.get_group()
+        world = _world_size(group)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(full, group=group)
+        full.div_(m * world)  # the mean over the ranks of the per-rank minibatch means
+        for p, v, local, h in zip(
+            bucket.params,
+            bucket.views(out),
+            bucket.shapes,
+            full.split([p.numel() for p in bucket.params]),
+        ):
+            shape, offset = compute_local_shape_and_global_offset(
+                p.shape, p.device_mesh, p.placements
+            )
+            if tuple(shape) != tuple(local):  # pragma: no cover - a layout we do not know
+                raise RuntimeError(
+                    f"{type(self).__name__}: the local shard of a parameter of shape "
+                    f"{tuple(p.shape)} has shape {tuple(local)}, its placement "
+                    f"{p.placements} says {tuple(shape)}"
+                )
+            v.copy_(h.view(p.shape).narrow(0, offset[0], shape[0]))
+        return out
 
     def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
         ivon_step_(

@@ -48,13 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the sympy derivations (numeric checks only)",
     )
     table.add_argument("--list", action="store_true", help="list the rows' names and exit")
-    demo = sub.add_parser(
+    from blr import demo  # numpy and torch only at module level; the extras load lazily
+
+    sub.add_parser(
         "demo",
-        help="IVON vs AdamW vs SGD on a real dataset: accuracy, NLL, ECE, Brier, a reliability "
-        "diagram",
-        add_help=False,
+        parents=[demo.build_parser(add_help=False)],
+        help="IVON vs AdamW vs SGD on digits/Fashion-MNIST: accuracy, NLL, ECE, Brier, a "
+        "reliability diagram",
+        description=demo.DESCRIPTION,
     )
-    demo.add_argument("rest", nargs=argparse.REMAINDER, help="options of the demo (--help)")
     bench = sub.add_parser(
         "bench",
         help="benchmark tables: optimizer-side time and memory (optim), the UCI regression "
@@ -75,9 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "table":
         return _table(args)
     if args.command == "demo":
-        from blr import demo  # lazily: it imports scikit-learn and the optional extras
+        from blr import demo
 
-        return demo.main(args.rest)
+        return demo.run_cli(args)
     if args.command == "bench" and args.target == "uci":
         from blr import uci
 

@@ -49,3 +49,14 @@ def test_bench_uci_help_and_a_missing_directory(capsys, tmp_path):
     assert exc.value.code == 0
     assert "--data" in capsys.readouterr().out
     assert main(["bench", "uci", "--data", str(tmp_path / "nope")]) == 2
+
+
+def test_demo_smoke(capsys, tmp_path):
+    import json
+
+    argv = ["demo", "--epochs", "1", "--seeds", "2", "--hidden", "8", "--limit", "60"]
+    argv += ["--quiet", "--json", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["methods"]) == {"IVON (32 draws)", "IVON (mean)", "AdamW", "SGD"}
+    assert out["seeds"] == 2 and out["epochs"] == 1

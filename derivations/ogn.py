@@ -303,15 +303,18 @@ def optimizer_instance(
     delta: float,
     s0: float,
     hessian: str = "ggn",
+    optimizer: type = OGN,
+    **extra: object,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:class:`blr.optim.OGN` on a bias-free linear model (lr = α, β₁ = 0, β₂ = 1 − β,
-    weight_decay = δ̃, hess_init = s₀); returns (m_t, s_t)."""
+    """:class:`blr.optim.OGN` (or ``optimizer``, e.g. VOGN with its ``seed`` in ``extra``) on a
+    bias-free linear model (lr = α, β₁ = 0, β₂ = 1 − β, weight_decay = δ̃, hess_init = s₀);
+    returns (m_t, s_t)."""
     model = torch.nn.Linear(x.shape[1], 1, bias=False).to(f64)
     with torch.no_grad():
         model.weight.copy_(m0.reshape(1, -1))
     kwargs = dict(curvature="ggn", loss="bce_with_logits") if hessian == "ggn" else {}
     kwargs.setdefault("curvature", "ef")
-    opt = OGN(
+    opt = optimizer(
         model,
         lr=alpha,
         ess=x.shape[0],
@@ -320,6 +323,7 @@ def optimizer_instance(
         beta2=1.0 - beta,
         hess_init=s0,
         **kwargs,
+        **extra,
     )
     ms, ss = [m0], [torch.full_like(m0, s0)]
     for idx in batches:

@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import sympy as sp
 import torch
-import torch.nn.functional as F
 
 import blr
 import expfam
 from blr.kernels import diag_gaussian_step_
 from blr.optim import VOGN
+from derivations import ogn
 from derivations.ogn import (
     DELTA,
     LR_DELTA,
@@ -304,33 +304,21 @@ def optimizer_instance(
     hessian: str = "ggn",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:class:`blr.optim.VOGN` on a bias-free linear model (lr = α, β₁ = 0, β₂ = 1 − β,
-    weight_decay = δ̃, hess_init = s₀, ``seed``); returns (m_t, s_t)."""
-    model = torch.nn.Linear(x.shape[1], 1, bias=False).to(f64)
-    with torch.no_grad():
-        model.weight.copy_(m0.reshape(1, -1))
-    kwargs = dict(curvature="ggn", loss="bce_with_logits") if hessian == "ggn" else {}
-    kwargs.setdefault("curvature", "ef")
-    opt = VOGN(
-        model,
-        lr=alpha,
-        ess=x.shape[0],
-        weight_decay=delta / x.shape[0],
-        beta1=0.0,
-        beta2=1.0 - beta,
-        hess_init=s0,
+    weight_decay = δ̃, hess_init = s₀, ``seed``): Row 8's driver with the VOGN optimizer;
+    returns (m_t, s_t)."""
+    return ogn.optimizer_instance(
+        m0,
+        x,
+        y,
+        batches,
+        alpha=alpha,
+        beta=beta,
+        delta=delta,
+        s0=s0,
+        hessian=hessian,
+        optimizer=VOGN,
         seed=seed,
-        **kwargs,
     )
-    ms, ss = [m0], [torch.full_like(m0, s0)]
-    for idx in batches:
-        with opt.sampled_params(train=True):
-            opt.zero_grad()
-            logits = model(x[idx]).squeeze(-1)
-            (F.softplus(logits) - y[idx] * logits).mean().backward()  # BCE with logits
-        opt.step()
-        ms.append(model.weight.detach().reshape(-1).clone())
-        ss.append(opt.state_dict()["state"][0]["hess"].reshape(-1).clone())
-    return torch.stack(ms), torch.stack(ss)
 
 
 def _dev(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> float:

@@ -18,6 +18,19 @@
   per-example sensitivities and "what if these examples were removed" without retraining);
 - :mod:`blr.kernels`: fused fast paths, each tested against :func:`step` (batched full-covariance
   Gaussians: :func:`full_gaussian_step`).
+
+``__version__`` is the package version. Example: the BLR fits q = N(m, 1/s) to ℓ(θ) = ½(θ − 2)²
+(delta method, ρ = 1: one Newton step):
+
+>>> import torch, expfam, blr
+>>> fam = expfam.DiagGaussian()
+>>> nat = fam.from_moments(torch.zeros(1), torch.ones(1))
+>>> nat = blr.step(fam, nat, lambda th: 0.5 * ((th - 2.0) ** 2).sum(-1), 1.0,
+...                estimator=blr.Delta())
+>>> fam.to_moments(nat)
+(tensor([2.]), tensor([1.]))
+>>> blr.__version__ == expfam.__version__
+True
 """
 
 from __future__ import annotations

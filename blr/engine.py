@@ -90,7 +90,18 @@ def step_with_estimate(
     prior: tuple | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[tuple, Estimate]:
-    """:func:`step`, also returning the estimator's :class:`~blr.Estimate`."""
+    """:func:`step`, also returning the estimator's :class:`~blr.Estimate`.
+
+    Example:
+        >>> import torch, expfam, blr
+        >>> fam = expfam.DiagGaussian()
+        >>> nat = fam.from_moments(torch.zeros(2, dtype=torch.float64),
+        ...                        torch.ones(2, dtype=torch.float64))
+        >>> loss = lambda th: 0.5 * ((th - 1.0) ** 2).sum(-1)   # E_q[ℓ] = ½‖m − 1‖² + ½Σ1/s
+        >>> nat, est = blr.step_with_estimate(fam, nat, loss, 1.0, estimator=blr.Delta())
+        >>> fam.location(nat), est.value
+        (tensor([1., 1.], dtype=torch.float64), tensor(1., dtype=torch.float64))
+    """
     family.validate_nat(nat, "nat")
     rho = check_rho(rho)
     if prior is not None:
@@ -156,7 +167,15 @@ def step(
 
 def objective(family: ExpFamily, nat: tuple, expected_loss: Tensor, prior: tuple | None) -> Tensor:
     """E_q[ℓ̄] − H(q): E_q[ℓ] − H(q) without a prior, E_q[ℓ] + KL(q ‖ p₀) with a conjugate prior
-    (E_q[−log p₀] − H(q) = KL(q‖p₀))."""
+    (E_q[−log p₀] − H(q) = KL(q‖p₀)).
+
+    Example:
+        >>> import torch, expfam, blr
+        >>> fam = expfam.DiagGaussian()
+        >>> nat = fam.from_moments(torch.zeros(1), torch.ones(1))
+        >>> blr.objective(fam, nat, torch.tensor(0.0), prior=nat)   # KL(q ‖ q) = 0
+        tensor(0.)
+    """
     if prior is None:
         return expected_loss - family._entropy(nat)
     return expected_loss + family._kl(nat, prior)

@@ -86,7 +86,20 @@ class ModelLoss:
 
 
 class Estimator(abc.ABC):
-    """Base class of the ∇_μ E_q[ℓ] estimators."""
+    """Base class of the ∇_μ E_q[ℓ] estimators: ``estimator(family, nat, loss)`` returns an
+    :class:`Estimate` (∇_μE_q[ℓ] in the family's ``nat_type``, and E_q[ℓ]).
+
+    Example:
+        >>> import torch, expfam, blr
+        >>> fam = expfam.DiagGaussian()
+        >>> nat = fam.from_moments(torch.zeros(1), torch.ones(1))
+        >>> est = blr.Delta()
+        >>> isinstance(est, blr.Estimator)
+        True
+        >>> out = est(fam, nat, lambda th: 0.5 * (th**2).sum(-1))   # ∇_μ at m = 0: (g − h m, ½h)
+        >>> out.grad, out.value
+        (DiagNat(lam1=tensor([0.]), lam2=tensor([0.5000])), tensor(0.))
+    """
 
     @abc.abstractmethod
     def __call__(

@@ -44,6 +44,12 @@ class GaussianOptions:
         improved_mean: ``"new"`` (IVON) or ``"old"`` (Lin et al.) precision in the mean step.
         sqrt_scaling: precondition the mean step with S^{1/2} (RMSprop/Adam).
         damping: ε added to the preconditioner.
+
+    Example:
+        >>> from blr import GaussianOptions
+        >>> opts = GaussianOptions(lr=0.1, sqrt_scaling=True)   # an Adam-like mean step
+        >>> opts.momentum_kind, opts.damping >= 0
+        ('natural', True)
     """
 
     lr: float | None = None

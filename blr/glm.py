@@ -266,14 +266,36 @@ class GLMQuadrature(Estimator):
         return tuple((t * w).sum(-1) for t in self._derivs(y, a, order))
 
     def expected_loss(self, family: GaussianLike, nat: tuple) -> Tensor:
-        """E_q[ℓ] = c·Σ_i E[ℓ(y_i, a_i)], shape ``batch_shape`` (no derivatives)."""
+        """E_q[ℓ] = c·Σ_i E[ℓ(y_i, a_i)], shape ``batch_shape`` (no derivatives).
+
+        Example (squared error: E[½(y − a)²] = ½(y − E a)² + ½Var a):
+            >>> import torch, expfam
+            >>> X = torch.eye(2, dtype=torch.float64)
+            >>> est = GLMQuadrature(X, torch.tensor([1.0, 0.0], dtype=torch.float64), "gaussian")
+            >>> fam = expfam.DiagGaussian()
+            >>> nat = fam.from_moments(torch.zeros(2, dtype=torch.float64),
+            ...                        torch.ones(2, dtype=torch.float64))
+            >>> est.expected_loss(fam, nat)
+            tensor(1.5000, dtype=torch.float64)
+        """
         (e0,) = self._expect(*self.marginals(family, nat), 0)
         return self.scale * e0.sum(-1)
 
     def predict(self, family: GaussianLike, nat: tuple, X: Tensor | None = None) -> Tensor:
         """The posterior-predictive mean response E_q[h(xᵀθ)] per row of ``X`` (h⁻¹ the link:
         σ for ``"logistic"``, exp for ``"poisson"``, identity for ``"gaussian"``), by the same
-        quadrature; built-in links only."""
+        quadrature; built-in links only.
+
+        Example:
+            >>> import torch, expfam
+            >>> X = torch.eye(2, dtype=torch.float64)
+            >>> est = GLMQuadrature(X, torch.tensor([1.0, 0.0], dtype=torch.float64), "logistic")
+            >>> fam = expfam.DiagGaussian()
+            >>> nat = fam.from_moments(torch.zeros(2, dtype=torch.float64),
+            ...                        torch.ones(2, dtype=torch.float64))
+            >>> est.predict(fam, nat)   # E[σ(a)] = ½ for a symmetric about 0
+            tensor([0.5000, 0.5000], dtype=torch.float64)
+        """
         if not isinstance(self.link, str):
             raise TypeError("predict needs a built-in link; a callable link has no known mean")
         mean, var = self.marginals(family, nat, X)

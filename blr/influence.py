@@ -52,6 +52,22 @@ Entry points: :func:`glm_sensitivity` / :func:`glm_removal` (GLMs: ``"logistic"`
 ``"poisson"``, ``"gaussian"``, ``"multinomial"`` or a callable ℓ(y, a)),
 :func:`module_sensitivity` / :func:`module_removal` (an ``nn.Module`` linearized at the mean,
 Jacobians by ``torch.func``) and the model-free core :func:`mpe_sensitivity` / :func:`mpe_removal`.
+The accepted option values are the tuples ``PRECISIONS`` (``precision=``), ``GLM_LINKS``
+(``link=``) and ``LOSSES`` (``loss=`` of the module functions).
+
+Example (which examples would move a Bayesian linear regression most):
+
+>>> import torch, blr
+>>> from blr.influence import GLM_LINKS, glm_removal, glm_sensitivity
+>>> "gaussian" in GLM_LINKS
+True
+>>> X = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0], [1.0, 3.0]], dtype=torch.float64)
+>>> y = torch.tensor([0.0, 1.0, 2.0, 9.0], dtype=torch.float64)
+>>> post = blr.laplace(X, y, 1.0, link="gaussian")
+>>> glm_sensitivity(X, y, post, link="gaussian").score.argmax().item()   # the outlier
+3
+>>> glm_removal(X, y, post, [3], link="gaussian").shift.shape
+torch.Size([2])
 """
 
 from __future__ import annotations

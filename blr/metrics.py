@@ -70,7 +70,13 @@ def _as_probs(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def accuracy(probs: Tensor, labels: Tensor) -> float:
-    """Fraction of examples whose most probable class is the label (ties: the lowest index)."""
+    """Fraction of examples whose most probable class is the label (ties: the lowest index).
+
+    Example:
+        >>> import torch
+        >>> accuracy(torch.tensor([[0.9, 0.1], [0.3, 0.7]]), torch.tensor([0, 0]))
+        0.5
+    """
     probs, labels = _as_probs(probs, labels)
     return float((probs.argmax(-1) == labels).double().mean())
 
@@ -90,7 +96,13 @@ def nll(probs: Tensor, labels: Tensor, *, eps: float = 1e-12) -> float:
 
 
 def brier(probs: Tensor, labels: Tensor) -> float:
-    """Mean over examples of Σ_k (p_ik − [y_i = k])² (the multiclass Brier score, in [0, 2])."""
+    """Mean over examples of Σ_k (p_ik − [y_i = k])² (the multiclass Brier score, in [0, 2]).
+
+    Example:
+        >>> import torch
+        >>> brier(torch.tensor([0.5, 1.0]), torch.tensor([1, 1]))   # binary: p(class 1)
+        0.25
+    """
     probs, labels = _as_probs(probs, labels)
     onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).to(torch.float64)
     return float(((probs.double() - onehot) ** 2).sum(-1).mean())
@@ -105,6 +117,12 @@ class Reliability:
         counts: examples per bin.
         accuracy: accuracy per bin (NaN for an empty bin).
         confidence: mean confidence per bin (NaN for an empty bin).
+
+    Example:
+        >>> import torch
+        >>> rel = reliability(torch.tensor([0.9, 0.8, 0.3]), torch.tensor([1, 0, 0]), n_bins=2)
+        >>> rel.counts.tolist(), round(rel.ece, 4)
+        ([0.0, 3.0], 0.1333)
     """
 
     edges: Tensor
@@ -122,7 +140,15 @@ class Reliability:
 
 def reliability(probs: Tensor, labels: Tensor, *, n_bins: int = 15) -> Reliability:
     """Bin the confidences max_k p_ik into ``n_bins`` equal-width bins of [0, 1] (an edge value
-    goes to the upper bin, 1.0 to the last) and return accuracy and confidence per bin."""
+    goes to the upper bin, 1.0 to the last) and return accuracy and confidence per bin.
+
+    Example:
+        >>> import torch
+        >>> probs, labels = torch.tensor([[0.9, 0.1], [0.4, 0.6]]), torch.tensor([0, 0])
+        >>> rel = reliability(probs, labels, n_bins=2)
+        >>> rel.edges.tolist(), rel.counts.tolist(), rel.accuracy.tolist()
+        ([0.0, 0.5, 1.0], [0.0, 2.0], [nan, 0.5])
+    """
     probs, labels = _as_probs(probs, labels)
     if int(n_bins) != n_bins or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins}")
@@ -161,7 +187,16 @@ def reliability_diagram(
 ) -> Path:
     """Write a reliability diagram (accuracy against confidence per bin, one line per entry of
     ``curves``: name → (probs, labels); the diagonal is perfect calibration; ECE in the legend)
-    as a PNG at ``path``. Needs matplotlib (the ``examples`` extra). Returns the path."""
+    as a PNG at ``path``. Needs matplotlib (the ``examples`` extra). Returns the path.
+
+    Example:
+        >>> import tempfile, torch
+        >>> p, y = torch.tensor([0.9, 0.8, 0.3, 0.6]), torch.tensor([1, 0, 0, 1])
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     png = reliability_diagram({"model": (p, y)}, f"{tmp}/rel.png", n_bins=5)
+        ...     png.stat().st_size > 0
+        True
+    """
     try:
         import matplotlib
 
@@ -215,7 +250,13 @@ def _regression_inputs(mean: Tensor, y: Tensor, var: Tensor | None = None) -> No
 
 
 def rmse(mean: Tensor, y: Tensor) -> float:
-    """Root mean squared error √((1/n)Σ(mean_i − y_i)²)."""
+    """Root mean squared error √((1/n)Σ(mean_i − y_i)²).
+
+    Example:
+        >>> import torch
+        >>> rmse(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 4.0]))
+        1.4142135623730951
+    """
     _regression_inputs(mean, y)
     return float(((mean.double() - y.double()) ** 2).mean().sqrt())
 
@@ -235,7 +276,14 @@ def gaussian_log_likelihood(mean: Tensor, var: Tensor, y: Tensor) -> float:
 
 def interval_coverage(mean: Tensor, var: Tensor, y: Tensor, *, level: float = 0.95) -> float:
     """Fraction of targets inside the central ``level`` interval mean ± z·√var of a Gaussian
-    predictive (z the standard normal quantile of (1 + level)/2)."""
+    predictive (z the standard normal quantile of (1 + level)/2).
+
+    Example:
+        >>> import torch
+        >>> mean, var = torch.zeros(4), torch.ones(4)
+        >>> interval_coverage(mean, var, torch.tensor([0.5, -1.0, 1.5, 3.0]))   # |y| ≤ 1.96
+        0.75
+    """
     _regression_inputs(mean, y, var)
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")

@@ -239,6 +239,16 @@ def predict_classification(
 
     Returns:
         A :class:`ClassificationPredictive`.
+
+    Example:
+        >>> import torch, expfam
+        >>> model = torch.nn.Linear(2, 3)
+        >>> fam = expfam.DiagGaussian()
+        >>> q = ParameterPosterior(model, fam, fam.from_moments(torch.zeros(9), torch.ones(9)),
+        ...                        generator=torch.Generator().manual_seed(0))
+        >>> pred = predict_classification(model, q, torch.randn(5, 2), n_samples=8)
+        >>> pred.probs.shape, bool(torch.allclose(pred.probs.sum(-1), torch.ones(5)))
+        (torch.Size([5, 3]), True)
     """
     if likelihood not in ("categorical", "bernoulli"):
         raise ValueError(f"likelihood must be 'categorical' or 'bernoulli', got {likelihood!r}")

@@ -1,6 +1,13 @@
 """Quadrature rules for expectations under N(0, I): the deterministic alternatives to Monte Carlo
 used by the estimators (sigma points), the GLM estimator (1-D rules) and the mixture BLR
-(tensor-product Gauss–Hermite)."""
+(tensor-product Gauss–Hermite).
+
+>>> import torch
+>>> from blr.quadrature import sigma_points
+>>> z, w = sigma_points(3, dtype=torch.float64)
+>>> z.shape, round(float(w.sum()), 12)
+(torch.Size([6, 3]), 1.0)
+"""
 
 from __future__ import annotations
 

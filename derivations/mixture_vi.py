@@ -9,7 +9,7 @@ f = ℓ̄ + log q with ℓ̄ = −log p̃ (log q held fixed for the step, as E_q
 
 **Rule.** For F(μ) = Σ_k π_k E_{q_k}[f] (Bonnet/Price per component; π_k cancels):
 ∇_{μ1_k}F = E_k[∇f] − E_k[∇²f]m_k, ∇_{μ2_k}F = ½E_k[∇²f], ∇_{μ0_k}F = Φ_k − Φ_K with
-Φ_k = E_k[f] − m_kᵀE_k[∇f] + ½tr(E_k[∇²f](m_km_kᵀ − S_k⁻¹)). The BLR λ ← λ − ρ∇_μF is
+Φ_k = E_k[f] − m_kᵀE_k[∇f] + ½tr(E_k[∇²f]·(m_km_kᵀ − S_k⁻¹)). The BLR λ ← λ − ρ∇_μF is
 
     S_k ← S_k + ρE_k[∇²f],   m_k ← m_k − ρS_k⁻¹E_k[∇f] (new S_k),   c_k ← c_k − ρ(Φ_k − Φ_K),
 
@@ -152,7 +152,7 @@ def derive() -> list[str]:
     assert f_at_p == 0 and sp.diff(f_at_p, th) == 0
     return [
         "joint family, K = 2, quartic f: ∇_{μ1_k}F = E_k[f'] − E_k[f'']m_k, ∇_{μ2_k}F = ½E_k[f''], "
-        "∇_{μ0}F = Φ₁ − Φ₂ with Φ_k = E_k[f] − m_kE_k[f'] + ½E_k[f''](m_k² − 1/S_k)",
+        "∇_{μ0}F = Φ₁ − Φ₂ with Φ_k = E_k[f] − m_kE_k[f'] + ½E_k[f'']·(m_k² − 1/S_k)",
         "exact λ-space weight rule (c ← c − ρ(Φ₁ − Φ₂), then A_k at the new (m_k, S_k)) = Lin's "
         "log(π₁/π₂) ← log(π₁/π₂) − ρ(E₁[f] − E₂[f]) + O(ρ²), the ρ² term nonzero",
         "q = p (a two-component MoG): f = ℓ̄ + log q ≡ 0, so every update is zero",

@@ -4,6 +4,16 @@ Every family is stateless math over parameter values (NamedTuples of tensors):
 ``family.nat_to_mean(nat)``, ``family.entropy(nat)``, ``family.kl(nat_p, nat_q)``,
 ``family.sample(nat, shape)``, ... . :data:`FAMILIES` maps registry names to family instances; it
 drives the contract test suite, so a new family is one file plus one line below.
+``__version__`` is the version of the package.
+
+>>> import torch
+>>> import expfam
+>>> fam = expfam.FAMILIES["gaussian_diag"]
+>>> nat = fam.from_moments(torch.tensor([1.0]), torch.tensor([4.0]))
+>>> fam.nat_to_mean(nat).mu1
+tensor([1.])
+>>> isinstance(expfam.__version__, str)
+True
 """
 
 from __future__ import annotations
@@ -31,6 +41,14 @@ def register(family: ExpFamily, *, replace: bool = False) -> ExpFamily:
 
     Raises ValueError if the name is taken (unless ``replace``) and TypeError if ``family`` is
     not an :class:`ExpFamily` instance.
+
+    >>> import expfam
+    >>> expfam.FAMILIES["categorical"].name
+    'categorical'
+    >>> expfam.register(expfam.Categorical())
+    Traceback (most recent call last):
+    ...
+    ValueError: family name 'categorical' is already registered
     """
     if not isinstance(family, ExpFamily):
         raise TypeError(f"family must be an ExpFamily instance, got {type(family).__name__}")

@@ -27,13 +27,24 @@ def set_validation(enabled: bool) -> None:
 
     Validation reads tensor values (e.g. ``(x <= 0).any()``), which synchronizes a GPU; hot loops
     that already trust their parameters may switch it off.
+
+    >>> from expfam import set_validation, validation_enabled
+    >>> set_validation(False)
+    >>> validation_enabled()
+    False
+    >>> set_validation(True)
     """
     global _VALIDATE
     _VALIDATE = bool(enabled)
 
 
 def validation_enabled() -> bool:
-    """Whether families validate their input (see :func:`set_validation`)."""
+    """Whether families validate their input (see :func:`set_validation`).
+
+    >>> from expfam import validation_enabled
+    >>> validation_enabled()
+    True
+    """
     return _VALIDATE
 
 
@@ -43,6 +54,10 @@ class Tolerances:
 
     ``closed``: closed forms vs the autograd reference (float64, float32).
     ``roundtrip``: λ → μ → λ in float64 on moderately conditioned parameters.
+
+    >>> from expfam import FullGaussian, Tolerances
+    >>> FullGaussian.tolerances.closed64 <= Tolerances().closed32
+    True
     """
 
     closed64: float = 1e-10
@@ -70,6 +85,26 @@ class ExpFamily(abc.ABC):
         has_rsample: whether :meth:`rsample` is differentiable in λ (reparameterization).
         min_dim: the smallest ``dim`` that :meth:`example_nat` accepts.
         tolerances: what the contract tests hold the closed forms to.
+
+    The public methods, on a diagonal Gaussian N(1, 1/4):
+
+    >>> import torch
+    >>> from expfam import DiagGaussian
+    >>> fam = DiagGaussian()
+    >>> nat = fam.from_moments(torch.tensor([1.0]), torch.tensor([4.0]))  # mean m, precision s
+    >>> fam.nat_to_mean(nat).mu1
+    tensor([1.])
+    >>> torch.allclose(fam.mean_to_nat(fam.nat_to_mean(nat)).lam1, nat.lam1)
+    True
+    >>> float(fam.log_partition(nat)) > 0 and float(fam.entropy(nat)) < 1.42
+    True
+    >>> fam.kl(nat, nat)
+    tensor(0.)
+    >>> x = fam.sample(nat, (3,))
+    >>> fam.log_prob(nat, x).shape
+    torch.Size([3])
+    >>> fam.rsample(nat, (3,)).shape
+    torch.Size([3, 1])
     """
 
     name: ClassVar[str]
@@ -361,6 +396,15 @@ class GaussianLike(Protocol):
 
     .. math:: \\nabla_{\\mu_1}\\mathbb{E}_q[\\ell] = \\hat g - \\hat H m,\\qquad
               \\nabla_{\\mu_2}\\mathbb{E}_q[\\ell] = \\tfrac12 \\hat H.
+
+    >>> import torch
+    >>> from expfam import DiagGaussian, GaussianLike
+    >>> fam = DiagGaussian()
+    >>> isinstance(fam, GaussianLike)
+    True
+    >>> nat = fam.from_moments(torch.tensor([1.0]), torch.tensor([4.0]))
+    >>> fam.location(nat)
+    tensor([1.])
     """
 
     hessian_event_ndim: int | None

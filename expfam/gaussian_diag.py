@@ -64,7 +64,14 @@ class DiagGaussian(ExpFamily):
         return DiagNat(prec * m, -0.5 * prec)
 
     def to_moments(self, nat: DiagNat) -> tuple[Tensor, Tensor]:
-        """(m, s) from λ."""
+        """(m, s) from λ.
+
+        >>> import torch
+        >>> from expfam import DiagGaussian
+        >>> fam = DiagGaussian()
+        >>> fam.to_moments(fam.from_moments(torch.tensor([1.0]), torch.tensor([4.0])))
+        (tensor([1.]), tensor([4.]))
+        """
         self.validate_nat(nat)
         prec = -2 * nat.lam2
         return nat.lam1 / prec, prec

@@ -91,7 +91,16 @@ class FullGaussian(ExpFamily):
         return FullNat((prec @ m.unsqueeze(-1)).squeeze(-1), -0.5 * prec)
 
     def to_moments(self, nat: FullNat) -> tuple[Tensor, Tensor]:
-        """(m, S) from λ."""
+        """(m, S) from λ.
+
+        >>> import torch
+        >>> from expfam import FullGaussian
+        >>> fam = FullGaussian()
+        >>> nat = fam.from_moments(torch.tensor([1.0, 2.0]), 4 * torch.eye(2))
+        >>> m, S = fam.to_moments(nat)
+        >>> m, S.diagonal()
+        (tensor([1., 2.]), tensor([4., 4.]))
+        """
         self.validate_nat(nat)
         return self.mean_and_chol(nat)[0], -2 * _sym(nat.lam2)
 

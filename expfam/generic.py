@@ -13,6 +13,13 @@ lacks a closed form:
 
 They are slow (autograd, dense Fisher) and obvious on purpose. They use only the family's
 ``_log_partition`` and ``_expected_log_base_measure``, never its closed-form μ or entropy.
+
+>>> import torch
+>>> from expfam import Poisson, generic
+>>> fam = Poisson()
+>>> nat = fam.example_nat((2,), generator=torch.Generator().manual_seed(0))
+>>> torch.allclose(generic.mean_autograd(fam, nat).mu1, fam.nat_to_mean(nat).mu1)
+True
 """
 
 from __future__ import annotations

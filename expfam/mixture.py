@@ -34,7 +34,7 @@ class MixtureMean(NamedTuple):
 
 
 class MixturePoint(NamedTuple):
-    """A point of the joint space: θ (``(*batch, d)``) and the one-hot component ``z``
+    """A point of the joint space: ``theta`` (``(*batch, d)``) and the one-hot component ``z``
     (``(*batch, K)``)."""
 
     theta: Tensor

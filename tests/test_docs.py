@@ -58,3 +58,12 @@ def test_laplace_guide_runs_as_written(capsys):
     for block in blocks:
         exec(compile(block, str(doc), "exec"), {"__name__": "laplace_doc"})
     assert "tensor" in capsys.readouterr().out
+
+
+def test_site_home_page_code_runs_as_written(capsys):
+    doc = DOC.parent / "index.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert blocks, "docs/index.md has python examples"
+    namespace: dict = {"__name__": "index_doc"}
+    for block in blocks:
+        exec(compile(block, str(doc), "exec"), namespace)

@@ -13,6 +13,12 @@
   since importing triton must follow the ``TRITON_INTERPRET`` setting.
 
 Kernels depend on :mod:`expfam` and torch only (never on the optimizers).
+
+>>> import torch
+>>> from blr.kernels import ivon_hess_estimate
+>>> stat, hess = torch.ones(3), torch.ones(3)
+>>> ivon_hess_estimate(stat, hess, ess=4.0, weight_decay=0.0, hess_approx="gradsq")
+tensor([4., 4., 4.])
 """
 
 from __future__ import annotations

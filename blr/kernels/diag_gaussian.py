@@ -94,7 +94,14 @@ def ivon_hess_estimate_(
 def ivon_hess_estimate(
     stat: Tensor, hess: Tensor, *, ess: float, weight_decay: float, hess_approx: str
 ) -> Tensor:
-    """Out-of-place :func:`ivon_hess_estimate_`."""
+    """Out-of-place :func:`ivon_hess_estimate_`.
+
+    Example:
+        >>> import torch
+        >>> stat, hess = torch.tensor([1.0, 2.0]), torch.ones(2)
+        >>> ivon_hess_estimate(stat, hess, ess=10.0, weight_decay=0.0, hess_approx="gradsq")
+        tensor([10., 20.])
+    """
     return ivon_hess_estimate_(
         stat.clone(), hess, ess=ess, weight_decay=weight_decay, hess_approx=hess_approx
     )

@@ -269,6 +269,31 @@ class SamplingOptimizer(torch.optim.Optimizer):
 
     Every all-reduce happens before the NaN/Inf check, so a non-finite gradient on one rank
     makes every rank raise the same FloatingPointError (or skip, with ``nonfinite="skip"``).
+
+    The interface, shown with :class:`~blr.optim.IVON`: ``sampled_params(train=True)`` collects a
+    Monte Carlo sample, ``step()`` updates, ``mean_params()`` evaluates at the mean, and
+    ``step(closure)`` draws the samples itself:
+
+    >>> import torch
+    >>> from blr.optim import IVON, SamplingOptimizer
+    >>> model = torch.nn.Linear(2, 1)
+    >>> x, y = torch.ones(4, 2), torch.zeros(4, 1)
+    >>> opt = IVON(model.parameters(), lr=0.1, ess=4, seed=0)
+    >>> isinstance(opt, SamplingOptimizer)
+    True
+    >>> with opt.sampled_params(train=True):
+    ...     opt.zero_grad()
+    ...     torch.nn.functional.mse_loss(model(x), y).backward()
+    >>> opt.step()
+    >>> def closure():
+    ...     opt.zero_grad()
+    ...     loss = torch.nn.functional.mse_loss(model(x), y)
+    ...     loss.backward()
+    ...     return loss
+    >>> loss = opt.step(closure)
+    >>> with opt.mean_params():
+    ...     model(x).shape
+    torch.Size([4, 1])
     """
 
     _state_names: tuple[str, ...] = ("mean",)

@@ -70,6 +70,16 @@ inside the backward pass, is not supported. Costs: ``"ef"`` adds one weight-size
 Linear layer to the backward (per-example gradients materialized in chunks for sequence inputs,
 convolutions and shared parameters); ``"ggn"`` adds D output-gradient backward passes (no weight
 gradients) inside the model's forward call; ``"mc_fisher"`` adds K of them.
+
+>>> import torch
+>>> from blr.optim.curvature import PerExample
+>>> model = torch.nn.Linear(2, 1, bias=False)
+>>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+>>> with PerExample(model, mode="ggn", loss="mse") as pe:   # Λ_i = 2 for (y − f)²
+...     _ = model(x)
+>>> h = pe.squared_grads()[model.weight]   # Σ_i 2 x_i²
+>>> torch.allclose(h, torch.tensor([[2.0, 8.0]]))
+True
 """
 
 from __future__ import annotations

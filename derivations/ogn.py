@@ -272,17 +272,22 @@ def kernel_instance(
     alpha: float,
     beta: float,
     delta: float,
+    eps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """B copies (``m0``, ``s0`` of shape (B, D) on any device) through
     :func:`blr.kernels.diag_gaussian_step_` with ρ = β, lr = α, δ = δ̃: one call per step, ĝ and
-    the GGN ĥ at the means of all copies computed batched."""
-    dt = delta / x.shape[0]
-    x, y = x.to(m0.device), y.to(m0.device)
+    the GGN ĥ of all copies computed batched — at the means (OGN), or with ``eps`` (steps, B, D)
+    at the draws θ = m + ε/√(N(s + δ̃)) (VOGN: the same recursion without the delta method)."""
+    n = x.shape[0]
+    dt = delta / n
+    dev = m0.device
+    x, y = x.to(dev), y.to(dev)
     m, s = m0.clone(), s0.clone()
     ms, ss = [m.clone()], [s.clone()]
-    for idx in batches.to(m0.device):
+    for t, idx in enumerate(batches.to(dev)):
+        theta = m if eps is None else m + eps[t].to(dev) / torch.sqrt(n * (s + dt))
         xb, yb = x[idx], y[idx]
-        p = torch.sigmoid(m @ xb.T)
+        p = torch.sigmoid(theta @ xb.T)
         g_hat = ((p - yb).unsqueeze(-1) * xb).mean(-2)
         h_hat = ((p * (1 - p)).unsqueeze(-1) * xb * xb).mean(-2)
         diag_gaussian_step_(m, s, g_hat, h_hat, rho=beta, lr=alpha, delta=dt)

@@ -44,7 +44,6 @@ import torch
 
 import blr
 import expfam
-from blr.kernels import diag_gaussian_step_
 from blr.optim import VOGN
 from derivations import ogn
 from derivations.ogn import (
@@ -269,24 +268,9 @@ def kernel_instance(
     delta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """B copies ((B, D) on any device) through :func:`blr.kernels.diag_gaussian_step_`
-    (ρ = β, lr = α, δ = δ̃), one call per step; the draws θ = m + ε/√(N(s + δ̃)) and the GGN
-    (ĝ, ĥ) of all copies are computed batched."""
-    n = x.shape[0]
-    dt = delta / n
-    dev = m0.device
-    x, y, eps = x.to(dev), y.to(dev), eps.to(dev)
-    m, s = m0.clone(), s0.clone()
-    ms, ss = [m.clone()], [s.clone()]
-    for e, idx in zip(eps, batches.to(dev)):
-        theta = m + e / torch.sqrt(n * (s + dt))
-        xb, yb = x[idx], y[idx]
-        p = torch.sigmoid(theta @ xb.T)
-        g_hat = ((p - yb).unsqueeze(-1) * xb).mean(-2)
-        h_hat = ((p * (1 - p)).unsqueeze(-1) * xb * xb).mean(-2)
-        diag_gaussian_step_(m, s, g_hat, h_hat, rho=beta, lr=alpha, delta=dt)
-        ms.append(m.clone())
-        ss.append(s.clone())
-    return torch.stack(ms, -2), torch.stack(ss, -2)
+    (ρ = β, lr = α, δ = δ̃), one call per step: Row 8's batched kernel driver evaluated at the
+    draws θ = m + ε/√(N(s + δ̃)) instead of the means."""
+    return ogn.kernel_instance(m0, s0, x, y, batches, alpha=alpha, beta=beta, delta=delta, eps=eps)
 
 
 # ---------------------------------------------------------------------------- blr.optim.VOGN

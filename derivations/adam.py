@@ -68,6 +68,7 @@ import torch
 import blr
 import expfam
 from blr.kernels import diag_gaussian_step_
+from derivations import sgd
 from derivations.table import Comparison, RowInfo
 
 INFO = RowInfo(
@@ -183,9 +184,9 @@ def data(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor
 
 
 def index_sequence(copies: int, steps: int, seed: int) -> torch.Tensor:
-    """Stored minibatches: ``(copies, steps, M)`` indices, M distinct of N per step."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand(copies, steps, N_DATA, generator=gen).argsort(-1)[..., :BATCH]
+    """Stored minibatches: ``(copies, steps, M)`` indices, M distinct of N per step (Row 4's
+    :func:`derivations.sgd.index_sequence` on this row's N = 64)."""
+    return sgd.index_sequence(copies, steps, seed, n=N_DATA, size=BATCH)
 
 
 def minibatch_loss(x: torch.Tensor, y: torch.Tensor, batch: torch.Tensor):

@@ -169,17 +169,21 @@ def classical(
     beta: float,
     delta: float,
     hessian: str = "ggn",
+    eps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hand-coded OGN for logistic regression (vectorized over leading copies of ``m0``):
-    ĝ = (1/M)Σ_{i∈B}(σ(x_iᵀm) − y_i)x_i, ĥ = (1/M)Σ_{i∈B} h_i with h_i = σ(1 − σ)x_i² (GGN) or
-    (σ − y_i)²x_i² (EF); s ← (1 − β)s + βĥ; m ← m − α(ĝ + δ̃m)/(s + δ̃), δ̃ = δ/N.
-    Returns all iterates (m_t, s_t)."""
-    dt = delta / x.shape[0]
+    ĝ = (1/M)Σ_{i∈B}(σ(x_iᵀθ) − y_i)x_i, ĥ = (1/M)Σ_{i∈B} h_i with h_i = σ(1 − σ)x_i² (GGN) or
+    (σ − y_i)²x_i² (EF); s ← (1 − β)s + βĥ; m ← m − α(ĝ + δ̃m)/(s + δ̃), δ̃ = δ/N; θ = m, or
+    with ``eps`` (one ε_t per step) θ = m + ε_t/√(N(s + δ̃)): VOGN, the same algorithm without the
+    delta method. Returns all iterates (m_t, s_t)."""
+    n = x.shape[0]
+    dt = delta / n
     m, s = m0, s0
     ms, ss = [m], [s]
-    for idx in batches:
+    for t, idx in enumerate(batches):
+        theta = m if eps is None else m + eps[t] / torch.sqrt(n * (s + dt))
         xb, yb = x[idx], y[idx]
-        p = torch.sigmoid(m @ xb.T)
+        p = torch.sigmoid(theta @ xb.T)
         r = (p - yb).unsqueeze(-1)
         g = (r * xb).mean(-2)
         if hessian == "ggn":

@@ -21,8 +21,8 @@ step α' is ρ = α'/N). With natural momentum γ (no momentum at the first step
 exist) the BLR iterates equal ``torch.optim.SGD(lr=α, momentum=γ, dampening=0)``, whose buffer
 b_t = γb_{t−1} + ĝ_t unrolls to the same θ_{t+1} − θ_t = −αĝ_t + γ(θ_t − θ_{t−1}).
 
-**Test problem** (BLR_SPEC Row 4). The logistic-regression data of Row 2: N = 50 points
-x_i ~ N(0, I₂) (seed 0), labels y_i ~ Bernoulli(σ(x_iᵀw)) with w = (1.5, −2), prior
+**Test problem** (BLR_SPEC Row 4). The logistic-regression data of Row 2 (the same arrays):
+N = 50 points x_i ~ N(0, I₂), labels y_i ~ Bernoulli(σ(x_iᵀw)) with w = (1.5, −2), prior
 R = (δ/2)‖θ‖², δ = 0.1; M = 8, α = 0.01 on the summed loss, 100 steps along a stored index
 sequence from θ₀ = 0: the BLR (engine, :func:`blr.step` with :class:`blr.Delta`) equals the
 hand-coded SGD and ``torch.optim.SGD``; with momentum γ = 0.9 (:class:`blr.BLR`,
@@ -47,6 +47,7 @@ import torch
 import blr
 import expfam
 from blr.kernels import diag_gaussian_step_
+from derivations import newton
 from derivations.table import Comparison, RowInfo
 
 INFO = RowInfo(
@@ -117,19 +118,17 @@ def derive() -> list[str]:
 
 
 def data(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Row-2 logistic-regression data: x_i ~ N(0, I₂), y_i ~ Bernoulli(σ(x_iᵀw)), seed 0."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(N_DATA, 2, dtype=dtype, generator=gen)
-    p = torch.sigmoid(x @ torch.tensor(W_TRUE, dtype=dtype))
-    y = (torch.rand(N_DATA, dtype=dtype, generator=gen) < p).to(dtype)
-    return x, y
+    """The Row-2 logistic-regression data (:func:`derivations.newton.data`): N = 50 points."""
+    return newton.data(dtype)
 
 
-def index_sequence(copies: int, steps: int, seed: int) -> torch.Tensor:
-    """Stored minibatches: ``(copies, steps, M)`` indices, each row M distinct of N."""
+def index_sequence(
+    copies: int, steps: int, seed: int, *, n: int = N_DATA, size: int = BATCH
+) -> torch.Tensor:
+    """Stored minibatches: ``(copies, steps, size)`` indices, each row ``size`` distinct of
+    ``n``."""
     gen = torch.Generator().manual_seed(seed)
-    perm = torch.rand(copies, steps, N_DATA, generator=gen).argsort(-1)
-    return perm[..., :BATCH]
+    return torch.rand(copies, steps, n, generator=gen).argsort(-1)[..., :size]
 
 
 def classical(

@@ -161,29 +161,12 @@ def classical(
     delta: float,
     hessian: str = "ggn",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hand-coded VOGN for logistic regression (vectorized over leading copies):
-    θ = m + ε_t/√(N(s + δ̃)); ĝ = (1/M)Σ_{i∈B}(σ(x_iᵀθ) − y_i)x_i, ĥ = (1/M)Σ_{i∈B}h_i(θ) with
-    h_i = σ(1 − σ)x_i² (GGN) or (σ − y_i)²x_i² (EF); s ← (1 − β)s + βĥ;
+    """Hand-coded VOGN for logistic regression (vectorized over leading copies): Row 8's
+    hand-coded OGN with ĝ and ĥ at θ = m + ε_t/√(N(s + δ̃)) instead of m; s ← (1 − β)s + βĥ,
     m ← m − α(ĝ + δ̃m)/(s + δ̃). Returns all (m_t, s_t)."""
-    n = x.shape[0]
-    dt = delta / n
-    m, s = m0, s0
-    ms, ss = [m], [s]
-    for e, idx in zip(eps, batches):
-        theta = m + e / torch.sqrt(n * (s + dt))
-        xb, yb = x[idx], y[idx]
-        p = torch.sigmoid(theta @ xb.T)
-        r = (p - yb).unsqueeze(-1)
-        g = (r * xb).mean(-2)
-        if hessian == "ggn":
-            h = ((p * (1 - p)).unsqueeze(-1) * xb * xb).mean(-2)
-        else:
-            h = (r * xb).square().mean(-2)
-        s = (1 - beta) * s + beta * h
-        m = m - alpha * (g + dt * m) / (s + dt)
-        ms.append(m)
-        ss.append(s)
-    return torch.stack(ms, -2), torch.stack(ss, -2)
+    return ogn.classical(
+        m0, s0, x, y, batches, alpha=alpha, beta=beta, delta=delta, hessian=hessian, eps=eps
+    )
 
 
 # ---------------------------------------------------------------------------- BLR instance

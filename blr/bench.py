@@ -174,58 +174,67 @@ def optim_table(
     return rows
 
 
-def time_train_step(
-    make_opt: Callable[[nn.Module], torch.optim.Optimizer],
+def time_train_steps(
+    makers: dict[str, Callable[[nn.Module], torch.optim.Optimizer]],
     *,
     batch: int = 128,
     repeats: int = 20,
     warmup: int = 3,
     device: str | torch.device = "cpu",
-) -> float:
-    """Median milliseconds of a whole training step of the MLP on a minibatch: forward,
-    cross-entropy, backward (inside ``sampled_params(train=True)`` for sampling optimizers, which
-    is where VOGN collects its per-example curvature) and the update."""
-    torch.manual_seed(0)
+) -> dict[str, float]:
+    """Median milliseconds of a whole training step of the MLP on a minibatch, per optimizer:
+    forward, cross-entropy, backward (inside ``sampled_params(train=True)`` for sampling
+    optimizers, which is where VOGN collects its per-example curvature) and the update. The
+    optimizers take turns, one step each per round, so that a machine whose speed drifts
+    slows them alike."""
     device = torch.device(device)
-    model = mlp().to(device)
+    torch.manual_seed(0)
     x = torch.randn(batch, 512, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    opt = make_opt(model)
-    sampling = _is_sampling(opt)
-    times = []
+    runs = {}
+    for name, make in makers.items():
+        torch.manual_seed(0)
+        model = mlp().to(device)
+        opt = make(model)
+        runs[name] = (model, opt, _is_sampling(opt))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for i in range(warmup + repeats):
-        sync()
-        t0 = time.perf_counter()
-        ctx = opt.sampled_params(train=True) if sampling else contextlib.nullcontext()
-        with ctx:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        sync()
-        if i >= warmup:
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
+        for name, (model, opt, sampling) in runs.items():
+            sync()
+            t0 = time.perf_counter()
+            ctx = opt.sampled_params(train=True) if sampling else contextlib.nullcontext()
+            with ctx:
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            sync()
+            if i >= warmup:
+                times[name].append(1e3 * (time.perf_counter() - t0))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def train_step_table(repeats: int = 20, device: str | torch.device = "cpu") -> list[dict[str, Any]]:
     """AdamW vs the sampling optimizers, whole training steps on the MLP (batch 128), on
-    ``device``."""
+    ``device`` (interleaved: :func:`time_train_steps`)."""
     from blr.optim import IVON, VOGN
+
+    def vogn(curvature: str, **kw: Any) -> Callable[[nn.Module], torch.optim.Optimizer]:
+        loss = None if curvature == "ef" else "cross_entropy"
+        return lambda m: VOGN(m, lr=1e-3, ess=50_000, curvature=curvature, loss=loss, seed=0, **kw)
 
     makers = {
         "adamw-foreach": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, foreach=True),
         "adamw-fused": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True),
         "blr IVON": lambda m: IVON(m.parameters(), lr=0.1, ess=50_000, seed=0),
-        "blr VOGN ef": lambda m: VOGN(m, lr=1e-3, ess=50_000, curvature="ef", seed=0),
-        "blr VOGN mc_fisher": lambda m: VOGN(
-            m, lr=1e-3, ess=50_000, curvature="mc_fisher", loss="cross_entropy", seed=0
-        ),
-        "blr VOGN ggn": lambda m: VOGN(
-            m, lr=1e-3, ess=50_000, curvature="ggn", loss="cross_entropy", seed=0
-        ),
+        "blr IVON fused": lambda m: IVON(m.parameters(), lr=0.1, ess=50_000, seed=0, fused=True),
+        "blr VOGN ef": vogn("ef"),
+        "blr VOGN ef fused": vogn("ef", fused=True),
+        "blr OGN ef fused": vogn("ef", fused=True, sample=False),
+        "blr VOGN mc_fisher": vogn("mc_fisher"),
+        "blr VOGN ggn": vogn("ggn"),
     }
-    times = {k: time_train_step(f, repeats=repeats, device=device) for k, f in makers.items()}
+    times = time_train_steps(makers, repeats=repeats, device=device)
     base = times["adamw-foreach"]
     return [
         {

@@ -60,3 +60,32 @@ def test_demo_smoke(capsys, tmp_path):
     out = json.loads(capsys.readouterr().out)
     assert set(out["methods"]) == {"IVON (32 draws)", "IVON (mean)", "AdamW", "SGD"}
     assert out["seeds"] == 2 and out["epochs"] == 1
+
+
+def test_train_steps_take_turns_and_every_optimizer_trains():
+    """The whole-step timer builds one MLP per optimizer from the same seed, times each, and
+    really trains (the sampling optimizers inside ``sampled_params(train=True)``)."""
+    import torch
+
+    from blr.bench import time_train_steps
+    from blr.optim import VOGN
+
+    made = {}
+
+    def keep(name, make):
+        def f(model):
+            made[name] = (model, [p.detach().clone() for p in model.parameters()])
+            return make(model)
+
+        return f
+
+    makers = {
+        "adamw": keep("adamw", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3)),
+        "vogn": keep("vogn", lambda m: VOGN(m, lr=1e-3, ess=1000, curvature="ef", seed=0)),
+    }
+    times = time_train_steps(makers, batch=8, repeats=2, warmup=1)
+    assert set(times) == {"adamw", "vogn"} and all(t > 0 for t in times.values())
+    w_adamw, w_vogn = made["adamw"][1], made["vogn"][1]
+    assert all(torch.equal(a, b) for a, b in zip(w_adamw, w_vogn))  # the same start
+    for model, start in made.values():
+        assert any(not torch.equal(p, s) for p, s in zip(model.parameters(), start))

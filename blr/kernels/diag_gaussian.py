@@ -282,6 +282,26 @@ def _ivon_fused_update(
     mean.copy_(m_new)
 
 
+def _vogn_fused_update(
+    mean: Tensor,
+    momentum: Tensor,
+    hess: Tensor,
+    grad: Tensor,
+    h_hat: Tensor,
+    hp: Tensor,
+) -> None:
+    """One VOGN/OGN update (:func:`ivon_step_` with ``correction=False``, no clip) as one
+    expression, for torch.compile: h ← β₂h + (1 − β₂)ĥ with ĥ given. ``hp`` = (lr, β₁, β₂, δ,
+    1 − β₁^t) as a tensor, so that schedulers do not recompile."""
+    lr, b1, b2, wd, bias = hp[0], hp[1], hp[2], hp[3], hp[4]
+    mom = b1 * momentum + (1 - b1) * grad
+    h_new = hess - (1 - b2) * (hess - h_hat)
+    m_new = mean - lr * (mom / bias + wd * mean) / (h_new + wd)
+    momentum.copy_(mom)
+    hess.copy_(h_new)
+    mean.copy_(m_new)
+
+
 def _ivon_fused_draw(noise: Tensor, hess: Tensor, weights: Tensor, hp: Tensor) -> None:
     """σ⊙z in place (``noise`` holds z) and θ = m + σ⊙z in place in ``weights`` (= m);
     ``hp`` = (N, δ)."""
@@ -297,7 +317,11 @@ def compiled(name: str):
     compiled on first use (seconds) and shared afterwards."""
     fn = _COMPILED.get(name)
     if fn is None:
-        source = {"update": _ivon_fused_update, "draw": _ivon_fused_draw}[name]
+        source = {
+            "update": _ivon_fused_update,
+            "vogn_update": _vogn_fused_update,
+            "draw": _ivon_fused_draw,
+        }[name]
         fn = torch.compile(source, dynamic=True, fullgraph=True)
         _COMPILED[name] = fn
     return fn

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from blr.kernels.diag_gaussian import ivon_noise
+from blr.kernels.diag_gaussian import compiled, ivon_noise
 
 _FORMAT = 1
 _SCRATCH = 1 << 16  # least elements of the per-bucket work buffer of the chunked kernels
@@ -895,6 +895,18 @@ class PrecisionSampler(SamplingOptimizer):
             out=bucket.noise,
             scratch=bucket.scratch,
         )
+
+    def _compiled_draw(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
+        """:meth:`_draw_aliased` in one ``torch.compile``'d loop after the normal draw: σ⊙z
+        into ``bucket.noise`` and θ = m + σ⊙z into the weights (= m), in place."""
+        noise = bucket.noise
+        torch.randn(
+            noise.shape, generator=generator, out=noise, dtype=noise.dtype, device=noise.device
+        )
+        hp = torch.tensor(
+            [group["ess"], group["weight_decay"]], dtype=noise.dtype, device=noise.device
+        )
+        compiled("draw")(noise, bucket.state["hess"], bucket.state["mean"], hp)
 
 
 def check_beta(value: float, name: str, *, closed: bool = False) -> float:

@@ -291,14 +291,7 @@ class IVON(PrecisionSampler):
         if not self._fused_ok(group, bucket):
             super()._draw_aliased(group, bucket, generator, train)
             return
-        noise = bucket.noise
-        torch.randn(
-            noise.shape, generator=generator, out=noise, dtype=noise.dtype, device=noise.device
-        )
-        hp = torch.tensor(
-            [group["ess"], group["weight_decay"]], dtype=noise.dtype, device=noise.device
-        )
-        compiled("draw")(noise, bucket.state["hess"], bucket.state["mean"], hp)
+        self._compiled_draw(group, bucket, generator)
 
     def _undraw_aliased(self, group: dict, bucket: _Bucket, train: bool = True) -> None:
         if not bucket.counter_noise:

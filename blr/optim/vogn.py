@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from blr.kernels.diag_gaussian import ivon_step_
+from blr.kernels.diag_gaussian import compiled, ivon_step_
 from blr.optim._base import (
     PrecisionSampler,
     _Bucket,
@@ -56,6 +56,10 @@ class VOGN(PrecisionSampler):
         sample: draw θ (VOGN) or evaluate at the mean (OGN).
         mc_samples, nonfinite, seed, missing_sample, process_group: as in
             :class:`~blr.optim.IVON`.
+        fused: ``False`` (vectorized torch ops) or ``True``/``"compile"``: the draw
+            θ = m + σ⊙z and the update each in one ``torch.compile``'d loop (seconds to compile
+            on first use; for fp32/fp64 weights, which are the mean itself). Same formulas,
+            equal results up to float rounding.
         sync: per-rank noise under ``torch.distributed`` (as in :class:`~blr.optim.IVON`): the
             optimizer averages ĝ and ĥ across ranks itself. With the default shared noise, ĝ
             comes averaged by DDP and the optimizer averages ĥ, which each rank computes from
@@ -103,6 +107,7 @@ class VOGN(PrecisionSampler):
         missing_sample: str = "raise",
         sync: bool = False,
         process_group: Any = None,
+        fused: bool | str = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -110,6 +115,8 @@ class VOGN(PrecisionSampler):
             raise ValueError(f"curvature must be 'ggn', 'mc_fisher' or 'ef', got {curvature!r}")
         if curvature != "ef" and loss is None:
             raise ValueError(f"curvature={curvature!r} needs the loss (e.g. 'cross_entropy')")
+        if fused not in (False, True, "compile"):
+            raise ValueError(f"fused must be False, True or 'compile', got {fused!r}")
         check_positive(lr, "lr", allow_zero=True)
         check_positive(ess, "ess")
         check_positive(weight_decay, "weight_decay", allow_zero=True)
@@ -132,6 +139,7 @@ class VOGN(PrecisionSampler):
         )
         self.model, self.curvature, self.loss, self.sigma2 = model, curvature, loss, sigma2
         self.sample = bool(sample)
+        self.fused = fused
         self._pe: PerExample | None = None
         self._squares: dict | None = None
 
@@ -140,6 +148,20 @@ class VOGN(PrecisionSampler):
             bucket.noise.zero_()
             return
         super()._noise(group, bucket, generator)
+
+    def _draw_aliased(
+        self, group: dict, bucket: _Bucket, generator: torch.Generator, train: bool = True
+    ) -> None:
+        if not self.sample:  # OGN: the weights are the mean already
+            return
+        if self.fused:
+            self._compiled_draw(group, bucket, generator)
+        else:
+            super()._draw_aliased(group, bucket, generator, train)
+
+    def _undraw_aliased(self, group: dict, bucket: _Bucket, train: bool = True) -> None:
+        if self.sample:
+            super()._undraw_aliased(group, bucket, train)
 
     def _sample_context(self) -> contextlib.AbstractContextManager:
         kw = (
@@ -179,13 +201,14 @@ class VOGN(PrecisionSampler):
         m = float(pe.num_examples)
         if bucket.sharded:
             return self._sharded_stat(bucket, out, m)
-        out.zero_()
         views, values = [], []
         for p, v in zip(bucket.params, bucket.views(out)):
             sq = self._squares.get(p)
             if sq is not None:
                 views.append(v)
                 values.append(sq)
+        if len(views) < len(bucket.params):  # parameters the model did not use: ĥ = 0
+            out.zero_()
         if views:
             torch._foreach_copy_(views, values)
         return out.div_(m)  # the minibatch mean ĥ
@@ -244,6 +267,22 @@ class VOGN(PrecisionSampler):
         return out
 
     def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
+        if self.fused:
+            bias = 1.0 - group["beta1"] ** group["step"]
+            hp = torch.tensor(
+                [group["lr"], group["beta1"], group["beta2"], group["weight_decay"], bias],
+                dtype=stat.dtype,
+                device=stat.device,
+            )
+            compiled("vogn_update")(
+                bucket.state["mean"],
+                bucket.state["momentum"],
+                bucket.state["hess"],
+                g_hat,
+                stat,
+                hp,
+            )
+            return
         ivon_step_(
             bucket.state["mean"],
             bucket.state["momentum"],

@@ -683,8 +683,8 @@ def optimizer_posterior(
     :class:`~blr.optim.OGN`), flattened over ``params``:
 
     .. math::
-        m = \texttt{state["mean"]},\qquad S = N\,(h + \delta),
-        \quad h = \texttt{state["hess"]},\ N = \texttt{ess},\ \delta = \texttt{weight\_decay}
+        m = \mathtt{state["mean"]},\qquad S = N\,(h + \delta),
+        \quad h = \mathtt{state["hess"]},\ N = \mathtt{ess},\ \delta = \mathtt{weight\_decay}
 
     (per param group), the precision of the objective Σ_i ℓ_i + ½Nδ‖θ‖² whose minibatch mean was
     trained. The state is read through ``state_dict()``, so it is the mean m even when the weights

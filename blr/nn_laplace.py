@@ -100,7 +100,7 @@ class NNLaplace:
 
     .. math::
         P = \sum_i J_i^\top\Lambda_i J_i + \delta I
-        \quad(\text{``diag''}: \operatorname{diag}(P);\ \text{``last\_layer''}: J_i\ \text{w.r.t.
+        \quad(\mathtt{"diag"}: \operatorname{diag}(P);\ \mathtt{"last\_layer"}: J_i\ \text{w.r.t.
         the final linear layer only}).
 
     **Predictive.** The linearized network f(x; θ) ≈ f(x; θ*) + J(x)(θ − θ*) maps q to a

@@ -28,6 +28,7 @@ from expfam.gamma import Gamma, GammaMean, GammaNat
 from expfam.gaussian_diag import DiagGaussian, DiagMean, DiagNat
 from expfam.gaussian_fixed_cov import FixedCovGaussian, FixedCovMean, FixedCovNat
 from expfam.gaussian_full import FullGaussian, FullMean, FullNat
+from expfam.generic import GenericFamily
 from expfam.mixture import Mixture, MixtureMean, MixtureNat, MixturePoint
 from expfam.poisson import Poisson, PoissonMean, PoissonNat
 
@@ -99,6 +100,7 @@ __all__ = [
     "GammaMean",
     "GammaNat",
     "GaussianLike",
+    "GenericFamily",
     "Mixture",
     "MixtureMean",
     "MixtureNat",

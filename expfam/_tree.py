@@ -52,6 +52,6 @@ def unflatten(flat: Tensor, like: P, event_ndims: Sequence[int]) -> P:
         size = 1
         for s in event:
             size *= s
-        out.append(flat[..., start : start + size].reshape(*batch, *event))
+        out.append(flat[..., start : start + size].reshape((*batch, *event)))
         start += size
     return type(like)(*out)

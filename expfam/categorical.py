@@ -113,7 +113,7 @@ class Categorical(ExpFamily):
         for s in sample_shape:
             n *= s
         idx = torch.multinomial(flat, n, replacement=True, generator=generator)  # (B, n)
-        idx = idx.mT.reshape(*sample_shape, *probs.shape[:-1])
+        idx = idx.mT.reshape((*sample_shape, *probs.shape[:-1]))
         return F.one_hot(idx, k).to(probs.dtype)
 
     def _check_point(self, x: Tensor, name: str) -> None:

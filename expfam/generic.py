@@ -10,6 +10,8 @@ lacks a closed form:
 - :func:`entropy_legendre`: H = A(λ) − <λ, ∇A(λ)> − E_q[log h] (Legendre duality).
 - :func:`neg_entropy_grad_fisher`: ∇_μ(−H) = F(λ)⁻¹ ∇_λ(−H).
 - :func:`mean_to_nat_newton`: λ = (∇A)⁻¹(μ) by damped Newton on A(λ) − <λ, μ>.
+- :class:`GenericFamily`: a base class that derives all of the above for a family declared by
+  T, A and the domain of λ (prototypes; the tutorial on new BLR variants uses it).
 
 They are slow (autograd, dense Fisher) and obvious on purpose. They use only the family's
 ``_log_partition`` and ``_expected_log_base_measure``, never its closed-form μ or entropy.
@@ -24,11 +26,13 @@ True
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from expfam._tree import flatten, inner, tmap, unflatten
-from expfam.base import ExpFamily
+from expfam._tree import flatten, inner, sum_event, tmap, unflatten
+from expfam.base import ExpFamily, check_finite
 
 
 def _leaf(nat: tuple) -> tuple:
@@ -200,7 +204,7 @@ def mean_to_nat_newton(
         return torch.where(torch.isfinite(value), value, torch.full_like(value, float("inf")))
 
     def shaped(t: Tensor) -> tuple:
-        return tuple(t.reshape(*batch, *([1] * k)) for k in family.event_ndims)
+        return tuple(t.reshape((*batch, *([1] * k))) for k in family.event_ndims)
 
     for _ in range(max_iter):
         resid = mu_flat - flatten(mean_autograd(family, nat), family.event_ndims)
@@ -227,3 +231,138 @@ def mean_to_nat_newton(
                 break
             t = torch.where(accepted, t, 0.5 * t)
     return nat
+
+
+def _needs_graph(*trees: tuple) -> bool:
+    return any(t.requires_grad for tree in trees for t in tree)
+
+
+class GenericFamily(ExpFamily):
+    r"""An exponential family declared by its sufficient statistics T(θ), its log-partition
+    A(λ) and the domain of λ; everything else comes from the functions of this module:
+
+    .. math::
+        \mu &= \nabla A(\lambda)\ \text{(autograd)},\\
+        \lambda &= (\nabla A)^{-1}(\mu)
+            \ \text{(Newton from } \lambda_0 = \mathtt{\_nat\_init}(\mu)),\\
+        H &= A(\lambda) - \langle\lambda,\mu\rangle - \mathbb E_q[\log h],\\
+        \mathrm{KL}(p\,\|\,q) &= A(\lambda_q) - A(\lambda_p)
+            - \langle\lambda_q-\lambda_p,\mu_p\rangle,\\
+        \nabla_\mu(-H) &= \lambda\ \ (h = 1),\quad\text{else } F(\lambda)^{-1}\nabla_\lambda(-H).
+
+    All of them are differentiable: μ and H keep the graph of λ when λ requires grad, and the
+    μ → λ map ends with one Newton step taken on the graph of μ, so that ∂λ/∂μ = F(λ)⁻¹ (what
+    :class:`blr.Reparam` differentiates through). They are slow (autograd, dense Fisher): meant
+    for prototypes and small parameter counts; a closed form that a subclass defines replaces
+    its generic counterpart.
+
+    A subclass sets ``name``, ``nat_type``, ``mean_type``, ``event_ndims`` (and
+    ``has_rsample``) and implements ``_suff_stats``, ``_log_partition``, ``_check_nat`` (the
+    domain, with an error naming the field), ``_nat_init`` (a point of the domain with μ's batch
+    shape, where Newton starts; or a closed-form ``_mean_to_nat`` instead) and ``example_nat``;
+    optionally ``_sample`` (for :meth:`sample`, and :class:`blr.Reparam` when
+    differentiable), ``_check_mean`` (default: finite), ``_to_torch``. The base measure is
+    h = 1 unless the subclass defines both ``_log_base_measure`` and
+    ``_expected_log_base_measure``.
+
+    Example: the Poisson family declared by T(x) = x, A(λ) = e^λ, h(x) = 1/x!, against the
+    closed forms of :class:`expfam.Poisson`:
+
+        >>> import torch, expfam
+        >>> class MyPoisson(GenericFamily):
+        ...     name, nat_type, mean_type, event_ndims = ("my_poisson", expfam.PoissonNat,
+        ...                                               expfam.PoissonMean, (0,))
+        ...     def _suff_stats(self, x): return expfam.PoissonMean(x)
+        ...     def _log_partition(self, nat): return torch.exp(nat.lam1)
+        ...     def _log_base_measure(self, x): return -torch.lgamma(x + 1)
+        ...     def _expected_log_base_measure(self, nat):
+        ...         return expfam.Poisson()._expected_log_base_measure(nat)
+        ...     def _check_nat(self, nat, name): expfam.base.check_finite(nat.lam1, name)
+        ...     def _nat_init(self, mean): return expfam.PoissonNat(torch.zeros_like(mean.mu1))
+        ...     def example_nat(self, batch_shape=(), dim=3, **kw):
+        ...         return expfam.Poisson().example_nat(batch_shape, dim, **kw)
+        >>> fam, ref = MyPoisson(), expfam.Poisson()
+        >>> nat = expfam.PoissonNat(torch.tensor([-1.0, 0.5, 2.0], dtype=torch.float64))
+        >>> torch.allclose(fam.nat_to_mean(nat).mu1, ref.nat_to_mean(nat).mu1)
+        True
+        >>> torch.allclose(fam.mean_to_nat(ref.nat_to_mean(nat)).lam1, nat.lam1)
+        True
+        >>> torch.allclose(fam.log_prob(nat, torch.tensor(3.0, dtype=torch.float64)),
+        ...                ref.log_prob(nat, torch.tensor(3.0, dtype=torch.float64)))
+        True
+    """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        own_h = cls._log_base_measure is not GenericFamily._log_base_measure
+        own_eh = cls._expected_log_base_measure is not GenericFamily._expected_log_base_measure
+        if own_h != own_eh:
+            raise TypeError(
+                f"{cls.__name__} defines only one of _log_base_measure and "
+                "_expected_log_base_measure; a base measure h ≠ 1 needs both (E_q[log h] "
+                "enters the entropy and its natural gradient)"
+            )
+
+    # ------------------------------------------------------------- what a subclass declares
+    def _nat_init(self, mean: tuple) -> tuple:
+        """Where the Newton solve of ∇A(λ) = μ starts: a point of the domain with μ's batch
+        shape. Needed unless the subclass gives ``_mean_to_nat`` in closed form."""
+        raise NotImplementedError(
+            f"{type(self).__name__} needs _nat_init (a starting point of the domain for the "
+            "Newton solve of ∇A(λ) = μ) or a closed-form _mean_to_nat"
+        )
+
+    def _log_base_measure(self, x: Any) -> Tensor:
+        """log h(θ) = 0 (h = 1) unless overridden."""
+        first = x[0] if isinstance(x, tuple) else x
+        return torch.zeros_like(sum_event(first, self.event_ndims[0]))
+
+    def _expected_log_base_measure(self, nat: tuple) -> Tensor:
+        """E_q[log h(θ)] = 0 (h = 1) unless overridden."""
+        return torch.zeros_like(sum_event(nat[0], self.event_ndims[0]))
+
+    def _check_mean(self, mean: tuple, name: str) -> None:
+        for field, value in zip(mean._fields, mean):
+            check_finite(value, f"{name}.{field}")
+
+    def _sample(self, nat: tuple, sample_shape: tuple[int, ...], generator: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} declares no sampler (_sample)")
+
+    # ------------------------------------------------------------- derived generically
+    def _mu(self, nat: tuple) -> tuple:
+        return mean_autograd(self, nat, create_graph=_needs_graph(nat))
+
+    def _nat_to_mean(self, nat: tuple) -> tuple:
+        return self._mu(nat)
+
+    def _mean_to_nat(self, mean: tuple) -> tuple:
+        start = self._nat_init(tmap(lambda t: t.detach(), mean))
+        nat = mean_to_nat_newton(self, tmap(lambda t: t.detach(), mean), start)
+        if not _needs_graph(mean):
+            return nat
+        # one more Newton step, on the graph of μ: the value stays (the residual is ~0) and
+        # ∂λ/∂μ = F(λ)⁻¹, the derivative of the inverse map
+        resid = flatten(tmap(torch.sub, mean, self._mu(nat)), self.event_ndims)
+        step = _solve_psd(fisher(self, nat), resid)
+        return tmap(torch.add, nat, unflatten(step, nat, self.event_ndims))
+
+    def _entropy(self, nat: tuple) -> Tensor:
+        mu = self._mu(nat)
+        return (
+            self._log_partition(nat)
+            - inner(nat, mu, self.event_ndims)
+            - self._expected_log_base_measure(nat)
+        )
+
+    def _kl(self, nat_p: tuple, nat_q: tuple) -> Tensor:
+        mu_p = self._mu(nat_p)
+        return (
+            self._log_partition(nat_q)
+            - self._log_partition(nat_p)
+            - inner(tmap(torch.sub, nat_q, nat_p), mu_p, self.event_ndims)
+        )
+
+    def _neg_entropy_grad(self, nat: tuple) -> tuple:
+        if type(self)._expected_log_base_measure is GenericFamily._expected_log_base_measure:
+            return nat  # h = 1: ∇_μ(−H) = λ
+        return neg_entropy_grad_fisher(self, nat)

@@ -216,7 +216,7 @@ class Mixture(ExpFamily):
         for s in sample_shape:
             n *= s
         idx = torch.multinomial(w.reshape(-1, k), n, replacement=True, generator=generator)
-        idx = idx.mT.reshape(*sample_shape, *w.shape[:-1])
+        idx = idx.mT.reshape((*sample_shape, *w.shape[:-1]))
         z = F.one_hot(idx, k).to(w.dtype)
         thetas = self.component._sample(self.components(nat), tuple(sample_shape), generator)
         theta = (z.unsqueeze(-1) * thetas).sum(-2)

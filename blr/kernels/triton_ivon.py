@@ -17,7 +17,7 @@ Noise scheme (reproducible, counter-based)
 ------------------------------------------
 Draw ``k`` (k = 0, 1, 2, … counts the samples of one buffer) under the 64-bit key ``seed`` is
 
-.. math::  z_i = \texttt{tl.randn}(\text{seed},\ k\cdot 2^{32} + \text{base} + i),
+.. math::  z_i = \mathtt{tl.randn}(\text{seed},\ k\cdot 2^{32} + \text{base} + i),
 
 i.e. Philox4x32-10 with key = seed and counter = (base + i, k, 0, 0), the first two output words
 through Box–Muller. Draw k is a pure function of (seed, k, base, i): independent of the block

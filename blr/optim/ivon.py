@@ -28,7 +28,7 @@ class IVON(PrecisionSampler):
         \theta &= m + \sigma\odot z,\quad \sigma = (N(h + \delta))^{-1/2},
         \quad z\sim\mathcal N(0, I),\\
         \hat g &= \nabla\ell(\theta),\qquad \hat h = \hat g\odot(\theta - m)/\sigma^2
-        \ \ (\texttt{price})\ \text{or}\ N\hat g^2\ (\texttt{gradsq}),\\
+        \ \ (\mathtt{price})\ \text{or}\ N\hat g^2\ (\mathtt{gradsq}),\\
         \bar g &\leftarrow \beta_1\bar g + (1-\beta_1)\hat g,\\
         h &\leftarrow \beta_2 h + (1-\beta_2)\hat h
         + \tfrac12(1-\beta_2)^2\frac{(h-\hat h)^2}{h+\delta},\\

@@ -1,9 +1,10 @@
-"""Griffe extension for the documentation site: renders the library's reST-flavoured docstrings
+r"""Griffe extension for the documentation site: renders the library's reST-flavoured docstrings
 as Markdown before griffe parses them (Google style).
 
 - ``:func:`x```, ``:class:`x```, ``:mod:`x```, ... become ``x`` in code;
 - a ``.. math::`` directive (with its indented continuation lines) becomes a ``$$ ... $$`` block
-  for ``pymdownx.arithmatex``;
+  for ``pymdownx.arithmatex``; a body with ``&`` or ``\\`` is wrapped in ``aligned``, as Sphinx
+  wraps it in ``split`` (MathJax rejects a bare ``&``);
 - an ``Example:`` section header becomes ``Examples:``, which griffe parses as doctest examples.
 
 The docstrings themselves are untouched; only the copies griffe renders change.
@@ -43,7 +44,11 @@ def _math_blocks(text: str) -> str:
                 break
             body.append(line.strip())
             i += 1
-        out += ["", f"{indent}$$", *(f"{indent}{b}" for b in body if b), f"{indent}$$", ""]
+        body = [b for b in body if b]
+        tex = "\n".join(body)
+        if ("&" in tex or "\\\\" in tex) and not tex.lstrip().startswith("\\begin"):
+            body = ["\\begin{aligned}", *body, "\\end{aligned}"]
+        out += ["", f"{indent}$$", *(f"{indent}{b}" for b in body), f"{indent}$$", ""]
     return "\n".join(out)
 
 

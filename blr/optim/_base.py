@@ -908,6 +908,22 @@ class PrecisionSampler(SamplingOptimizer):
         )
         compiled("draw")(noise, bucket.state["hess"], bucket.state["mean"], hp)
 
+    @staticmethod
+    def _compiled_update(
+        name: str, bucket: _Bucket, g_hat: Tensor, stat: Tensor, hp: list[float]
+    ) -> None:
+        """(m, ḡ, h) updated in place by the ``torch.compile``'d update ``name`` of
+        :func:`blr.kernels.diag_gaussian.compiled`; the hyperparameters ``hp`` travel as one
+        tensor, so that schedulers changing them do not recompile."""
+        compiled(name)(
+            bucket.state["mean"],
+            bucket.state["momentum"],
+            bucket.state["hess"],
+            g_hat,
+            stat,
+            torch.tensor(hp, dtype=stat.dtype, device=stat.device),
+        )
+
 
 def check_beta(value: float, name: str, *, closed: bool = False) -> float:
     """A rate in [0, 1) (or [0, 1] with ``closed``); ValueError names it otherwise."""

@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from blr.kernels.diag_gaussian import (
-    compiled,
     ivon_hess_estimate,
     ivon_hess_estimate_,
     ivon_scale_noise_,
@@ -430,19 +429,8 @@ class IVON(PrecisionSampler):
         if self._fused_ok(group, bucket):
             lr = group["lr"] * (group["hess_init"] + wd) if self.rescale_lr else group["lr"]
             bias = 1.0 - group["beta1"] ** group["step"] if self.debias else 1.0
-            hp = torch.tensor(
-                [lr, group["beta1"], group["beta2"], wd, group["ess"], bias],
-                dtype=stat.dtype,
-                device=stat.device,
-            )
-            compiled("update")(
-                bucket.state["mean"],
-                bucket.state["momentum"],
-                bucket.state["hess"],
-                g_hat,
-                stat,
-                hp,
-            )
+            hp = [lr, group["beta1"], group["beta2"], wd, group["ess"], bias]
+            self._compiled_update("update", bucket, g_hat, stat, hp)
             return
         h_hat = ivon_hess_estimate_(  # in place: the statistic is not needed afterwards
             stat,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from blr.kernels.diag_gaussian import compiled, ivon_step_
+from blr.kernels.diag_gaussian import ivon_step_
 from blr.optim._base import (
     PrecisionSampler,
     _Bucket,
@@ -269,19 +269,8 @@ class VOGN(PrecisionSampler):
     def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
         if self.fused:
             bias = 1.0 - group["beta1"] ** group["step"]
-            hp = torch.tensor(
-                [group["lr"], group["beta1"], group["beta2"], group["weight_decay"], bias],
-                dtype=stat.dtype,
-                device=stat.device,
-            )
-            compiled("vogn_update")(
-                bucket.state["mean"],
-                bucket.state["momentum"],
-                bucket.state["hess"],
-                g_hat,
-                stat,
-                hp,
-            )
+            hp = [group["lr"], group["beta1"], group["beta2"], group["weight_decay"], bias]
+            self._compiled_update("vogn_update", bucket, g_hat, stat, hp)
             return
         ivon_step_(
             bucket.state["mean"],

@@ -26,13 +26,13 @@ True
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from expfam._tree import flatten, inner, sum_event, tmap, unflatten
-from expfam.base import ExpFamily, check_finite
+from expfam.base import ExpFamily, Tolerances, check_finite
 
 
 def _leaf(nat: tuple) -> tuple:
@@ -161,10 +161,49 @@ def neg_entropy_grad_fisher(family: ExpFamily, nat: tuple) -> tuple:
     return unflatten(sol, nat, family.event_ndims)
 
 
+_PINV_RTOL = 1e-12  # of the unit-diagonal Fisher: below it, an eigenvalue is a null direction
+
+
 def _solve_psd(f: Tensor, b: Tensor) -> Tensor:
-    """Solve F x = b for symmetric positive semi-definite F (least-norm via pseudo-inverse when
-    F is singular, as it is along the antisymmetric directions of a matrix block)."""
-    return (torch.linalg.pinv(f, hermitian=True) @ b.unsqueeze(-1)).squeeze(-1)
+    """Solve F x = b for symmetric positive semi-definite F: the least-norm solution, x ⊥ null(F)
+    (F is singular along the antisymmetric directions of a matrix block).
+
+    F is scaled to unit diagonal, F̃ = D⁻¹FD⁻¹ with D = diag(F)^½, before its null space is
+    told apart from its small eigenvalues, so that coordinates of very different scales (a
+    Gamma shape of 10⁴ with a rate of 10⁻³: an eigenvalue 10⁻¹⁷ of the largest) are not
+    mistaken for singular ones; the null directions v = D⁻¹u (F̃u = 0) are then projected out
+    of x = D⁻¹F̃⁺D⁻¹b."""
+    diag = torch.diagonal(f, dim1=-2, dim2=-1)
+    d = torch.where(diag > 0, diag.clamp_min(torch.finfo(f.dtype).tiny).sqrt(), 1.0)
+    scaled = f / (d.unsqueeze(-1) * d.unsqueeze(-2))
+    w, u = torch.linalg.eigh(0.5 * (scaled + scaled.mT))
+    keep = w > _PINV_RTOL * w.amax(-1, keepdim=True).clamp_min(0)
+    inv = torch.where(keep, 1.0 / torch.where(keep, w, 1.0), 0.0)
+    x = (u @ (inv * (u.mT @ (b / d).unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1) / d
+    null = u * (~keep).unsqueeze(-2) / d.unsqueeze(-1)  # columns v = D⁻¹u of the null space
+    coef = torch.linalg.pinv(null.mT @ null, hermitian=True) @ (null.mT @ x.unsqueeze(-1))
+    return x - (null @ coef).squeeze(-1)
+
+
+def _inside(family: ExpFamily, nat: tuple, batch: torch.Size) -> Tensor:
+    """Which batch elements of λ lie in the domain (``_check_nat`` element by element, when it
+    rejects the batch as a whole)."""
+    device = nat[0].device
+    try:
+        family._check_nat(nat, "nat")
+        return torch.ones(batch, dtype=torch.bool, device=device)
+    except ValueError:
+        pass
+    n = batch.numel()
+    flat = [t.reshape((n, *t.shape[len(batch) :])) for t in nat]
+    mask = []
+    for i in range(n):
+        try:
+            family._check_nat(family.nat_type(*(t[i] for t in flat)), "nat")
+            mask.append(True)
+        except ValueError:
+            mask.append(False)
+    return torch.tensor(mask, dtype=torch.bool, device=device).reshape(batch)
 
 
 def mean_to_nat_newton(
@@ -203,8 +242,8 @@ def mean_to_nat_newton(
         value = family._log_partition(lam) - inner(lam, mean, family.event_ndims)
         return torch.where(torch.isfinite(value), value, torch.full_like(value, float("inf")))
 
-    def shaped(t: Tensor) -> tuple:
-        return tuple(t.reshape((*batch, *([1] * k))) for k in family.event_ndims)
+    def shaped(t: Tensor) -> tuple:  # a per-element value, broadcastable against each field
+        return tuple(t.reshape((*batch, *([1] * (f.ndim - len(batch))))) for f in nat)
 
     for _ in range(max_iter):
         resid = mu_flat - flatten(mean_autograd(family, nat), family.event_ndims)
@@ -217,11 +256,12 @@ def mean_to_nat_newton(
         for _ in range(60):
             ts = shaped(torch.where(accepted, torch.zeros_like(t), t))
             cand = family.nat_type(*(a + tt * s for a, tt, s in zip(nat, ts, step)))
-            try:
-                family._check_nat(cand, "nat")
-                ok = objective(cand) <= f0 + 1e-12 * f0.abs()
-            except ValueError:  # some element left the domain: shrink every pending step
-                ok = torch.zeros_like(accepted)
+            inside = _inside(family, cand, batch)
+            # elements that left the domain are evaluated at their current λ (and rejected)
+            safe = family.nat_type(
+                *(torch.where(m, c, a) for m, c, a in zip(shaped(inside), cand, nat))
+            )
+            ok = inside & (objective(safe) <= f0 + 1e-12 * f0.abs())
             newly = ok & ~accepted
             if newly.any():
                 take = shaped(newly.to(t.dtype) * t)
@@ -291,6 +331,9 @@ class GenericFamily(ExpFamily):
         ...                ref.log_prob(nat, torch.tensor(3.0, dtype=torch.float64)))
         True
     """
+
+    # μ → λ stops on μ's residual (100 ulp); λ's error is that times the conditioning of ∇A
+    tolerances: ClassVar[Tolerances] = Tolerances(roundtrip=1e-10)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

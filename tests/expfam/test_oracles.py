@@ -88,6 +88,12 @@ def _gamma(fam, nat, x):
     return d.logpdf(_np(x)), d.entropy()
 
 
+def _lognormal(fam, nat, x):
+    v = -0.5 / _np(nat.lam2)
+    d = ss.lognorm(s=np.sqrt(v), scale=np.exp(_np(nat.lam1) * v))
+    return d.logpdf(_np(x)), d.entropy()
+
+
 def _dirichlet(fam, nat, x):
     alpha = _np(nat.lam1) + 1
     logp = np.stack([ss.dirichlet(alpha[b]).logpdf(_np(x[:, b]).T) for b in range(2)], -1)
@@ -142,6 +148,8 @@ SCIPY_TWINS = {
     "poisson": _poisson,
     "mixture_full": _mixture,
     "mixture_diag": _mixture,
+    "generic[gamma]": _gamma,
+    "generic[lognormal]": _lognormal,
 }
 
 

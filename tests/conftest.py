@@ -7,6 +7,7 @@ seeded run is reproducible and a new seed fails rarely).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 
@@ -16,6 +17,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pytest
 import torch
 from hypothesis import settings
+
+# torch.compile's cache, per checkout and Python environment: Inductor's default (/tmp) is shared
+# by every environment on the machine, and an entry compiled under another installation of the
+# same torch version can fail to rebuild here (seen: "at::vec has not been declared")
+_ENV = hashlib.sha1(f"{sys.prefix}|{torch.__version__}".encode()).hexdigest()[:12]
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", _ENV),
+)
 
 # Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors, so CI checks their
 # results against the CPU path. The variable must be set before triton is first imported.

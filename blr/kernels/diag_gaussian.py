@@ -21,6 +21,7 @@ bracketed improved-BLR term, :func:`blr.gaussian_step` with ``improved=True`` wi
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -310,21 +311,51 @@ def _ivon_fused_draw(noise: Tensor, hess: Tensor, weights: Tensor, hp: Tensor) -
 
 
 _COMPILED: dict[str, object] = {}
+_FUSED_SOURCES = {
+    "update": _ivon_fused_update,
+    "vogn_update": _vogn_fused_update,
+    "draw": _ivon_fused_draw,
+}
 
 
 def compiled(name: str):
     """The torch.compile'd (Inductor: one fused loop per call) version of a fused function,
-    compiled on first use (seconds) and shared afterwards."""
+    compiled on first use (seconds) and shared afterwards.
+
+    If compilation fails (no C++ compiler, a broken Inductor cache, ...), a RuntimeWarning says
+    so and the same function runs in eager torch ops from then on: the same formulas, slower,
+    and training goes on. Compilation happens before anything is written, so a failed attempt
+    leaves its arguments untouched."""
     fn = _COMPILED.get(name)
     if fn is None:
-        source = {
-            "update": _ivon_fused_update,
-            "vogn_update": _vogn_fused_update,
-            "draw": _ivon_fused_draw,
-        }[name]
-        fn = torch.compile(source, dynamic=True, fullgraph=True)
+        source = _FUSED_SOURCES[name]
+        fn = _with_eager_fallback(name, source, torch.compile(source, dynamic=True, fullgraph=True))
         _COMPILED[name] = fn
     return fn
+
+
+def _with_eager_fallback(name: str, source, compiled_fn):
+    state = {"fn": compiled_fn}
+
+    def call(*args):
+        try:
+            return state["fn"](*args)
+        except Exception as exc:  # only torch.compile's own failures fall back
+            if state["fn"] is source or not type(exc).__module__.startswith(
+                ("torch._dynamo", "torch._inductor")
+            ):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            warnings.warn(
+                f"torch.compile of the fused {name!r} step failed ({type(exc).__name__}: "
+                f"{first}); running the same formulas in eager torch ops instead (slower)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            state["fn"] = source
+            return source(*args)
+
+    return call
 
 
 # ------------------------------------------------------------------- general (m, s)-form, batched

@@ -75,7 +75,8 @@ class IVON(PrecisionSampler):
             the Triton kernel for CUDA parameters when triton is installed, else
             ``"compile"``), ``"compile"`` (draw and update in one ``torch.compile``'d loop
             each: seconds to compile on first use, then ~8× fewer memory passes; used for one
-            MC sample with ``hess_approx="price"``, no clipping and fp32 weights), or
+            MC sample with ``hess_approx="price"``, no clipping and fp32 weights; if the
+            compilation fails, a RuntimeWarning and the same formulas in eager ops), or
             ``"triton"`` (:mod:`blr.kernels.triton_ivon` for every fp32 bucket: one launch
             draws θ = m + σz with z regenerated from a (seed, draw) counter, one undoes it, one
             updates; no noise buffer is kept, so the optimizer holds 16 B per parameter like

@@ -59,7 +59,8 @@ class VOGN(PrecisionSampler):
         fused: ``False`` (vectorized torch ops) or ``True``/``"compile"``: the draw
             θ = m + σ⊙z and the update each in one ``torch.compile``'d loop (seconds to compile
             on first use; for fp32/fp64 weights, which are the mean itself). Same formulas,
-            equal results up to float rounding.
+            equal results up to float rounding; if the compilation fails, a RuntimeWarning and
+            the same formulas in eager ops.
         sync: per-rank noise under ``torch.distributed`` (as in :class:`~blr.optim.IVON`): the
             optimizer averages ĝ and ĥ across ranks itself. With the default shared noise, ĝ
             comes averaged by DDP and the optimizer averages ĥ, which each rank computes from

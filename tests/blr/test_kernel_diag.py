@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -80,3 +82,35 @@ def test_float32_and_errors_name_the_argument():
     with pytest.raises(ValueError, match="h_hat"):
         diag_gaussian_step_(m, s, torch.ones(3), None, rho=0.5)
     assert torch.equal(m, before)
+
+
+def test_a_failed_torch_compile_falls_back_to_eager_with_a_warning(monkeypatch):
+    """``fused=True`` must not end a training run when Inductor cannot compile (no compiler, a
+    broken cache): the same formulas run eagerly, after a RuntimeWarning, with equal results."""
+    import torch._dynamo.exc
+
+    from blr.kernels import diag_gaussian as dg
+
+    def broken_compile(fn, **kwargs):
+        def call(*args):
+            raise torch._dynamo.exc.TorchRuntimeError("C++ compile error: at::vec not declared")
+
+        return call
+
+    monkeypatch.setattr(dg.torch, "compile", broken_compile)
+    monkeypatch.setattr(dg, "_COMPILED", {})
+    gen = torch.Generator().manual_seed(0)
+    mean, mom, hess, grad, stat = (torch.randn(50, generator=gen) for _ in range(5))
+    hess = hess.abs() + 1
+    hp = torch.tensor([0.1, 0.9, 0.999, 1e-3, 100.0, 0.1])
+    want = [t.clone() for t in (mean, mom, hess)]
+    dg._ivon_fused_update(*want, grad, stat, hp)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the fused 'update' step failed"):
+        dg.compiled("update")(mean, mom, hess, grad, stat, hp)
+    for got, ref in zip((mean, mom, hess), want):
+        assert torch.equal(got, ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once; eager from then on
+        dg.compiled("update")(mean, mom, hess, grad, stat, hp)
+    with pytest.raises(TypeError):  # errors of the function itself are not swallowed
+        dg.compiled("update")(mean, mom)

@@ -78,7 +78,17 @@ class ModelLoss:
     scale: float = 1.0
 
     def per_example(self, theta: Tensor) -> Tensor:
-        """ℓ_i(θ), shape ``(..., n)``."""
+        """ℓ_i(θ), shape ``(..., n)``.
+
+        Example:
+            >>> import torch
+            >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+            >>> loss = ModelLoss(model=lambda th: (th @ X.T).unsqueeze(-1),
+            ...                  link=lambda f: 0.5 * f.squeeze(-1) ** 2, scale=3.0)
+            >>> theta = torch.ones(1, 2, dtype=torch.float64)
+            >>> loss.per_example(theta), loss(theta)   # one value per example; 3·(½ + 2)
+            (tensor([[0.5000, 2.0000]], dtype=torch.float64), tensor([7.5000], dtype=torch.float64))
+        """
         return self.link(self.model(theta))
 
     def __call__(self, theta: Tensor) -> Tensor:
@@ -158,7 +168,17 @@ class Exact(Estimator):
 
     @staticmethod
     def linear(family: ExpFamily, site: tuple, const: float = 0.0) -> Callable[[tuple], Tensor]:
-        """μ ↦ −<λ̃, μ> + const: the expected loss of a likelihood with natural parameter λ̃."""
+        """μ ↦ −<λ̃, μ> + const: the expected loss of a likelihood with natural parameter λ̃.
+
+        Example:
+            >>> import torch, expfam, blr
+            >>> beta = expfam.Beta()
+            >>> site = expfam.BetaNat(torch.tensor(3.0), torch.tensor(1.0))  # 3 ones, 1 zero
+            >>> q = expfam.BetaNat(torch.tensor(1.0), torch.tensor(1.0))
+            >>> est = blr.Exact()(beta, q, blr.Exact.linear(beta, site))
+            >>> [float(g) for g in est.grad]   # ∇_μ E_q[ℓ] = −λ̃
+            [-3.0, -1.0]
+        """
         return lambda mean: -inner(site, mean, family.event_ndims) + const
 
     def __call__(self, family, nat, loss, *, generator=None) -> Estimate:

@@ -231,7 +231,18 @@ class GLMQuadrature(Estimator):
     # a = Xθ under q: means and variances
     def marginals(self, family: GaussianLike, nat: tuple, X: Tensor | None = None):
         """Mean and variance of the linear predictors a = Xθ under q, each ``(*batch, n)``
-        (``X`` defaults to the estimator's design matrix)."""
+        (``X`` defaults to the estimator's design matrix).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam, X = expfam.FullGaussian(), torch.eye(2, dtype=torch.float64)
+            >>> est = GLMQuadrature(X, torch.tensor([1.0, 0.0], dtype=torch.float64))
+            >>> nat = fam.from_moments(torch.tensor([1.0, 2.0], dtype=torch.float64),
+            ...                        torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64)))
+            >>> mean, var = est.marginals(fam, nat, torch.tensor([[1.0, 1.0]]))  # a = θ₁ + θ₂
+            >>> mean.tolist(), var.tolist()   # mean 1 + 2, variance 1/1 + 1/4
+            ([3.0], [1.25])
+        """
         if not isinstance(family, GaussianLike):
             raise TypeError(f"family must be a Gaussian family, got {family.name}")
         like = nat[0]

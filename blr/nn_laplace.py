@@ -257,7 +257,18 @@ class NNLaplace:
     # ------------------------------------------------------------------ hyperparameters
     @property
     def prior_prec(self) -> float:
-        """δ, the prior precision (settable; must be positive)."""
+        """δ, the prior precision (settable; must be positive).
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la.prior_prec = 2.0              # P = GGN + δI follows the new δ
+            >>> bool(torch.allclose(la.posterior_precision, la.ggn + 2.0 * torch.eye(8)))
+            True
+        """
         return self._prior_prec
 
     @prior_prec.setter
@@ -266,7 +277,18 @@ class NNLaplace:
 
     @property
     def sigma2(self) -> float:
-        """σ², the noise variance of ``"regression"`` (1 otherwise; settable for regression)."""
+        """σ², the noise variance of ``"regression"`` (1 otherwise; settable for regression).
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randn(16)
+            >>> la = blr.NNLaplace(torch.nn.Linear(3, 1), "regression", sigma2=0.5).fit(X, y)
+            >>> ggn = la.ggn
+            >>> la.sigma2 = 0.25                  # the GGN scales as 1/σ²
+            >>> la.sigma2, bool(torch.allclose(la.ggn, 2 * ggn))
+            (0.25, True)
+        """
         return self._sigma2
 
     @sigma2.setter
@@ -381,7 +403,18 @@ class NNLaplace:
     def jacobians(self, X) -> tuple[Tensor, Tensor]:
         r"""f(x; θ*) and J(x) = ∂f/∂θ at θ* for a batch, shapes ``(m, K)`` and ``(m, K, P_q)``
         (columns in the order of :attr:`param_names`, each parameter flattened row-major).
-        ``"last_layer"``: in closed form, J = [I_K ⊗ φ(x)ᵀ, I_K] (weight, bias)."""
+        ``"last_layer"``: in closed form, J = [I_K ⊗ φ(x)ᵀ, I_K] (weight, bias).
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> f, J = la.jacobians(X[:4])        # P_q = 3·2 + 2 = 8
+            >>> f.shape, J.shape, bool(torch.allclose(f, model(X[:4])))
+            (torch.Size([4, 2]), torch.Size([4, 2, 8]), True)
+        """
         self._check_fitted()
         x = self._as_input(X)
         with _eval_mode(self.model):
@@ -421,6 +454,17 @@ class NNLaplace:
 
         Returns:
             self.
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> batches = zip(X.split(8), y.split(8))   # or a DataLoader of (x, y)
+            >>> la2 = blr.NNLaplace(model, "classification").fit(batches)
+            >>> la2.n_data, bool(torch.allclose(la2.ggn, la.ggn))
+            (16, True)
         """
         named = dict(self.model.named_parameters())
         if not named:
@@ -551,20 +595,53 @@ class NNLaplace:
     # ------------------------------------------------------------------ posterior
     @property
     def map_params(self) -> Tensor:
-        """θ*, the flattened MAP of the parameters in the posterior, ``(P_q,)``."""
+        """θ*, the flattened MAP of the parameters in the posterior, ``(P_q,)``.
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> theta = torch.cat([model.weight.flatten(), model.bias]).detach()
+            >>> la.map_params.shape, torch.equal(la.map_params, theta)
+            (torch.Size([8]), True)
+        """
         self._check_fitted()
         return self._theta_flat
 
     @property
     def ggn(self) -> Tensor:
         """Σ_i J_iᵀΛ_iJ_i at the current σ²: ``(P_q, P_q)``, or its diagonal ``(P_q,)`` for
-        ``"diag"``."""
+        ``"diag"``.
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> diag = blr.NNLaplace(model, "classification", "diag").fit(X, y)
+            >>> la.ggn.shape, bool(torch.allclose(diag.ggn, la.ggn.diagonal()))
+            (torch.Size([8, 8]), True)
+        """
         self._check_fitted()
         return self._ggn_unit / self._lik_scale(self.sigma2)
 
     @property
     def posterior_precision(self) -> Tensor:
-        """P = GGN + δI: ``(P_q, P_q)``, or its diagonal ``(P_q,)`` for ``"diag"``."""
+        """P = GGN + δI: ``(P_q, P_q)``, or its diagonal ``(P_q,)`` for ``"diag"``.
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> P = la.posterior_precision
+            >>> P.shape, bool(torch.allclose(P, la.ggn + la.prior_prec * torch.eye(8)))
+            (torch.Size([8, 8]), True)
+        """
         ggn = self.ggn
         if self.structure == "diag":
             return ggn + self.prior_prec
@@ -572,7 +649,18 @@ class NNLaplace:
 
     @property
     def posterior_covariance(self) -> Tensor:
-        """P⁻¹: ``(P_q, P_q)``, or its diagonal ``(P_q,)`` for ``"diag"``."""
+        """P⁻¹: ``(P_q, P_q)``, or its diagonal ``(P_q,)`` for ``"diag"``.
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> Sigma = la.posterior_covariance
+            >>> bool(torch.allclose(Sigma @ la.posterior_precision, torch.eye(8), atol=1e-5))
+            True
+        """
         if self.structure == "diag":
             return 1.0 / self.posterior_precision
         return torch.cholesky_inverse(self._chol())
@@ -601,7 +689,18 @@ class NNLaplace:
 
     def sample(self, n_samples: int = 1, *, generator: torch.Generator | None = None) -> Tensor:
         r"""Draws θ_s = θ* + L⁻ᵀz_s ~ N(θ*, P⁻¹) (P = LLᵀ; ``"diag"``: z_s/√P), shape
-        ``(n_samples, P_q)``."""
+        ``(n_samples, P_q)``.
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> thetas = la.sample(2000, generator=torch.Generator().manual_seed(0))
+            >>> thetas.shape, bool(torch.allclose(thetas.mean(0), la.map_params, atol=0.2))
+            (torch.Size([2000, 8]), True)
+        """
         self._check_fitted()
         if int(n_samples) < 1:
             raise ValueError(f"n_samples must be ≥ 1, got {n_samples}")
@@ -620,7 +719,19 @@ class NNLaplace:
     def sampled_params(self, *, generator: torch.Generator | None = None) -> Iterator[Tensor]:
         """Write one posterior draw θ_s into the model's parameters (those in the posterior)
         for the duration of the block; the previous values are restored exactly on exit, also
-        after an exception. Yields θ_s ``(P_q,)``."""
+        after an exception. Yields θ_s ``(P_q,)``.
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> with la.sampled_params(generator=torch.Generator().manual_seed(0)) as theta:
+            ...     drawn = torch.equal(model.weight.flatten(), theta[:6])
+            >>> drawn, torch.equal(model.weight.flatten(), la.map_params[:6])   # θ* restored
+            (True, True)
+        """
         theta = self.sample(1, generator=generator)[0]
         named = dict(self.model.named_parameters())
         params = [named[n] for n in self.param_names]
@@ -640,7 +751,18 @@ class NNLaplace:
     # ------------------------------------------------------------------ marginal likelihood
     def log_likelihood(self, sigma2: float | Tensor | None = None) -> Tensor:
         r"""log p(D | θ*) with all constants: −Σ_i ℓ_i; for ``"regression"``
-        −SSE/(2σ²) − (nK/2) log(2πσ²), differentiable in a tensor ``sigma2``."""
+        −SSE/(2σ²) − (nK/2) log(2πσ²), differentiable in a tensor ``sigma2``.
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> nll = torch.nn.functional.cross_entropy(model(X), y, reduction="sum")
+            >>> bool(torch.allclose(la.log_likelihood(), -nll))
+            True
+        """
         self._check_fitted()
         if self.likelihood != "regression":
             if sigma2 is not None:
@@ -668,6 +790,17 @@ class NNLaplace:
         unit-noise GGN, or its diagonal for ``"diag"``). Arguments default to the current
         :attr:`prior_prec` and :attr:`sigma2` and may be tensors with ``requires_grad`` (the
         result is differentiable in them, e.g. in log δ through ``delta = log_delta.exp()``).
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> log_delta = torch.zeros((), requires_grad=True)   # δ = 1
+            >>> la.log_marginal_likelihood(log_delta.exp()).backward()
+            >>> log_delta.grad.shape, bool(torch.isfinite(log_delta.grad))
+            (torch.Size([]), True)
         """
         self._check_fitted()
         delta = self._hyper(prior_prec, self.prior_prec, "prior_prec")
@@ -696,6 +829,17 @@ class NNLaplace:
             fit_sigma2: also tune σ² (``"regression"`` only).
             bounds: (low, high) for δ (and σ²).
             max_iter: L-BFGS-B iterations.
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> before = float(la.log_marginal_likelihood())
+            >>> delta = la.optimize_prior_precision()
+            >>> delta == la.prior_prec, float(la.log_marginal_likelihood()) >= before
+            (True, True)
         """
         self._check_fitted()
         if fit_sigma2 and self.likelihood != "regression":
@@ -730,7 +874,18 @@ class NNLaplace:
     # ------------------------------------------------------------------ predictive
     def glm_predictive_distribution(self, X) -> tuple[Tensor, Tensor]:
         r"""The linearized predictive over the outputs, f(x) ~ N(f*, J(x)P⁻¹J(x)ᵀ): the mean
-        ``(m, K)`` and the (epistemic) covariance ``(m, K, K)``."""
+        ``(m, K)`` and the (epistemic) covariance ``(m, K, K)``.
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> f, V = la.glm_predictive_distribution(X[:4])
+            >>> f.shape, V.shape, bool(torch.allclose(f, model(X[:4])))
+            (torch.Size([4, 2]), torch.Size([4, 2, 2]), True)
+        """
         self._check_fitted()
         x = self._as_input(X)
         means, covs = [], []
@@ -753,7 +908,18 @@ class NNLaplace:
         self, X, n_samples: int = 100, *, generator: torch.Generator | None = None
     ) -> Tensor:
         r"""Draws of the linearized outputs f_s = f* + J(x)(θ_s − θ*), θ_s ~ q (exactly
-        N(f*, J P⁻¹ Jᵀ), jointly over the batch), shape ``(n_samples, m, K)``."""
+        N(f*, J P⁻¹ Jᵀ), jointly over the batch), shape ``(n_samples, m, K)``.
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> fs = la.glm_samples(X[:4], 2000, generator=torch.Generator().manual_seed(0))
+            >>> fs.shape, bool(torch.allclose(fs.mean(0), model(X[:4]), atol=0.2))
+            (torch.Size([2000, 4, 2]), True)
+        """
         self._check_fitted()
         if int(n_samples) < 1:
             raise ValueError(f"n_samples must be ≥ 1, got {n_samples}")
@@ -783,6 +949,16 @@ class NNLaplace:
             link: ``"probit"``, ``"bridge"`` (multiclass only) or ``"mc"`` (classification).
             n_samples: draws for ``link="mc"``.
             generator: random-number generator for ``link="mc"``.
+
+        Example:
+            >>> import torch, blr
+            >>> _ = torch.manual_seed(0)
+            >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+            >>> model = torch.nn.Linear(3, 2)
+            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> probs = la.predictive(X[:4])          # (m, K) class probabilities
+            >>> probs.shape, bool(torch.allclose(probs.sum(-1), torch.ones(4)))
+            (torch.Size([4, 2]), True)
         """
         if link not in LINKS:
             raise ValueError(f"link must be one of {LINKS}, got {link!r}")

@@ -121,12 +121,33 @@ class ParameterPosterior:
                     p.data.copy_(s)
 
     def sampled_params(self) -> contextlib.AbstractContextManager:
-        """Within the context the parameters hold one draw θ ~ q."""
+        """Within the context the parameters hold one draw θ ~ q.
+
+        Example:
+            >>> import torch, expfam
+            >>> model, fam = torch.nn.Linear(2, 1), expfam.DiagGaussian()
+            >>> nat = fam.from_moments(torch.zeros(3), torch.ones(3))
+            >>> q = ParameterPosterior(model, fam, nat, generator=torch.Generator().manual_seed(0))
+            >>> with q.sampled_params():   # weight, then bias: one draw of the family
+            ...     theta = torch.cat([model.weight.flatten(), model.bias]).detach()
+            >>> torch.equal(theta, fam.sample(nat, (), generator=torch.Generator().manual_seed(0)))
+            True
+        """
         draw = self.family.sample(self.nat, (), generator=self.generator)
         return self._holding(draw)
 
     def mean_params(self) -> contextlib.AbstractContextManager:
-        """Within the context the parameters hold E_q[θ]."""
+        """Within the context the parameters hold E_q[θ].
+
+        Example:
+            >>> import torch, expfam
+            >>> model, fam = torch.nn.Linear(2, 1), expfam.DiagGaussian()
+            >>> q = ParameterPosterior(model, fam, fam.from_moments(torch.zeros(3), torch.ones(3)))
+            >>> with torch.no_grad(), q.mean_params():   # E_q[θ] = 0: weight and bias zero
+            ...     out = model(torch.ones(1, 2))
+            >>> out.tolist(), bool(model.weight.abs().sum() > 0)   # restored on exit
+            ([[0.0]], True)
+        """
         return self._holding(self._mean)
 
 

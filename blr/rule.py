@@ -94,18 +94,49 @@ class BLR:
 
     @property
     def posterior(self) -> tuple:
-        """The current λ."""
+        """The current λ.
+
+        Example:
+            >>> import torch, expfam, blr
+            >>> fam, z = expfam.DiagGaussian(), torch.zeros(2, dtype=torch.float64)
+            >>> loss = lambda th: 2.0 * ((th - 1.0) ** 2).sum(-1)   # N(1, 1/4) target
+            >>> opt = blr.BLR(fam, fam.from_moments(z, torch.ones_like(z)), loss,
+            ...               estimator=blr.BonnetPrice(points="sigma"), rho=0.5)
+            >>> _ = opt.step()               # precision (1 − ρ)·1 + ρ·4
+            >>> type(opt.posterior).__name__, fam.to_moments(opt.posterior)[1].tolist()
+            ('DiagNat', [2.5, 2.5])
+        """
         return self._nat
 
     @property
     def mean(self) -> tuple:
-        """The current μ = ∇A(λ)."""
+        """The current μ = ∇A(λ).
+
+        Example:
+            >>> import torch, expfam, blr
+            >>> fam, z = expfam.DiagGaussian(), torch.zeros(2, dtype=torch.float64)
+            >>> loss = lambda th: 2.0 * ((th - 1.0) ** 2).sum(-1)   # N(1, 1/4) target
+            >>> opt = blr.BLR(fam, fam.from_moments(z, torch.ones_like(z)), loss,
+            ...               estimator=blr.BonnetPrice(points="sigma"), rho=0.5)
+            >>> [x.tolist() for x in opt.mean]   # (E θ, E θ²) under N(0, 1)
+            [[0.0, 0.0], [1.0, 1.0]]
+        """
         return self.family.nat_to_mean(self._nat)
 
     def step(self, loss: Callable | None = None) -> Tensor:
         """One BLR step; ``loss`` overrides the constructor's (e.g. a new minibatch).
 
         Returns the objective estimate E_q[ℓ̄] − H(q) at the posterior before the step.
+
+        Example:
+            >>> import torch, expfam, blr
+            >>> fam, z = expfam.DiagGaussian(), torch.zeros(2, dtype=torch.float64)
+            >>> loss = lambda th: 2.0 * ((th - 1.0) ** 2).sum(-1)   # N(1, 1/4) target
+            >>> opt = blr.BLR(fam, fam.from_moments(z, torch.ones_like(z)), loss,
+            ...               estimator=blr.BonnetPrice(points="sigma"), rho=0.5)
+            >>> values = [float(opt.step()) for _ in range(5)]
+            >>> opt.t, values[-1] < values[0]
+            (5, True)
         """
         family, nat = self.family, self._nat
         rho = check_rho(self.schedule(self.t + 1), "rho_t")
@@ -145,7 +176,18 @@ class BLR:
         return self.last_objective
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume bit-exactly (λ, λ_{t−1}, t, the running objective)."""
+        """Everything needed to resume bit-exactly (λ, λ_{t−1}, t, the running objective).
+
+        Example:
+            >>> import torch, expfam, blr
+            >>> fam, z = expfam.DiagGaussian(), torch.zeros(2, dtype=torch.float64)
+            >>> loss = lambda th: 2.0 * ((th - 1.0) ** 2).sum(-1)   # N(1, 1/4) target
+            >>> opt = blr.BLR(fam, fam.from_moments(z, torch.ones_like(z)), loss,
+            ...               estimator=blr.BonnetPrice(points="sigma"), rho=0.5)
+            >>> state = opt.state_dict()   # at t = 0: no previous λ, no objective yet
+            >>> sorted(state), state["t"], state["prev"] is None
+            (['nat', 'objective', 'prev', 't'], 0, True)
+        """
         return {
             "nat": tuple(self._nat),
             "prev": None if self._prev is None else tuple(self._prev),
@@ -154,7 +196,19 @@ class BLR:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the arrays are validated as λ of this family."""
+        """Restore a :meth:`state_dict`; the arrays are validated as λ of this family.
+
+        Example:
+            >>> import torch, expfam, blr
+            >>> fam, z = expfam.DiagGaussian(), torch.zeros(2, dtype=torch.float64)
+            >>> loss = lambda th: 2.0 * ((th - 1.0) ** 2).sum(-1)   # N(1, 1/4) target
+            >>> opt = blr.BLR(fam, fam.from_moments(z, torch.ones_like(z)), loss,
+            ...               estimator=blr.BonnetPrice(points="sigma"), rho=0.5)
+            >>> state, first = opt.state_dict(), opt.step()   # saved at t = 0, then one step
+            >>> opt.load_state_dict(state)                    # back to t = 0: the same step again
+            >>> opt.t, torch.equal(opt.step(), first)
+            (0, True)
+        """
         missing = {"nat", "prev", "t", "objective"} - set(state)
         if missing:
             raise ValueError(f"state is missing {sorted(missing)}")

@@ -181,7 +181,16 @@ class ExpFamily(abc.ABC):
     ) -> tuple:
         """A random valid λ (for examples and tests). ``dim`` sets the event size of vector
         families; ``extreme=True`` draws from the extreme ranges the family supports (e.g. logits
-        ±50, precisions 1e-6…1e6)."""
+        ±50, precisions 1e-6…1e6).
+
+        Example:
+            >>> import torch
+            >>> from expfam import DiagGaussian
+            >>> gen = torch.Generator().manual_seed(0)
+            >>> nat = DiagGaussian().example_nat((2,), dim=3, generator=gen)
+            >>> nat.lam1.shape, nat.lam1.dtype
+            (torch.Size([2, 3]), torch.float64)
+        """
 
     def _log_prob(self, nat: tuple, x: Sample) -> Tensor:
         return (
@@ -199,32 +208,80 @@ class ExpFamily(abc.ABC):
 
     # ------------------------------------------------------------------ public, validated
     def suff_stats(self, x: Sample) -> tuple:
-        """Sufficient statistics T(θ) as a ``mean_type`` (batch shape of ``x``)."""
+        """Sufficient statistics T(θ) as a ``mean_type`` (batch shape of ``x``).
+
+        Example:
+            >>> import torch
+            >>> from expfam import Gamma
+            >>> T = Gamma().suff_stats(torch.tensor([1.0, 4.0], dtype=torch.float64))  # (log θ, θ)
+            >>> T.mu1
+            tensor([0.0000, 1.3863], dtype=torch.float64)
+        """
         self._validate_point(x, "x")
         return self._suff_stats(x)
 
     def log_base_measure(self, x: Sample) -> Tensor:
-        """log h(θ)."""
+        """log h(θ).
+
+        Example:
+            >>> import torch
+            >>> from expfam import Poisson
+            >>> k = torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64)
+            >>> Poisson().log_base_measure(k)  # h(k) = 1/k!
+            tensor([-0.0000, -0.0000, -1.7918], dtype=torch.float64)
+        """
         self._validate_point(x, "x")
         return self._log_base_measure(x)
 
     def log_partition(self, nat: tuple) -> Tensor:
-        """A(λ), shape ``batch_shape``."""
+        """A(λ), shape ``batch_shape``.
+
+        Example:
+            >>> import torch
+            >>> from expfam import Bernoulli
+            >>> fam = Bernoulli()
+            >>> fam.log_partition(fam.from_logits(torch.zeros(1, dtype=torch.float64)))  # log 2
+            tensor([0.6931], dtype=torch.float64)
+        """
         self.validate_nat(nat)
         return self._log_partition(nat)
 
     def nat_to_mean(self, nat: tuple) -> tuple:
-        """μ = ∇A(λ) = E_q[T(θ)]."""
+        """μ = ∇A(λ) = E_q[T(θ)].
+
+        Example:
+            >>> import torch
+            >>> from expfam import Bernoulli, BernoulliNat
+            >>> fam = Bernoulli()
+            >>> fam.nat_to_mean(BernoulliNat(torch.zeros(2))).mu1  # logit 0: probability 1/2
+            tensor([0.5000, 0.5000])
+        """
         self.validate_nat(nat)
         return self._nat_to_mean(nat)
 
     def mean_to_nat(self, mean: tuple) -> tuple:
-        """λ = (∇A)⁻¹(μ) = ∇A*(μ)."""
+        """λ = (∇A)⁻¹(μ) = ∇A*(μ).
+
+        Example:
+            >>> import torch
+            >>> from expfam import Bernoulli, BernoulliMean
+            >>> mean = BernoulliMean(torch.tensor([0.5, 0.75], dtype=torch.float64))
+            >>> Bernoulli().mean_to_nat(mean).lam1  # the logits log(p / (1 − p))
+            tensor([0.0000, 1.0986], dtype=torch.float64)
+        """
         self.validate_mean(mean)
         return self._mean_to_nat(mean)
 
     def expected_log_base_measure(self, nat: tuple) -> Tensor:
-        """E_q[log h(θ)]."""
+        """E_q[log h(θ)].
+
+        Example:
+            >>> import torch
+            >>> from expfam import Poisson, PoissonNat
+            >>> nat = PoissonNat(torch.log(torch.tensor([0.5, 4.0], dtype=torch.float64)))
+            >>> Poisson().expected_log_base_measure(nat)  # E[−log k!] at rates 0.5 and 4
+            tensor([-0.0811, -3.6319], dtype=torch.float64)
+        """
         self.validate_nat(nat)
         return self._expected_log_base_measure(nat)
 
@@ -232,17 +289,42 @@ class ExpFamily(abc.ABC):
         """∇_μ(−H(q)) = λ + ∇_μE_q[log h], the entropy's part of the BLR's natural gradient.
 
         It is λ for families with a constant base measure and 0 for the fixed-covariance
-        Gaussian."""
+        Gaussian.
+
+        Example:
+            >>> import torch
+            >>> from expfam import Gamma
+            >>> fam = Gamma()
+            >>> nat = fam.from_shape_rate(torch.tensor([2.0]), torch.tensor([3.0]))
+            >>> fam.neg_entropy_grad(nat)  # log h = 0, so this is λ = (a − 1, −b)
+            GammaNat(lam1=tensor([1.]), lam2=tensor([-3.]))
+        """
         self.validate_nat(nat)
         return self._neg_entropy_grad(nat)
 
     def entropy(self, nat: tuple) -> Tensor:
-        """H(q) = A(λ) − <λ, μ> − E_q[log h], computed in closed form."""
+        """H(q) = A(λ) − <λ, μ> − E_q[log h], computed in closed form.
+
+        Example:
+            >>> import torch
+            >>> from expfam import DiagGaussian
+            >>> fam, one = DiagGaussian(), torch.ones(1, dtype=torch.float64)
+            >>> fam.entropy(fam.from_moments(0 * one, one))  # N(0, 1): ½ log(2πe)
+            tensor(1.4189, dtype=torch.float64)
+        """
         self.validate_nat(nat)
         return self._entropy(nat)
 
     def kl(self, nat_p: tuple, nat_q: tuple) -> Tensor:
-        """KL(p ‖ q) for p = q_{λ_p}, q = q_{λ_q} of this family."""
+        """KL(p ‖ q) for p = q_{λ_p}, q = q_{λ_q} of this family.
+
+        Example:
+            >>> import torch
+            >>> from expfam import DiagGaussian
+            >>> fam, one = DiagGaussian(), torch.ones(1, dtype=torch.float64)
+            >>> fam.kl(fam.from_moments(0 * one, one), fam.from_moments(one, one))  # (1 − 0)² / 2
+            tensor(0.5000, dtype=torch.float64)
+        """
         self.validate_nat(nat_p, "nat_p")
         self.validate_nat(nat_q, "nat_q")
         bp, bq = self.batch_shape(nat_p), self.batch_shape(nat_q)
@@ -261,7 +343,16 @@ class ExpFamily(abc.ABC):
         return self._kl(nat_p, nat_q)
 
     def log_prob(self, nat: tuple, x: Sample) -> Tensor:
-        """log q(θ) = <λ, T(θ)> − A(λ) + log h(θ)."""
+        """log q(θ) = <λ, T(θ)> − A(λ) + log h(θ).
+
+        Example:
+            >>> import torch
+            >>> from expfam import Bernoulli
+            >>> fam = Bernoulli()
+            >>> nat = fam.from_logits(torch.tensor([0.0, 2.0], dtype=torch.float64))
+            >>> fam.log_prob(nat, torch.tensor([1.0, 0.0], dtype=torch.float64))  # log ½, log σ(−2)
+            tensor([-0.6931, -2.1269], dtype=torch.float64)
+        """
         self.validate_nat(nat)
         self._validate_point(x, "x")
         return self._log_prob(nat, x)
@@ -272,7 +363,17 @@ class ExpFamily(abc.ABC):
         sample_shape: Sequence[int] = (),
         generator: torch.Generator | None = None,
     ) -> Sample:
-        """Draws θ ~ q_λ, shape ``sample_shape + batch_shape + event_shape``, without gradient."""
+        """Draws θ ~ q_λ, shape ``sample_shape + batch_shape + event_shape``, without gradient.
+
+        Example:
+            >>> import torch
+            >>> from expfam import Bernoulli
+            >>> fam = Bernoulli()
+            >>> nat = fam.from_logits(torch.zeros(3, dtype=torch.float64))  # three fair coins
+            >>> x = fam.sample(nat, (1000,), generator=torch.Generator().manual_seed(0))
+            >>> x.shape, bool(((x == 0) | (x == 1)).all())
+            (torch.Size([1000, 3]), True)
+        """
         self.validate_nat(nat)
         with torch.no_grad():
             return self._sample(nat, tuple(sample_shape), generator)
@@ -283,7 +384,17 @@ class ExpFamily(abc.ABC):
         sample_shape: Sequence[int] = (),
         generator: torch.Generator | None = None,
     ) -> Sample:
-        """Reparameterized draws: differentiable in λ. Only for families with ``has_rsample``."""
+        """Reparameterized draws: differentiable in λ. Only for families with ``has_rsample``.
+
+        Example:
+            >>> import torch
+            >>> from expfam import DiagGaussian
+            >>> fam, m = DiagGaussian(), torch.zeros(2, dtype=torch.float64, requires_grad=True)
+            >>> nat = fam.from_moments(m, torch.ones(2, dtype=torch.float64))
+            >>> fam.rsample(nat, (5,), generator=torch.Generator().manual_seed(0)).sum().backward()
+            >>> m.grad  # each of the 5 draws moves one-for-one with the mean
+            tensor([5., 5.], dtype=torch.float64)
+        """
         if not self.has_rsample:
             raise NotImplementedError(
                 f"{self.name} has no reparameterized sampler (its support is discrete); use "
@@ -293,7 +404,16 @@ class ExpFamily(abc.ABC):
         return self._sample(nat, tuple(sample_shape), generator)
 
     def to_torch(self, nat: tuple) -> torch.distributions.Distribution:
-        """The equivalent ``torch.distributions`` object (for interop and as a test oracle)."""
+        """The equivalent ``torch.distributions`` object (for interop and as a test oracle).
+
+        Example:
+            >>> import torch
+            >>> from expfam import Gamma
+            >>> fam = Gamma()
+            >>> dist = fam.to_torch(fam.from_shape_rate(torch.tensor([2.0]), torch.tensor([4.0])))
+            >>> type(dist).__name__, dist.mean  # Gamma(a = 2, b = 4) has mean a / b
+            ('Gamma', tensor([0.5000]))
+        """
         self.validate_nat(nat)
         dist = self._to_torch(nat)
         if dist is None:
@@ -302,24 +422,58 @@ class ExpFamily(abc.ABC):
 
     @property
     def has_torch_twin(self) -> bool:
-        """Whether :meth:`to_torch` is available."""
+        """Whether :meth:`to_torch` is available.
+
+        Example:
+            >>> from expfam import DiagGaussian, Mixture
+            >>> DiagGaussian().has_torch_twin, Mixture().has_torch_twin
+            (True, False)
+        """
         return type(self)._to_torch is not ExpFamily._to_torch
 
     def batch_shape(self, nat: tuple) -> torch.Size:
-        """The batch shape of λ (or μ): the leading dimensions of its fields."""
+        """The batch shape of λ (or μ): the leading dimensions of its fields.
+
+        Example:
+            >>> import torch
+            >>> from expfam import DiagGaussian
+            >>> fam = DiagGaussian()
+            >>> nat = fam.from_moments(torch.zeros(4, 3), torch.ones(4, 3))  # 4 Gaussians on R^3
+            >>> fam.batch_shape(nat)
+            torch.Size([4])
+        """
         x, k = nat[0], self.event_ndims[0]
         return x.shape[: x.ndim - k]
 
     # ------------------------------------------------------------------ validation
     def validate_nat(self, nat: tuple, name: str = "nat") -> None:
         """Check type, dtype, device, shapes and domain of λ; raise TypeError / ValueError that
-        name ``name`` and the violated constraint."""
+        name ``name`` and the violated constraint.
+
+        Example:
+            >>> import torch
+            >>> from expfam import Gamma, GammaNat
+            >>> Gamma().validate_nat(GammaNat(torch.tensor([1.0]), torch.tensor([2.0])))  # b = −2
+            Traceback (most recent call last):
+                ...
+            ValueError: nat.lam2 must be < 0 (rate b = −lam2 > 0), got max 2
+        """
         self._validate_struct(nat, self.nat_type, name)
         if _VALIDATE:
             self._check_nat(nat, name)
 
     def validate_mean(self, mean: tuple, name: str = "mean") -> None:
-        """Check type, dtype, device, shapes and domain of μ."""
+        """Check type, dtype, device, shapes and domain of μ.
+
+        Example:
+            >>> import torch
+            >>> from expfam import Gamma, GammaMean
+            >>> Gamma().validate_mean(GammaMean(torch.tensor([0.0]), torch.tensor([2.0])))  # valid
+            >>> Gamma().validate_mean(GammaMean(torch.tensor([0.0]), torch.tensor([-2.0])))
+            Traceback (most recent call last):
+                ...
+            ValueError: mean.mu2 must be > 0 (mu2 = E[θ] of a positive θ), got min -2
+        """
         self._validate_struct(mean, self.mean_type, name)
         if _VALIDATE:
             self._check_mean(mean, name)
@@ -410,14 +564,51 @@ class GaussianLike(Protocol):
     hessian_event_ndim: int | None
 
     def location(self, nat: Any) -> Tensor:
-        """The mean m."""
+        """The mean m.
+
+        Example:
+            >>> import torch
+            >>> from expfam import DiagGaussian
+            >>> fam = DiagGaussian()
+            >>> fam.location(fam.from_moments(torch.tensor([1.0, -2.0]), torch.tensor([4.0, 0.5])))
+            tensor([ 1., -2.])
+        """
 
     def reparam(self, nat: Any, z: Tensor) -> Tensor:
         """θ = m + Σ^{1/2} z for standard-normal ``z`` (``(*sample, *batch, d)``),
-        differentiable in λ."""
+        differentiable in λ.
+
+        Example:
+            >>> import torch
+            >>> from expfam import DiagGaussian
+            >>> fam = DiagGaussian()
+            >>> nat = fam.from_moments(torch.tensor([1.0, 2.0]), torch.tensor([4.0, 1.0]))
+            >>> fam.reparam(nat, torch.tensor([[0.0, 0.0], [2.0, -1.0]]))  # m + z / √s
+            tensor([[1., 2.],
+                    [2., 1.]])
+        """
 
     def mean_grad_from_gh(self, nat: Any, g_hat: Tensor, h_hat: Tensor | None) -> Any:
-        """∇_μ E_q[ℓ] from (ĝ, Ĥ), as a container of the ``nat_type`` (λ-space shaped)."""
+        """∇_μ E_q[ℓ] from (ĝ, Ĥ), as a container of the ``nat_type`` (λ-space shaped).
+
+        Example:
+            >>> import torch
+            >>> from expfam import DiagGaussian
+            >>> fam = DiagGaussian()
+            >>> nat = fam.from_moments(torch.tensor([1.0, 2.0]), torch.tensor([4.0, 1.0]))
+            >>> fam.mean_grad_from_gh(nat, torch.tensor([1.0, 0.0]), torch.tensor([2.0, 2.0]))
+            DiagNat(lam1=tensor([-1., -4.]), lam2=tensor([1., 1.]))
+        """
 
     def gh_from_mean_grad(self, nat: Any, grad: Any) -> tuple[Tensor, Tensor | None]:
-        """(ĝ, Ĥ) from ∇_μ E_q[ℓ]: the inverse of :meth:`mean_grad_from_gh`."""
+        """(ĝ, Ĥ) from ∇_μ E_q[ℓ]: the inverse of :meth:`mean_grad_from_gh`.
+
+        Example:
+            >>> import torch
+            >>> from expfam import DiagGaussian
+            >>> fam = DiagGaussian()
+            >>> nat = fam.from_moments(torch.tensor([1.0, 2.0]), torch.tensor([4.0, 1.0]))
+            >>> g_hat, h_hat = torch.tensor([1.0, 0.0]), torch.tensor([2.0, 2.0])
+            >>> fam.gh_from_mean_grad(nat, fam.mean_grad_from_gh(nat, g_hat, h_hat))
+            (tensor([1., 0.]), tensor([2., 2.]))
+        """

@@ -74,12 +74,31 @@ class Bernoulli(ExpFamily):
         return f"Bernoulli(support={self.support!r})"
 
     def logits(self, nat: BernoulliNat) -> Tensor:
-        """log(p/(1−p)) for λ."""
+        """log(p/(1−p)) for λ.
+
+        Example:
+            >>> import torch, expfam
+            >>> nat = expfam.BernoulliNat(torch.tensor([0.0, 1.5]))
+            >>> expfam.Bernoulli().logits(nat)
+            tensor([0.0000, 1.5000])
+            >>> expfam.Bernoulli(support="pm1").logits(nat)  # logit = 2λ on {−1, +1}
+            tensor([0., 3.])
+        """
         self.validate_nat(nat)
         return self._c * nat.lam1
 
     def from_logits(self, logits: Tensor) -> BernoulliNat:
-        """λ for the log-odds ``logits``."""
+        """λ for the log-odds ``logits``.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Bernoulli(support="pm1")
+            >>> nat = fam.from_logits(torch.tensor([0.0, 3.0]))
+            >>> nat
+            BernoulliNat(lam1=tensor([0.0000, 1.5000]))
+            >>> fam.logits(nat)
+            tensor([0., 3.])
+        """
         return BernoulliNat(logits / self._c)
 
     # the contract
@@ -152,6 +171,13 @@ class Bernoulli(ExpFamily):
 
     @property
     def has_torch_twin(self) -> bool:
+        """Whether :meth:`to_torch` is available: on {0, 1} only (a torch ``Bernoulli``).
+
+        Example:
+            >>> import expfam
+            >>> expfam.Bernoulli().has_torch_twin, expfam.Bernoulli(support="pm1").has_torch_twin
+            (True, False)
+        """
         return self.support == "01"
 
     def example_nat(
@@ -167,7 +193,15 @@ class Bernoulli(ExpFamily):
         """Random λ with logits uniform in [−4, 4], or [−36, 36] with ``extreme`` (beyond ±36 the
         mean p = σ(logit) rounds to 0 or 1 in float64, so μ can no longer represent λ; λ itself
         stays exact there: entropy, KL and log_prob are exact at logits ±100). ``dim`` is
-        appended to ``batch_shape`` (independent variables)."""
+        appended to ``batch_shape`` (independent variables).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Bernoulli()
+            >>> nat = fam.example_nat((2,), dim=3, generator=torch.Generator().manual_seed(0))
+            >>> nat.lam1.shape, nat.lam1.dtype
+            (torch.Size([2, 3]), torch.float64)
+        """
         bound = 36.0 if extreme else 4.0
         logit = bound * (
             2 * torch.rand((*batch_shape, dim), dtype=dtype, device=device, generator=generator) - 1

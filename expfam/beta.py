@@ -70,13 +70,28 @@ class Beta(ExpFamily):
 
     # conversions to and from (α, β)
     def from_concentrations(self, alpha: Tensor, beta: Tensor) -> BetaNat:
-        """λ from the concentrations ``alpha``, ``beta`` > 0."""
+        """λ from the concentrations ``alpha``, ``beta`` > 0.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Beta()
+            >>> fam.from_concentrations(torch.tensor(2.0), torch.tensor(3.0))
+            BetaNat(lam1=tensor(1.), lam2=tensor(2.))
+        """
         check_positive(alpha, "alpha", "> 0 (a concentration)")
         check_positive(beta, "beta", "> 0 (a concentration)")
         return BetaNat(alpha - 1, beta - 1)
 
     def concentrations(self, nat: BetaNat) -> tuple[Tensor, Tensor]:
-        """(α, β) = (λ₁ + 1, λ₂ + 1)."""
+        """(α, β) = (λ₁ + 1, λ₂ + 1).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Beta()
+            >>> nat = fam.from_concentrations(torch.tensor(2.0), torch.tensor(3.0))
+            >>> fam.concentrations(nat)
+            (tensor(2.), tensor(3.))
+        """
         self.validate_nat(nat)
         return nat.lam1 + 1, nat.lam2 + 1
 
@@ -193,7 +208,16 @@ class Beta(ExpFamily):
         generator: torch.Generator | None = None,
     ) -> BetaNat:
         """Random λ with α and β log-uniform in [0.3, 30] ([1e-3, 1e4] with ``extreme``).
-        ``dim`` is appended to ``batch_shape`` (independent variables)."""
+        ``dim`` is appended to ``batch_shape`` (independent variables).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Beta()
+            >>> nat = fam.example_nat((2,), generator=torch.Generator().manual_seed(0))
+            >>> alpha, beta = fam.concentrations(nat)
+            >>> alpha.shape, bool((alpha > 0).all() and (beta > 0).all())
+            (torch.Size([2, 3]), True)
+        """
         lo, hi = (math.log(1e-3), math.log(1e4)) if extreme else (math.log(0.3), math.log(30.0))
         shape = (*batch_shape, dim)
         kw = dict(dtype=dtype, device=device, generator=generator)

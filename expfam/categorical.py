@@ -55,16 +55,39 @@ class Categorical(ExpFamily):
 
     @staticmethod
     def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype | None = None) -> Tensor:
-        """One-hot points (``(*labels.shape, K)``) from integer class labels in [0, K)."""
+        """One-hot points (``(*labels.shape, K)``) from integer class labels in [0, K).
+
+        Example:
+            >>> import torch, expfam
+            >>> expfam.Categorical.one_hot(torch.tensor([0, 2]), 3)
+            tensor([[1., 0., 0.],
+                    [0., 0., 1.]])
+        """
         return F.one_hot(labels.long(), num_classes).to(dtype or torch.get_default_dtype())
 
     def log_probs(self, nat: CategoricalNat) -> Tensor:
-        """log π, all K classes (shape ``(*batch, K)``)."""
+        """log π, all K classes (shape ``(*batch, K)``).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Categorical()
+            >>> nat = expfam.CategoricalNat(torch.zeros(2))  # three equal classes
+            >>> fam.log_probs(nat).exp()
+            tensor([0.3333, 0.3333, 0.3333])
+        """
         self.validate_nat(nat)
         return torch.log_softmax(_full_logits(nat.lam1), dim=-1)
 
     def from_probs(self, probs: Tensor) -> CategoricalNat:
-        """λ from class probabilities π (shape ``(*batch, K)``, positive, summing to one)."""
+        """λ from class probabilities π (shape ``(*batch, K)``, positive, summing to one).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Categorical()
+            >>> nat = fam.from_probs(torch.tensor([0.2, 0.3, 0.5]))
+            >>> fam.log_probs(nat).exp()
+            tensor([0.2000, 0.3000, 0.5000])
+        """
         logp = torch.log(probs)
         return CategoricalNat(logp[..., :-1] - logp[..., -1:])
 
@@ -148,7 +171,15 @@ class Categorical(ExpFamily):
         generator: torch.Generator | None = None,
     ) -> CategoricalNat:
         """Random λ for K = ``dim`` + 1 classes, logits uniform in [−3, 3] ([−30, 30] with
-        ``extreme``)."""
+        ``extreme``).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Categorical()
+            >>> nat = fam.example_nat((2,), dim=3, generator=torch.Generator().manual_seed(0))
+            >>> nat.lam1.shape, fam.log_probs(nat).shape  # K = 4 classes
+            (torch.Size([2, 3]), torch.Size([2, 4]))
+        """
         bound = 30.0 if extreme else 3.0
         u = torch.rand((*batch_shape, dim), dtype=dtype, device=device, generator=generator)
         return CategoricalNat(bound * (2 * u - 1))

@@ -269,12 +269,26 @@ class Dirichlet(ExpFamily):
 
     # conversions to and from α
     def from_concentration(self, alpha: Tensor) -> DirichletNat:
-        """λ from the concentrations ``alpha`` > 0 (shape ``(*batch, K)``)."""
+        """λ from the concentrations ``alpha`` > 0 (shape ``(*batch, K)``).
+
+        Example:
+            >>> import torch, expfam
+            >>> expfam.Dirichlet().from_concentration(torch.tensor([1.0, 2.0, 3.0]))
+            DirichletNat(lam1=tensor([0., 1., 2.]))
+        """
         check_positive(alpha, "alpha", "> 0 (concentrations)")
         return DirichletNat(alpha - 1)
 
     def concentration(self, nat: DirichletNat) -> Tensor:
-        """α = λ + 1."""
+        """α = λ + 1.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Dirichlet()
+            >>> nat = fam.from_concentration(torch.tensor([1.0, 2.0, 3.0]))
+            >>> fam.concentration(nat)
+            tensor([1., 2., 3.])
+        """
         self.validate_nat(nat)
         return nat.lam1 + 1
 
@@ -382,7 +396,16 @@ class Dirichlet(ExpFamily):
         generator: torch.Generator | None = None,
     ) -> DirichletNat:
         """Random λ of ``dim`` ≥ 2 categories with concentrations α log-uniform in [0.3, 30]
-        ([1e-3, 1e4] with ``extreme``)."""
+        ([1e-3, 1e4] with ``extreme``).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Dirichlet()
+            >>> nat = fam.example_nat((2,), dim=4, generator=torch.Generator().manual_seed(0))
+            >>> alpha = fam.concentration(nat)
+            >>> alpha.shape, bool((alpha > 0).all())
+            (torch.Size([2, 4]), True)
+        """
         if dim < 2:
             raise ValueError(f"dim must be ≥ 2 for the Dirichlet, got {dim}")
         lo, hi = (math.log(1e-3), math.log(1e4)) if extreme else (math.log(0.3), math.log(30.0))

@@ -149,13 +149,27 @@ class Gamma(ExpFamily):
 
     # conversions to and from (a, b)
     def from_shape_rate(self, shape: Tensor, rate: Tensor) -> GammaNat:
-        """λ from the shape a > 0 and the rate b > 0."""
+        """λ from the shape a > 0 and the rate b > 0.
+
+        Example:
+            >>> import torch, expfam
+            >>> expfam.Gamma().from_shape_rate(torch.tensor(2.0), torch.tensor(3.0))
+            GammaNat(lam1=tensor(1.), lam2=tensor(-3.))
+        """
         check_positive(shape, "shape", "> 0")
         check_positive(rate, "rate", "> 0")
         return GammaNat(shape - 1, -rate)
 
     def shape_rate(self, nat: GammaNat) -> tuple[Tensor, Tensor]:
-        """(a, b) = (λ₁ + 1, −λ₂)."""
+        """(a, b) = (λ₁ + 1, −λ₂).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Gamma()
+            >>> nat = fam.from_shape_rate(torch.tensor(2.0), torch.tensor(3.0))
+            >>> fam.shape_rate(nat)
+            (tensor(2.), tensor(3.))
+        """
         self.validate_nat(nat)
         return nat.lam1 + 1, -nat.lam2
 
@@ -272,7 +286,16 @@ class Gamma(ExpFamily):
     ) -> GammaNat:
         """Random λ with shape a log-uniform in [0.3, 30] and rate b in [0.1, 10] (a in
         [1e-3, 1e4], b in [1e-3, 1e3] with ``extreme``). ``dim`` is appended to ``batch_shape``
-        (independent variables)."""
+        (independent variables).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Gamma()
+            >>> nat = fam.example_nat((2,), generator=torch.Generator().manual_seed(0))
+            >>> shape, rate = fam.shape_rate(nat)
+            >>> shape.shape, bool((shape > 0).all() and (rate > 0).all())
+            (torch.Size([2, 3]), True)
+        """
         if extreme:
             a_lo, a_hi, b_lo, b_hi = math.log(1e-3), math.log(1e4), math.log(1e-3), math.log(1e3)
         else:

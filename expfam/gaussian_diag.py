@@ -59,7 +59,15 @@ class DiagGaussian(ExpFamily):
 
     # conversions to and from (m, s)
     def from_moments(self, m: Tensor, prec: Tensor) -> DiagNat:
-        """λ from the mean ``m`` and the diagonal precision ``prec`` = s."""
+        """λ from the mean ``m`` and the diagonal precision ``prec`` = s.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.DiagGaussian()
+            >>> nat = fam.from_moments(torch.tensor([1.0, -2.0]), torch.tensor([4.0, 0.5]))
+            >>> fam.to_moments(nat)
+            (tensor([ 1., -2.]), tensor([4.0000, 0.5000]))
+        """
         check_positive(prec, "prec")
         return DiagNat(prec * m, -0.5 * prec)
 
@@ -80,20 +88,53 @@ class DiagGaussian(ExpFamily):
     hessian_event_ndim = 1
 
     def location(self, nat: DiagNat) -> Tensor:
-        """The mean m = −lam1 / (2 lam2)."""
+        """The mean m = −lam1 / (2 lam2).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.DiagGaussian()
+            >>> nat = fam.from_moments(torch.tensor([1.0, -2.0]), torch.tensor([4.0, 0.5]))
+            >>> fam.location(nat)
+            tensor([ 1., -2.])
+        """
         return -0.5 * nat.lam1 / nat.lam2
 
     def reparam(self, nat: DiagNat, z: Tensor) -> Tensor:
-        """θ = m + z / √s, differentiable in λ."""
+        """θ = m + z / √s, differentiable in λ.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.DiagGaussian()
+            >>> nat = fam.from_moments(torch.tensor([1.0, -2.0]), torch.tensor([4.0, 1.0]))
+            >>> fam.reparam(nat, torch.tensor([1.0, 1.0]))  # one standard deviation up
+            tensor([ 1.5000, -1.0000])
+        """
         s = -2 * nat.lam2
         return nat.lam1 / s + z * torch.rsqrt(s)
 
     def mean_grad_from_gh(self, nat: DiagNat, g_hat: Tensor, h_hat: Tensor) -> DiagNat:
-        """∇_μ E_q[ℓ] = (ĝ − ĥ ⊙ m, ½ ĥ) for the diagonal Hessian estimate ĥ."""
+        """∇_μ E_q[ℓ] = (ĝ − ĥ ⊙ m, ½ ĥ) for the diagonal Hessian estimate ĥ.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.DiagGaussian()
+            >>> nat = fam.from_moments(torch.tensor([1.0, -2.0]), torch.tensor([4.0, 0.5]))
+            >>> fam.mean_grad_from_gh(nat, torch.tensor([0.5, 1.0]), torch.tensor([2.0, 3.0]))
+            DiagNat(lam1=tensor([-1.5000,  7.0000]), lam2=tensor([1.0000, 1.5000]))
+        """
         return DiagNat(g_hat - h_hat * self.location(nat), 0.5 * h_hat)
 
     def gh_from_mean_grad(self, nat: DiagNat, grad: DiagNat) -> tuple[Tensor, Tensor]:
-        """(ĝ, ĥ) = (∇_{μ1} + 2∇_{μ2} ⊙ m, 2∇_{μ2})."""
+        """(ĝ, ĥ) = (∇_{μ1} + 2∇_{μ2} ⊙ m, 2∇_{μ2}).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.DiagGaussian()
+            >>> nat = fam.from_moments(torch.tensor([1.0, -2.0]), torch.tensor([4.0, 0.5]))
+            >>> grad = fam.mean_grad_from_gh(nat, torch.ones(2), torch.tensor([2.0, 3.0]))
+            >>> fam.gh_from_mean_grad(nat, grad)  # the inverse map
+            (tensor([1., 1.]), tensor([2., 3.]))
+        """
         h_hat = 2 * grad.lam2
         return grad.lam1 + h_hat * self.location(nat), h_hat
 
@@ -174,6 +215,17 @@ class DiagGaussian(ExpFamily):
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
     ) -> DiagNat:
+        """Random λ with means uniform in [−3, 3] and precisions log-uniform in [0.1, 10]
+        ([1e-6, 1e6] with ``extreme``). ``dim`` is appended to ``batch_shape``.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.DiagGaussian()
+            >>> nat = fam.example_nat((2,), dim=3, generator=torch.Generator().manual_seed(0))
+            >>> m, prec = fam.to_moments(nat)
+            >>> m.shape, bool((prec > 0).all())
+            (torch.Size([2, 3]), True)
+        """
         shape = (*batch_shape, dim)
         kw = dict(dtype=dtype, device=device, generator=generator)
         m = 3 * (2 * torch.rand(shape, **kw) - 1)

@@ -115,11 +115,26 @@ class FixedCovGaussian(ExpFamily):
     hessian_event_ndim = None
 
     def location(self, nat: FixedCovNat) -> Tensor:
-        """The mean m = Σ₀ lam1."""
+        """The mean m = Σ₀ lam1.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.FixedCovGaussian(cov=4.0)
+            >>> fam.location(expfam.FixedCovNat(torch.tensor([0.25, -0.5])))
+            tensor([ 1., -2.])
+        """
         return self._cov_mv(nat.lam1)
 
     def reparam(self, nat: FixedCovNat, z: Tensor) -> Tensor:
-        """θ = m + L₀ z with Σ₀ = L₀L₀ᵀ, differentiable in λ."""
+        """θ = m + L₀ z with Σ₀ = L₀L₀ᵀ, differentiable in λ.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.FixedCovGaussian(cov=4.0)
+            >>> nat = expfam.FixedCovNat(torch.tensor([0.25, -0.5]))  # m = (1, −2)
+            >>> fam.reparam(nat, torch.tensor([1.0, 1.0]))  # m + 2 z
+            tensor([3., 0.])
+        """
         m = self._cov_mv(nat.lam1)
         if self._cov_chol is None:
             return m + math.sqrt(self._scale) * z
@@ -128,11 +143,27 @@ class FixedCovGaussian(ExpFamily):
     def mean_grad_from_gh(
         self, nat: FixedCovNat, g_hat: Tensor, h_hat: Tensor | None = None
     ) -> FixedCovNat:
-        """∇_μ E_q[ℓ] = ĝ (Bonnet; μ = m, the curvature does not enter)."""
+        """∇_μ E_q[ℓ] = ĝ (Bonnet; μ = m, the curvature does not enter).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.FixedCovGaussian(cov=4.0)
+            >>> nat = expfam.FixedCovNat(torch.tensor([0.25, -0.5]))
+            >>> fam.mean_grad_from_gh(nat, torch.tensor([0.5, 1.0]))
+            FixedCovNat(lam1=tensor([0.5000, 1.0000]))
+        """
         return FixedCovNat(g_hat)
 
     def gh_from_mean_grad(self, nat: FixedCovNat, grad: FixedCovNat) -> tuple[Tensor, None]:
-        """(ĝ, None)."""
+        """(ĝ, None).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.FixedCovGaussian(cov=4.0)
+            >>> nat = expfam.FixedCovNat(torch.tensor([0.25, -0.5]))
+            >>> fam.gh_from_mean_grad(nat, expfam.FixedCovNat(torch.tensor([0.5, 1.0])))
+            (tensor([0.5000, 1.0000]), None)
+        """
         return grad.lam1, None
 
     # the contract
@@ -211,7 +242,17 @@ class FixedCovGaussian(ExpFamily):
         generator: torch.Generator | None = None,
     ) -> FixedCovNat:
         """Random λ with mean m uniform in [−3, 3] (or log-uniform magnitude up to 1e6 with
-        ``extreme``). ``dim`` is ignored when Σ₀ is a matrix."""
+        ``extreme``). ``dim`` is ignored when Σ₀ is a matrix.
+
+        Example:
+            >>> import torch, expfam
+            >>> gen = torch.Generator().manual_seed(0)
+            >>> expfam.FixedCovGaussian(cov=2.0).example_nat((2,), dim=3, generator=gen).lam1.shape
+            torch.Size([2, 3])
+            >>> fam = expfam.FixedCovGaussian(cov=torch.eye(2))  # d follows Σ₀
+            >>> fam.example_nat(dim=5, generator=gen).lam1.shape
+            torch.Size([2])
+        """
         d = dim if self._cov is None else self._cov.shape[0]
         kw = dict(dtype=dtype, device=device, generator=generator)
         m = 3 * (2 * torch.rand((*batch_shape, d), **kw) - 1)

@@ -86,7 +86,16 @@ class FullGaussian(ExpFamily):
 
     def from_moments(self, m: Tensor, prec: Tensor) -> FullNat:
         """λ from the mean ``m`` (``(*batch, d)``) and the precision ``prec``
-        (``(*batch, d, d)``)."""
+        (``(*batch, d, d)``).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.FullGaussian()
+            >>> m, prec = torch.tensor([1.0, 2.0]), torch.tensor([[2.0, 1.0], [1.0, 2.0]])
+            >>> m2, prec2 = fam.to_moments(fam.from_moments(m, prec))
+            >>> torch.allclose(m2, m), torch.allclose(prec2, prec)
+            (True, True)
+        """
         chol_or_raise(_sym(prec), "prec must be symmetric positive definite")
         return FullNat((prec @ m.unsqueeze(-1)).squeeze(-1), -0.5 * prec)
 
@@ -105,7 +114,17 @@ class FullGaussian(ExpFamily):
         return self.mean_and_chol(nat)[0], -2 * _sym(nat.lam2)
 
     def mean_and_chol(self, nat: FullNat) -> tuple[Tensor, Tensor]:
-        """(m, L) with S = L Lᵀ the precision: the working representation of this family."""
+        """(m, L) with S = L Lᵀ the precision: the working representation of this family.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.FullGaussian()
+            >>> m, prec = torch.tensor([1.0, 2.0]), torch.diag(torch.tensor([4.0, 9.0]))
+            >>> nat = fam.from_moments(m, prec)
+            >>> fam.mean_and_chol(nat)
+            (tensor([1., 2.]), tensor([[2., 0.],
+                    [0., 3.]]))
+        """
         chol = prec_cholesky(nat.lam2)
         m = torch.cholesky_solve(nat.lam1.unsqueeze(-1), chol).squeeze(-1)
         return m, chol
@@ -114,22 +133,59 @@ class FullGaussian(ExpFamily):
     hessian_event_ndim = 2
 
     def location(self, nat: FullNat) -> Tensor:
-        """The mean m = S⁻¹ lam1 (Cholesky solve)."""
+        """The mean m = S⁻¹ lam1 (Cholesky solve).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.FullGaussian()
+            >>> m, prec = torch.tensor([1.0, 2.0]), torch.diag(torch.tensor([4.0, 9.0]))
+            >>> nat = fam.from_moments(m, prec)
+            >>> fam.location(nat)
+            tensor([1., 2.])
+        """
         return self.mean_and_chol(nat)[0]
 
     def reparam(self, nat: FullNat, z: Tensor) -> Tensor:
-        """θ = m + L⁻ᵀ z with S = L Lᵀ (so Cov θ = S⁻¹), differentiable in λ."""
+        """θ = m + L⁻ᵀ z with S = L Lᵀ (so Cov θ = S⁻¹), differentiable in λ.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.FullGaussian()
+            >>> m, prec = torch.tensor([1.0, 2.0]), torch.diag(torch.tensor([4.0, 9.0]))
+            >>> nat = fam.from_moments(m, prec)
+            >>> fam.reparam(nat, torch.tensor([1.0, 3.0]))  # (1 + 1/2, 2 + 3/3)
+            tensor([1.5000, 3.0000])
+        """
         m, chol = self.mean_and_chol(nat)
         upper = chol.mT.expand(*z.shape[:-1], *chol.shape[-2:])
         return m + torch.linalg.solve_triangular(upper, z.unsqueeze(-1), upper=True).squeeze(-1)
 
     def mean_grad_from_gh(self, nat: FullNat, g_hat: Tensor, h_hat: Tensor) -> FullNat:
-        """∇_μ E_q[ℓ] = (ĝ − Ĥ m, ½ Ĥ) for a symmetric Hessian estimate Ĥ."""
+        """∇_μ E_q[ℓ] = (ĝ − Ĥ m, ½ Ĥ) for a symmetric Hessian estimate Ĥ.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.FullGaussian()
+            >>> nat = fam.from_moments(torch.tensor([1.0, 2.0]), torch.eye(2))
+            >>> grad = fam.mean_grad_from_gh(nat, torch.tensor([1.0, 0.0]), 2 * torch.eye(2))
+            >>> grad.lam1, grad.lam2.diagonal()
+            (tensor([-1., -4.]), tensor([1., 1.]))
+        """
         m = self.location(nat)
         return FullNat(g_hat - (h_hat @ m.unsqueeze(-1)).squeeze(-1), 0.5 * h_hat)
 
     def gh_from_mean_grad(self, nat: FullNat, grad: FullNat) -> tuple[Tensor, Tensor]:
-        """(ĝ, Ĥ) = (∇_{μ1} + 2∇_{μ2} m, 2∇_{μ2})."""
+        """(ĝ, Ĥ) = (∇_{μ1} + 2∇_{μ2} m, 2∇_{μ2}).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.FullGaussian()
+            >>> nat = fam.from_moments(torch.tensor([1.0, 2.0]), torch.eye(2))
+            >>> grad = fam.mean_grad_from_gh(nat, torch.tensor([1.0, 0.0]), 2 * torch.eye(2))
+            >>> g, h = fam.gh_from_mean_grad(nat, grad)  # the inverse map
+            >>> g, h.diagonal()
+            (tensor([1., 0.]), tensor([2., 2.]))
+        """
         h_hat = 2 * _sym(grad.lam2)
         m = self.location(nat)
         return grad.lam1 + (h_hat @ m.unsqueeze(-1)).squeeze(-1), h_hat
@@ -237,7 +293,15 @@ class FullGaussian(ExpFamily):
         generator: torch.Generator | None = None,
     ) -> FullNat:
         """Random λ: S = c·Q diag(e) Qᵀ with eigenvalues e in [0.3, 3] and an overall scale c,
-        log-uniform in [0.1, 10] (or [1e-6, 1e6] with ``extreme``)."""
+        log-uniform in [0.1, 10] (or [1e-6, 1e6] with ``extreme``).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.FullGaussian()
+            >>> nat = fam.example_nat((2,), dim=3, generator=torch.Generator().manual_seed(0))
+            >>> nat.lam1.shape, nat.lam2.shape, torch.allclose(nat.lam2, nat.lam2.mT)
+            (torch.Size([2, 3]), torch.Size([2, 3, 3]), True)
+        """
         kw = dict(dtype=dtype, device=device, generator=generator)
         batch = tuple(batch_shape)
         q, _ = torch.linalg.qr(torch.randn((*batch, dim, dim), **kw))

@@ -99,7 +99,18 @@ class Mixture(ExpFamily):
 
     # ------------------------------------------------------------------ helpers
     def components(self, nat: MixtureNat) -> tuple:
-        """The components' natural parameters (component dimension K as the last batch dim)."""
+        """The components' natural parameters (component dimension K as the last batch dim).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Mixture(expfam.DiagGaussian())
+            >>> comp = fam.component.from_moments(torch.tensor([[-2.0], [2.0]]), torch.ones(2, 1))
+            >>> nat = fam.from_components(torch.tensor([0.25, 0.75]), comp)
+            >>> fam.component.to_moments(fam.components(nat))
+            (tensor([[-2.],
+                    [ 2.]]), tensor([[1.],
+                    [1.]]))
+        """
         return self.component.nat_type(nat.lam1, nat.lam2)
 
     def _comp_log_partition(self, nat: MixtureNat) -> Tensor:
@@ -109,13 +120,31 @@ class Mixture(ExpFamily):
         return torch.log_softmax(_pad(nat.c) + self._comp_log_partition(nat), dim=-1)
 
     def log_weights(self, nat: MixtureNat) -> Tensor:
-        """log π, shape ``(*batch, K)``."""
+        """log π, shape ``(*batch, K)``.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Mixture(expfam.DiagGaussian())
+            >>> comp = fam.component.from_moments(torch.tensor([[-2.0], [2.0]]), torch.ones(2, 1))
+            >>> nat = fam.from_components(torch.tensor([0.25, 0.75]), comp)
+            >>> fam.log_weights(nat).exp()
+            tensor([0.2500, 0.7500])
+        """
         self.validate_nat(nat)
         return self._log_weights(nat)
 
     def from_components(self, weights: Tensor, comp_nat: tuple) -> MixtureNat:
         """λ from mixture weights π (``(*batch, K)``, positive, summing to one) and the
-        components' natural parameters (component dimension K last among the batch dims)."""
+        components' natural parameters (component dimension K last among the batch dims).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Mixture(expfam.DiagGaussian())
+            >>> comp = fam.component.from_moments(torch.tensor([[-2.0], [2.0]]), torch.ones(2, 1))
+            >>> nat = fam.from_components(torch.tensor([0.25, 0.75]), comp)
+            >>> nat.c.shape, fam.log_weights(nat).exp()
+            (torch.Size([1]), tensor([0.2500, 0.7500]))
+        """
         if not (weights > 0).all():
             raise ValueError("weights must be positive")
         if not torch.allclose(weights.sum(-1), torch.ones_like(weights[..., 0])):
@@ -131,12 +160,30 @@ class Mixture(ExpFamily):
         return self.component._log_prob(self.components(nat), theta.unsqueeze(-2))
 
     def marginal_log_prob(self, nat: MixtureNat, theta: Tensor) -> Tensor:
-        """log q(θ) = log Σ_k π_k N(θ | m_k, S_k⁻¹), for θ of shape ``(*sample, *batch, d)``."""
+        """log q(θ) = log Σ_k π_k N(θ | m_k, S_k⁻¹), for θ of shape ``(*sample, *batch, d)``.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Mixture(expfam.DiagGaussian())
+            >>> comp = fam.component.from_moments(torch.tensor([[-2.0], [2.0]]), torch.ones(2, 1))
+            >>> nat = fam.from_components(torch.tensor([0.25, 0.75]), comp)
+            >>> fam.marginal_log_prob(nat, torch.zeros(5, 1)).shape  # five points θ ∈ R¹
+            torch.Size([5])
+        """
         self.validate_nat(nat)
         return torch.logsumexp(self._log_weights(nat) + self._comp_log_prob(nat, theta), dim=-1)
 
     def responsibilities(self, nat: MixtureNat, theta: Tensor) -> Tensor:
-        """r_k(θ) = π_k N_k(θ) / q(θ), shape ``(*sample, *batch, K)``; sums to one over k."""
+        """r_k(θ) = π_k N_k(θ) / q(θ), shape ``(*sample, *batch, K)``; sums to one over k.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Mixture(expfam.DiagGaussian())
+            >>> comp = fam.component.from_moments(torch.tensor([[-2.0], [2.0]]), torch.ones(2, 1))
+            >>> nat = fam.from_components(torch.tensor([0.25, 0.75]), comp)
+            >>> fam.responsibilities(nat, torch.zeros(1))  # midway: r = π
+            tensor([0.2500, 0.7500])
+        """
         self.validate_nat(nat)
         return torch.softmax(self._log_weights(nat) + self._comp_log_prob(nat, theta), dim=-1)
 
@@ -147,7 +194,17 @@ class Mixture(ExpFamily):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Reparameterized draws θ_k ~ N(m_k, S_k⁻¹) from every component:
-        shape ``(*sample_shape, *batch, K, d)``, differentiable in the component parameters."""
+        shape ``(*sample_shape, *batch, K, d)``, differentiable in the component parameters.
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Mixture(expfam.DiagGaussian())
+            >>> comp = fam.component.from_moments(torch.tensor([[-2.0], [2.0]]), torch.ones(2, 1))
+            >>> nat = fam.from_components(torch.tensor([0.25, 0.75]), comp)
+            >>> gen = torch.Generator().manual_seed(0)
+            >>> fam.rsample_components(nat, (4,), generator=gen).shape  # (sample, K, d)
+            torch.Size([4, 2, 1])
+        """
         self.validate_nat(nat)
         return self.component._sample(self.components(nat), tuple(sample_shape), generator)
 
@@ -260,7 +317,16 @@ class Mixture(ExpFamily):
         num_components: int = 3,
     ) -> MixtureNat:
         """Random λ: components from the component family's ``example_nat`` and weights from a
-        flat Dirichlet (log-weights down to −20 with ``extreme``)."""
+        flat Dirichlet (log-weights down to −20 with ``extreme``).
+
+        Example:
+            >>> import torch, expfam
+            >>> fam = expfam.Mixture()
+            >>> gen = torch.Generator().manual_seed(0)
+            >>> nat = fam.example_nat(dim=2, num_components=4, generator=gen)
+            >>> nat.c.shape, nat.lam1.shape, nat.lam2.shape
+            (torch.Size([3]), torch.Size([4, 2]), torch.Size([4, 2, 2]))
+        """
         kw = dict(dtype=dtype, device=device, generator=generator)
         comp = self.component.example_nat(
             (*batch_shape, num_components), dim, extreme=extreme, **kw

@@ -144,7 +144,16 @@ class Poisson(ExpFamily):
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
     ) -> PoissonNat:
-        """Random λ with rates log-uniform in [0.1, 30] ([1e-6, 1e4] with ``extreme``)."""
+        """Random λ with rates log-uniform in [0.1, 30] ([1e-6, 1e4] with ``extreme``).
+
+        Example:
+            >>> import torch
+            >>> from expfam import Poisson
+            >>> fam, gen = Poisson(), torch.Generator().manual_seed(0)
+            >>> rate = fam.nat_to_mean(fam.example_nat((4,), generator=gen)).mu1
+            >>> rate.shape, bool(((rate >= 0.1) & (rate <= 30.0)).all())
+            (torch.Size([4, 3]), True)
+        """
         lo, hi = (math.log(1e-6), math.log(1e4)) if extreme else (math.log(0.1), math.log(30.0))
         u = torch.rand((*batch_shape, dim), dtype=dtype, device=device, generator=generator)
         return PoissonNat(lo + (hi - lo) * u)

@@ -47,12 +47,34 @@ class FullGaussianState(NamedTuple):
     @classmethod
     def from_nat(cls, nat: FullNat) -> FullGaussianState:
         """(m, S, L) from λ = (S m, −½ S); raises ValueError naming ``nat.lam2`` if S is not
-        positive definite."""
+        positive definite.
+
+        Example:
+            >>> import torch, expfam
+            >>> S = torch.tensor([[4.0, 2.0], [2.0, 5.0]], dtype=torch.float64)
+            >>> nat = expfam.FullGaussian().from_moments(torch.ones(2, dtype=torch.float64), S)
+            >>> state = FullGaussianState.from_nat(nat)
+            >>> state.mean.tolist(), torch.allclose(state.prec, S)
+            ([1.0, 1.0], True)
+            >>> state.chol   # S = L Lᵀ
+            tensor([[2., 0.],
+                    [1., 2.]], dtype=torch.float64)
+        """
         m, chol = FullGaussian().mean_and_chol(nat)
         return cls(m, -(nat.lam2 + nat.lam2.mT), chol)
 
     def to_nat(self) -> FullNat:
-        """λ = (S m, −½ S)."""
+        """λ = (S m, −½ S).
+
+        Example:
+            >>> import torch
+            >>> S = torch.tensor([[4.0, 2.0], [2.0, 5.0]], dtype=torch.float64)
+            >>> state = FullGaussianState(torch.ones(2, dtype=torch.float64), S,
+            ...                           torch.linalg.cholesky(S))
+            >>> nat = state.to_nat()
+            >>> nat.lam1.tolist(), torch.equal(nat.lam2, -0.5 * S)
+            ([6.0, 7.0], True)
+        """
         return FullNat((self.prec @ self.mean.unsqueeze(-1)).squeeze(-1), -0.5 * self.prec)
 
 

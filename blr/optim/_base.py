@@ -505,6 +505,19 @@ class SamplingOptimizer(torch.optim.Optimizer):
         return self._buckets
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group (a dict with ``"params"`` and, optionally, its own
+        hyperparameters; the others are the defaults), e.g. layers unfrozen during fine-tuning.
+        Its step counter starts at 0; it may be added after training has started.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import IVON
+            >>> body, head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 1)
+            >>> opt = IVON(body.parameters(), lr=0.1, ess=10, seed=0)
+            >>> opt.add_param_group({"params": head.parameters(), "lr": 0.01})
+            >>> [(g["lr"], g["ess"], g["step"]) for g in opt.param_groups]
+            [(0.1, 10, 0), (0.01, 10, 0)]
+        """
         param_group.setdefault("step", 0)
         super().add_param_group(param_group)
         if hasattr(self, "sync"):  # (torch.optim's __init__ adds the first groups: see ours)
@@ -525,7 +538,20 @@ class SamplingOptimizer(torch.optim.Optimizer):
         (|Δm| ≤ ulp(m + σz)); prediction draws (``train=False``) restore m exactly.
 
         Under ``torch.distributed`` the first draw makes the seed agree across ranks (see the
-        class docstring), so every rank must take it."""
+        class docstring), so every rank must take it.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import IVON
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = IVON(model.parameters(), lr=0.1, ess=10, seed=0)
+            >>> mean = model.weight.clone()
+            >>> with opt.sampled_params():       # a posterior draw, e.g. for prediction
+            ...     torch.equal(model.weight, mean)
+            False
+            >>> torch.equal(model.weight, mean)  # the mean again on exit
+            True
+        """
         self._resolve_seed()
         groups = self._all_buckets()
         self._stash()  # a new draw overwrites the buffers that hold a single collected sample
@@ -563,7 +589,18 @@ class SamplingOptimizer(torch.optim.Optimizer):
         """Within the context the parameters hold the posterior mean m (for evaluation at the
         mean); on exit they hold what they held before. Outside ``sampled_params`` they
         already do, so this is a no-op unless an optimizer keeps a draw in the weights between
-        steps (``IVON(fused="triton", draw_ahead=True)``)."""
+        steps (``IVON(fused="triton", draw_ahead=True)``).
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import IVON
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = IVON(model.parameters(), lr=0.1, ess=10, seed=0)
+            >>> mean = model.weight.clone()
+            >>> with opt.mean_params():  # evaluation at the mean; no draw is held: a no-op
+            ...     torch.equal(model.weight, mean)
+            True
+        """
         yield
 
     @torch.no_grad()
@@ -606,7 +643,19 @@ class SamplingOptimizer(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the gradients. The parameters this optimizer trains keep their ``.grad`` as views
         of its flat gradient buffer, zeroed in place (whatever ``set_to_none`` says); other
-        parameters follow ``set_to_none``."""
+        parameters follow ``set_to_none``.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import IVON
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = IVON(model.parameters(), lr=0.1, ess=10, seed=0)
+            >>> with opt.sampled_params(train=True):
+            ...     model(torch.ones(2, 3)).sum().backward()
+            >>> opt.zero_grad()          # the sample collected above is kept for step()
+            >>> model.weight.grad        # zeroed in place, not None
+            tensor([[0., 0., 0.]])
+        """
         if self._buckets is None:
             super().zero_grad(set_to_none)
             return
@@ -642,6 +691,17 @@ class SamplingOptimizer(torch.optim.Optimizer):
         samples collected by ``sampled_params(train=True)`` are used; none is an error.
 
         Returns the loss averaged over the samples (with a closure), else None.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import IVON
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = IVON(model.parameters(), lr=0.1, ess=10, seed=0)
+            >>> with opt.sampled_params(train=True):  # collect a Monte Carlo sample ...
+            ...     model(torch.ones(2, 3)).sum().backward()
+            >>> opt.step()                            # ... and update the posterior with it
+            >>> opt.param_groups[0]["step"]
+            1
         """
         loss = None
         if closure is not None:
@@ -777,7 +837,17 @@ class SamplingOptimizer(torch.optim.Optimizer):
     # ------------------------------------------------------------------ state_dict
     def state_dict(self) -> dict[str, Any]:
         """Per-parameter state (``mean`` and the subclass's buffers, fp32), the param groups
-        (hyperparameters and the step counter), and the random generators' states."""
+        (hyperparameters and the step counter), and the random generators' states.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import IVON
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = IVON(model.parameters(), lr=0.1, ess=10, seed=0)
+            >>> sd = opt.state_dict()
+            >>> sorted(sd["state"][0]), sd["state"][0]["mean"].shape, sd["blr"]["seed"]
+            (['hess', 'mean', 'momentum'], torch.Size([1, 3]), 0)
+        """
         groups = self._all_buckets()
         index, state, packed = {}, {}, []
         for group in self.param_groups:
@@ -810,7 +880,19 @@ class SamplingOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` of the same optimizer class and parameter layout; any
-        mismatch raises ValueError before anything is changed."""
+        mismatch raises ValueError before anything is changed.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import IVON
+            >>> model, other = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+            >>> opt = IVON(model.parameters(), lr=0.1, ess=10, seed=0)
+            >>> resumed = IVON(other.parameters(), lr=0.1, ess=10)  # other weights and seed
+            >>> resumed.load_state_dict(opt.state_dict())
+            >>> with opt.sampled_params(), resumed.sampled_params():  # the same next draw
+            ...     torch.equal(model.weight, other.weight)
+            True
+        """
         meta = state_dict.get("blr") if isinstance(state_dict, dict) else None
         name = type(self).__name__
         if not isinstance(meta, dict) or meta.get("optimizer") != name:

@@ -699,7 +699,20 @@ class PerExample:
         return plan
 
     def reset(self) -> None:
-        """Forget the accumulated curvature (and :attr:`num_examples`)."""
+        """Forget the accumulated curvature (and :attr:`num_examples`).
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import PerExample
+            >>> model = torch.nn.Linear(3, 1)
+            >>> with PerExample(model) as pe:
+            ...     model(torch.ones(4, 3)).sum().backward()
+            >>> pe.num_examples, pe.squared_grads()[model.bias]
+            (4, tensor([4.]))
+            >>> pe.reset()  # e.g. before the next minibatch
+            >>> pe.num_examples, pe.squared_grads()[model.bias]
+            (0, tensor([0.]))
+        """
         self._acc: dict[int, Tensor] = {}
         self._pending: dict[tuple[int, int], list] = {}
         self._counts: dict[tuple[int, int], int] = {}
@@ -902,6 +915,17 @@ class PerExample:
             RuntimeError: (``"ef"``) a parameter received a gradient in the backward pass but
                 its module was never called (e.g. used through ``F.linear(x, m.weight)`` by a
                 parent module): its per-example gradients cannot be seen by the hooks.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import PerExample
+            >>> model = torch.nn.Linear(3, 1)
+            >>> x = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 1.0]])
+            >>> with PerExample(model, mode="ef") as pe:
+            ...     model(x).sum().backward()  # ∇_w ℓ_i = x_i
+            >>> h = pe.squared_grads(attr="hess")  # Σ_i x_i², also as model.weight.hess
+            >>> h[model.weight], model.weight.hess is h[model.weight]
+            (tensor([[10.,  4.,  1.]]), True)
         """
         self._finalize()
         missed = [
@@ -926,9 +950,30 @@ class PerExample:
         return out
 
     def named_squared_grads(self) -> dict[str, Tensor]:
-        """{parameter name (as in ``model.named_parameters()``): h}."""
+        """{parameter name (as in ``model.named_parameters()``): h}.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import PerExample
+            >>> model = torch.nn.Linear(3, 1)
+            >>> x = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 1.0]])
+            >>> with PerExample(model, mode="ef") as pe:
+            ...     model(x).sum().backward()
+            >>> pe.named_squared_grads()
+            {'weight': tensor([[10.,  4.,  1.]]), 'bias': tensor([2.])}
+        """
         return {self._names[id(p)]: h for p, h in self.squared_grads().items()}
 
     def parameters(self) -> Iterator[nn.Parameter]:
-        """The parameters whose curvature is computed (trainable, deduplicated)."""
+        """The parameters whose curvature is computed (trainable, deduplicated).
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import PerExample
+            >>> shared = torch.nn.Linear(2, 2)
+            >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2), shared, shared)
+            >>> _ = model[0].requires_grad_(False)  # frozen: no curvature
+            >>> [tuple(p.shape) for p in PerExample(model).parameters()]  # shared: listed once
+            [(2, 2), (2,)]
+        """
         return iter(self._params.values())

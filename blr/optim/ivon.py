@@ -177,6 +177,19 @@ class IVON(PrecisionSampler):
                 self._check_triton(group["params"])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As :meth:`SamplingOptimizer.add_param_group`: the group may set its own ``lr``,
+        ``ess``, ``weight_decay``, ``beta1``, ``beta2``, ``hess_init`` and ``clip_radius``; with
+        ``fused="triton"`` its parameters are checked first (ValueError).
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import IVON
+            >>> body, head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 1)
+            >>> opt = IVON(body.parameters(), lr=0.1, ess=10, seed=0)
+            >>> opt.add_param_group({"params": head.parameters(), "hess_init": 5.0})
+            >>> opt.state_dict()["state"][2]["hess"]  # head.weight's h starts at its own h₀
+            tensor([[5., 5., 5., 5.]])
+        """
         if getattr(self, "fused", None) == "triton":
             params = param_group["params"]
             params = [params] if isinstance(params, Tensor) else list(params)
@@ -311,7 +324,17 @@ class IVON(PrecisionSampler):
     def mean_params(self) -> Iterator[None]:
         """Within the context the parameters hold the posterior mean m; on exit exactly what
         they held before (with ``draw_ahead`` the weights hold the next training draw between
-        steps, so evaluate at the mean inside this context)."""
+        steps, so evaluate at the mean inside this context).
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import IVON
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = IVON(model.parameters(), lr=0.1, ess=10, seed=0)  # no draw_ahead: a no-op
+            >>> with opt.mean_params():
+            ...     torch.equal(model.weight, opt.state_dict()["state"][0]["mean"])
+            True
+        """
         held = self._held() if self._buckets is not None else []
         saved = [b.state["mean"].clone() for _, b in held]
         for group, b in held:
@@ -325,7 +348,17 @@ class IVON(PrecisionSampler):
     def state_dict(self) -> dict[str, Any]:
         """As :meth:`SamplingOptimizer.state_dict`; with ``draw_ahead`` the saved ``mean`` is m
         (the held draw is undone, and redrawn afterwards — the weights may move by one
-        rounding, identically in the resumed run) and the held draw's index is saved."""
+        rounding, identically in the resumed run) and the held draw's index is saved.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import IVON
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = IVON(model.parameters(), lr=0.1, ess=10, seed=0)
+            >>> sd = opt.state_dict()  # the mean m; no draw is held (no draw_ahead)
+            >>> torch.equal(sd["state"][0]["mean"], model.weight), sd["blr"]["pending"]
+            (True, [[None]])
+        """
         held = self._held() if self._buckets is not None else []
         for group, b in held:
             self._triton_draw(group, b, b.pending, subtract=True)
@@ -342,7 +375,18 @@ class IVON(PrecisionSampler):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As :meth:`SamplingOptimizer.load_state_dict`; a held draw (``draw_ahead``) is put back
-        into the weights."""
+        into the weights.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import IVON
+            >>> model, other = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+            >>> opt = IVON(model.parameters(), lr=0.1, ess=10, seed=0)
+            >>> resumed = IVON(other.parameters(), lr=1.0, ess=10)
+            >>> resumed.load_state_dict(opt.state_dict())  # the mean goes into the weights
+            >>> torch.equal(model.weight, other.weight), resumed.param_groups[0]["lr"]
+            (True, 0.1)
+        """
         super().load_state_dict(state_dict)
         pending = state_dict["blr"].get("pending") or []
         for group, buckets, marks in zip(self.param_groups, self._all_buckets(), pending):

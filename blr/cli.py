@@ -47,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the sympy derivations (numeric checks only)",
     )
+    table.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="also print every comparison (value, tolerance, kind), the row's assumptions and "
+        "the statements its derivation proved",
+    )
+    table.add_argument(
+        "--mutations",
+        action="store_true",
+        help="run the mutation test instead: deliberate bugs in each row's source, each of "
+        "which must make the row fail; prints the margins (value/tolerance)",
+    )
     table.add_argument("--list", action="store_true", help="list the rows' names and exit")
     from blr import demo  # numpy and torch only at module level; the extras load lazily
 
@@ -98,6 +111,8 @@ def _table(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(ROWS))
         return 0
+    if args.mutations:
+        return _mutations(args)
     try:
         results = table.run_table(args.row, device=args.device, symbolic=not args.no_symbolic)
     except ValueError as exc:
@@ -106,8 +121,25 @@ def _table(args: argparse.Namespace) -> int:
     if args.json:
         print(table.to_json(results))
     else:
-        print(table.format_table(results, markdown=args.markdown))
+        print(table.format_table(results, markdown=args.markdown, verbose=args.verbose))
     return 0 if all(r.passed for r in results) else 1
+
+
+def _mutations(args: argparse.Namespace) -> int:
+    from derivations import mutations
+
+    try:
+        results = mutations.run_mutations(args.row, device=args.device)
+    except ValueError as exc:
+        print(f"blr table: error: {exc}", file=sys.stderr)
+        return 2
+    print(mutations.format_margins(results, markdown=args.markdown))
+    weak = [r for r in results if not (r.caught and r.margin >= mutations.MIN_MARGIN)]
+    print(
+        f"\n{len(results) - len(weak)}/{len(results)} mutations caught with a margin of at least "
+        f"{mutations.MIN_MARGIN:.0f}× the tolerance"
+    )
+    return 0 if not weak else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -77,7 +77,7 @@ INFO = RowInfo(
     algorithm="RMSprop / Adam",
     posterior="Gaussian (diagonal)",
     approximation="delta, stochastic approx., ĝ² Hessian, √-scaling, slow-moving scale",
-    symbolic=True,
+    symbolic="✓",
 )
 
 N_DATA = 64

@@ -56,7 +56,7 @@ INFO = RowInfo(
     algorithm="BayesBiNN",
     posterior="Bernoulli (±1)",
     approximation="Gumbel-softmax relaxation, stochastic approx.",
-    symbolic=True,
+    symbolic="✓",
 )
 
 f64 = torch.float64

@@ -81,7 +81,13 @@ INFO = RowInfo(
     algorithm="bSAM",
     posterior="Gaussian (diagonal)",
     approximation="MC sample, adversarial (SAM) gradient, √s|g| Hessian surrogate",
-    symbolic=False,
+    symbolic="~",
+    assumptions=(
+        "the gradient at the adversarial point m + r g₁/s stands in for E_q[∇ℓ̄] (bSAM's "
+        "relaxation, not an expectation identity)",
+        "the surrogate √s|g₁| + c stands in for E_q[diag ∇²ℓ̄] (bSAM's relaxation)",
+        "ĝ is replaced by its β₁-average (the Row-5 momentum mechanism)",
+    ),
 )
 
 LR, BETA1, BETA2, RADIUS, DAMPING, DELTA, S0 = 0.05, 0.9, 0.9, 0.05, 0.01, 0.1, 1.0

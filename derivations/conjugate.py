@@ -48,7 +48,7 @@ INFO = RowInfo(
     algorithm="Conjugate Bayes",
     posterior="any exponential family",
     approximation="none (ρ = 1)",
-    symbolic=True,
+    symbolic="✓",
 )
 
 F64 = torch.float64

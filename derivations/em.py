@@ -53,7 +53,7 @@ INFO = RowInfo(
     algorithm="Expectation–Maximization",
     posterior="exp-family (latents) × Gaussian (parameters)",
     approximation="delta method (parameters), ρ = 1",
-    symbolic=True,
+    symbolic="✓",
 )
 
 F64 = torch.float64

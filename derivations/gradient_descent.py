@@ -28,6 +28,7 @@ import torch
 import blr
 import expfam
 from blr.kernels import diag_gaussian_step_
+from derivations.mutations import Mutation
 from derivations.table import Comparison, RowInfo
 
 INFO = RowInfo(
@@ -36,7 +37,7 @@ INFO = RowInfo(
     algorithm="Gradient descent",
     posterior="Gaussian (fixed covariance)",
     approximation="delta method",
-    symbolic=True,
+    symbolic="✓",
 )
 
 A = ((3.0, 1.0), (1.0, 2.0))
@@ -117,13 +118,15 @@ def blr_instance(m0: torch.Tensor, rho: float, steps: int, exact: bool = False) 
 
 
 def kernel_instance(m0: torch.Tensor, rho: float, steps: int) -> torch.Tensor:
-    """The batched kernel on B copies (``m0`` is (B, 2)): scale frozen at s = 1, ĝ = ∇ℓ̄(m)."""
-    a = torch.tensor(A, dtype=m0.dtype, device=m0.device)
-    b = torch.tensor(B, dtype=m0.dtype, device=m0.device)
+    """The batched kernel on B copies (``m0`` is (B, 2)): scale frozen at s = 1, ĝ = ∇ℓ̄(m) by
+    autograd of :func:`loss` (not the classical side's hand-written Aθ − b)."""
     m, s = m0.clone(), torch.ones_like(m0)
     out = [m.clone()]
     for _ in range(steps):
-        diag_gaussian_step_(m, s, m @ a - b, None, rho=0.0, lr=rho)
+        leaf = m.clone().requires_grad_()
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(loss(leaf).sum(), leaf)
+        diag_gaussian_step_(m, s, g, None, rho=0.0, lr=rho)
         out.append(m.clone())
     return torch.stack(out, 1)
 
@@ -158,3 +161,30 @@ def check(device: str = "cpu") -> list[Comparison]:
             f"kernel ({device}, 64 copies) vs GD", (kernel - batched_gd).abs().max().item(), 1e-12
         ),
     ]
+
+
+MUTATIONS = (
+    Mutation(
+        "blr",
+        "constant",
+        "blr_instance",
+        "objective, rho,",
+        "objective, 1.01 * rho,",
+        "BLR step ρ × 1.01",
+    ),
+    Mutation(
+        "blr", "constant", "kernel_instance", "lr=rho", "lr=1.01 * rho", "kernel mean rate × 1.01"
+    ),
+    Mutation(
+        "classical",
+        "constant",
+        "classical",
+        "theta - alpha *",
+        "theta - 1.01 * alpha *",
+        "GD step α × 1.01",
+    ),
+    Mutation(
+        "classical", "term", "classical", "(a @ theta - b)", "(a @ theta)", "GD gradient without −b"
+    ),
+    Mutation("blr", "term", "loss", " - theta @ b", "", "ℓ̄ without −bᵀθ (engine and kernel)"),
+)

@@ -76,7 +76,7 @@ INFO = RowInfo(
     algorithm="IVON",
     posterior="Gaussian (diagonal)",
     approximation="MC sample, Price/Stein Hessian, improved BLR, gradient EMA",
-    symbolic=True,
+    symbolic="✓",
 )
 
 COPIES, N, M, D, STEPS = 64, 64, 8, 3, 40

@@ -52,7 +52,7 @@ INFO = RowInfo(
     algorithm="Laplace's method",
     posterior="Gaussian (full covariance)",
     approximation="delta method (fixed point)",
-    symbolic=True,
+    symbolic="✓",
 )
 
 NEWTON_STEPS = 10

@@ -59,7 +59,7 @@ INFO = RowInfo(
     algorithm="Non-conjugate VI with mixtures",
     posterior="Mixture of exp-families (MoG)",
     approximation="none (exact expectations by quadrature)",
-    symbolic=True,
+    symbolic="✓",
 )
 
 TARGET_W, TARGET_M, TARGET_SD = (0.3, 0.7), (-2.0, 1.5), (0.5, 0.8)

@@ -69,7 +69,7 @@ INFO = RowInfo(
     algorithm="Multimodal optimization",
     posterior="Mixture of Gaussians",
     approximation="delta method (per component)",
-    symbolic=True,
+    symbolic="✓",
 )
 
 GH_POINTS = 60

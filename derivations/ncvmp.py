@@ -50,7 +50,7 @@ INFO = RowInfo(
     algorithm="Non-conjugate VMP",
     posterior="mean-field exp-family (Gaussian node)",
     approximation="ρ = 1 (or damped)",
-    symbolic=True,
+    symbolic="✓",
 )
 
 F64 = torch.float64

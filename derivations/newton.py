@@ -50,7 +50,7 @@ INFO = RowInfo(
     algorithm="Newton's method",
     posterior="Gaussian (full covariance)",
     approximation="delta method",
-    symbolic=True,
+    symbolic="✓",
 )
 
 N = 50

@@ -59,7 +59,7 @@ INFO = RowInfo(
     algorithm="Online Gauss–Newton (OGN)",
     posterior="Gaussian (diagonal)",
     approximation="delta, stochastic approx., GGN Hessian",
-    symbolic=True,
+    symbolic="✓",
 )
 
 f64 = torch.float64

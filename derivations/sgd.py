@@ -56,7 +56,7 @@ INFO = RowInfo(
     algorithm="SGD",
     posterior="Gaussian (fixed covariance)",
     approximation="delta method, stochastic approx.",
-    symbolic=True,
+    symbolic="✓",
 )
 
 N_DATA = 50

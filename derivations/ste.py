@@ -63,7 +63,7 @@ INFO = RowInfo(
     algorithm="STE",
     posterior="Bernoulli (±1)",
     approximation="delta method (at the mode), stochastic approx.",
-    symbolic=True,
+    symbolic="✓",
 )
 
 ROWS_A = 6

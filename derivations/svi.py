@@ -54,7 +54,7 @@ INFO = RowInfo(
     algorithm="Stochastic VI (SVI)",
     posterior="mean-field exp-family",
     approximation="stochastic approx., local ρ = 1",
-    symbolic=True,
+    symbolic="✓",
 )
 
 F64 = torch.float64

@@ -5,14 +5,16 @@ Every row is one module of :mod:`derivations` (listed in :data:`derivations.ROWS
 that defines
 
 - ``INFO``: a :class:`RowInfo` (the algorithm, the posterior family, the natural-gradient
-  approximations, whether :func:`derive` is a complete symbolic proof);
+  approximations, what :func:`derive` proves: :data:`SYMBOLIC`);
 - ``derive() -> list[str]``: the sympy derivation. It raises ``AssertionError`` if an identity
   fails to simplify and returns the statements it proved, one line each;
 - a classical implementation written without :mod:`blr`, and the BLR instance built from
   :mod:`expfam` + :mod:`blr` (names and signatures are the row's own);
 - ``check(device="cpu") -> list[Comparison]``: runs both on the row's test problem (and, for the
   Gaussian rows, the batched kernel path of :mod:`blr.kernels` on ``device``) and reports every
-  deviation with its tolerance.
+  deviation with its tolerance and kind (:data:`KINDS`);
+- ``MUTATIONS``: deliberate bugs in the row's source that ``check()`` must catch
+  (:mod:`derivations.mutations`).
 
 The module docstring is the row's page in ``docs/table.md``: the derivation in words and math,
 the exact conditions under which the BLR iterate equals the classical one, and references.
@@ -50,6 +52,18 @@ __all__ = [
 ]
 
 
+#: The symbolic column (:attr:`RowInfo.symbolic`): ``"✓"`` derive() proves the whole reduction
+#: (the BLR step under the row's approximations simplifies to the classical update, nothing taken
+#: on trust); ``"~"`` it proves the reduction given the assumptions the row names (stated, not
+#: derived; the checks test them numerically where they can); ``"—"`` numeric only (derive()
+#: proves auxiliary identities, not the reduction, for the reasons the row names).
+SYMBOLIC = {
+    "✓": "the whole reduction derived",
+    "~": "the reduction derived, given these assumptions",
+    "—": "numeric only, because",
+}
+
+
 @dataclass(frozen=True)
 class RowInfo:
     """What a row of the table is.
@@ -61,9 +75,19 @@ class RowInfo:
         algorithm: the classical algorithm, e.g. ``"Gradient descent"``.
         posterior: the candidate family q, e.g. ``"Gaussian (fixed covariance)"``.
         approximation: the natural-gradient approximations, e.g. ``"delta method"``.
-        symbolic: True when :func:`derive` proves the whole reduction (BLR step = classical
-            update) symbolically; False when part of it can only be checked numerically (the
-            module docstring says which part and why).
+        symbolic: what :func:`derive` proves (:data:`SYMBOLIC`): ``"✓"`` the whole reduction
+            from the BLR step to the classical update; ``"~"`` the reduction given the named
+            ``assumptions``; ``"—"`` auxiliary identities only (numeric checks carry the row).
+        assumptions: for ``"~"``, the steps taken on trust (typed in, not derived), one
+            sentence each; for ``"—"``, why no symbolic reduction exists; empty for ``"✓"``.
+
+    Example:
+        >>> RowInfo("gd", 1, "Gradient descent", "Gaussian", "delta method", "✓").symbolic
+        '✓'
+        >>> RowInfo("x", None, "X", "q", "none", "~")
+        Traceback (most recent call last):
+        ...
+        ValueError: row 'x': symbolic '~' needs its assumptions listed
     """
 
     key: str
@@ -71,18 +95,52 @@ class RowInfo:
     algorithm: str
     posterior: str
     approximation: str
-    symbolic: bool
+    symbolic: str
+    assumptions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.symbolic not in SYMBOLIC:
+            raise ValueError(
+                f"row {self.key!r}: symbolic must be one of {', '.join(SYMBOLIC)}, "
+                f"got {self.symbolic!r}"
+            )
+        if not isinstance(self.assumptions, tuple):
+            raise TypeError(f"row {self.key!r}: assumptions must be a tuple of strings")
+        if self.symbolic == "✓" and self.assumptions:
+            raise ValueError(f"row {self.key!r}: symbolic '✓' takes no assumptions")
+        if self.symbolic != "✓" and not self.assumptions:
+            raise ValueError(
+                f"row {self.key!r}: symbolic {self.symbolic!r} needs its assumptions listed"
+            )
+
+
+#: The kinds of :class:`Comparison`.
+KINDS = {
+    "equality": "two computations of the same iterates (the BLR instance or a kernel against "
+    "the classical algorithm or the engine), identical up to float64 rounding: tolerance ≤ 1e-10",
+    "limit": "agreement that holds only in a limit or at convergence (a fixed point, σ² → 0, "
+    "N → ∞, a value pinned from elsewhere, an independent optimizer's answer): the tolerance "
+    "that claim deserves",
+    "bound": "a one-sided claim (an objective that never decreases, a fixed point no worse than "
+    "other points): the value is the violation, 0 when the inequality holds",
+}
 
 
 @dataclass(frozen=True)
 class Comparison:
     """One measured deviation of a row's check: ``value`` against ``tolerance``.
 
-    ``kind="equality"`` (the default): the BLR instance (or a kernel) against the classical
-    algorithm (or the engine), iterate by iterate — a tolerance of at most 1e-10 (float64),
-    enforced by a test; these make the table's max |Δ| column. ``kind="limit"``: where an
-    iteration ends up (a fixed point, a convergence claim, a value pinned from elsewhere, an
-    independent optimizer's answer), with the tolerance that claim deserves."""
+    ``kind`` (:data:`KINDS`): ``"equality"`` (the default) for two computations of the same
+    iterates, tolerance ≤ 1e-10 (float64, enforced by a test), which make the table's max |Δ|
+    column; ``"limit"`` for an agreement that holds only in a limit or at convergence;
+    ``"bound"`` for a one-sided claim whose value is the violation.
+
+    Example:
+        >>> Comparison("BLR vs GD, 50 steps", 3e-17, 1e-10).passed
+        True
+        >>> Comparison("ELBO: largest decrease", 0.0, 1e-10, kind="bound").passed
+        True
+    """
 
     name: str
     value: float
@@ -90,13 +148,27 @@ class Comparison:
     kind: str = "equality"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("equality", "limit"):
-            raise ValueError(f"kind must be 'equality' or 'limit', got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(
+                f"kind must be one of {', '.join(map(repr, KINDS))}, got {self.kind!r}"
+            )
+        if not (self.tolerance >= 0):
+            raise ValueError(f"tolerance must be ≥ 0, got {self.tolerance!r}")
 
     @property
     def passed(self) -> bool:
         """``value ≤ tolerance`` (a NaN value fails)."""
         return bool(math.isfinite(self.value) and self.value <= self.tolerance)
+
+    @property
+    def ratio(self) -> float:
+        """``value / tolerance`` (inf for a non-finite value, or a non-zero value against a zero
+        tolerance): how far out of tolerance."""
+        if not math.isfinite(self.value):
+            return math.inf
+        if self.tolerance == 0:
+            return 0.0 if self.value <= 0 else math.inf
+        return self.value / self.tolerance
 
 
 @dataclass
@@ -190,7 +262,7 @@ def _run_key(key: str, *, device: str, symbolic: bool) -> RowResult:
     try:
         module = importlib.import_module(f"derivations.{key}")
     except Exception as exc:  # a row that cannot even be imported is a failing row
-        info = RowInfo(key, None, key, "?", "?", False)
+        info = RowInfo(key, None, key, "?", "?", "—", ("the module could not be imported",))
         return RowResult(info, error=f"import failed: {type(exc).__name__}: {exc}")
     return run_row(module, device=device, symbolic=symbolic)
 
@@ -208,9 +280,7 @@ _COLUMNS = (
 
 
 def _cells(r: RowResult) -> list[str]:
-    symbolic = (
-        "✓" if r.info.symbolic and r.symbolic_ok else ("✗" if r.symbolic_ok is False else "—")
-    )
+    symbolic = "✗" if r.symbolic_ok is False else r.info.symbolic
     value = r.max_abs_diff
     return [
         str(r.info.number) if r.info.number is not None else "",
@@ -224,9 +294,11 @@ def _cells(r: RowResult) -> list[str]:
     ]
 
 
-def format_table(results: list[RowResult], *, markdown: bool = False) -> str:
+def format_table(results: list[RowResult], *, markdown: bool = False, verbose: bool = False) -> str:
     """The results as an aligned text table (or a Markdown table), one line per row, followed
-    by the error or the failing comparisons of any row that did not pass."""
+    by the error or the failing comparisons of any row that did not pass; with ``verbose``,
+    followed by every row's comparisons (value, tolerance, kind, margin), its assumptions and
+    the statements its derivation proved (:func:`format_details`)."""
     rows = [_cells(r) for r in results]
     if markdown:
         lines = ["| " + " | ".join(_md(h) for h in _COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
@@ -244,10 +316,52 @@ def format_table(results: list[RowResult], *, markdown: bool = False) -> str:
         lines += [
             f"  {c.name}: {c.value:.3e} > {c.tolerance:.1e}" for c in r.comparisons if not c.passed
         ]
+    if verbose:
+        lines += ["", format_details(results)]
     total = sum(r.seconds for r in results)
     passed = sum(r.passed for r in results)
     lines.append("")
     lines.append(f"{passed}/{len(results)} rows pass in {total:.1f} s")
+    return "\n".join(lines)
+
+
+def format_details(results: list[RowResult]) -> str:
+    """Every row's comparisons, one line each (pass/FAIL, kind, value, tolerance, value as a
+    fraction of the tolerance), what the symbolic column means for it and the statements its
+    derivation proved: what a reader checks a row by, without reading JSON.
+
+    Example:
+        >>> r = RowResult(RowInfo("k", None, "A", "q", "none", "—", ("no closed form",)))
+        >>> r.comparisons = [Comparison("BLR vs A", 2e-16, 1e-12)]
+        >>> print(format_details([r]))
+        A (k) — pass
+          symbolic —: numeric only, because
+            - no closed form
+          comparisons:
+            pass  equality  2.000e-16 ≤ 1.0e-12  (2.0e-04 of tol)  BLR vs A
+    """
+    lines: list[str] = []
+    for r in results:
+        if lines:
+            lines.append("")
+        title = f"Row {r.info.number}: " if r.info.number else ""
+        lines.append(f"{title}{r.info.algorithm} ({r.info.key}) — {'pass' if r.passed else 'FAIL'}")
+        lines.append(f"  symbolic {r.info.symbolic}: {SYMBOLIC[r.info.symbolic]}")
+        lines += [f"    - {a}" for a in r.info.assumptions]
+        if r.error:
+            lines.append(f"  error: {r.error}")
+        if r.statements:
+            lines.append("  proved (derive()):")
+            lines += [f"    - {s}" for s in r.statements]
+        if r.comparisons:
+            lines.append("  comparisons:")
+        for c in r.comparisons:
+            status = "pass" if c.passed else "FAIL"
+            rel = "≤" if c.passed else ">"
+            lines.append(
+                f"    {status:<4}  {c.kind:<8}  {c.value:.3e} {rel} {c.tolerance:.1e}  "
+                f"({c.ratio:.1e} of tol)  {c.name}"
+            )
     return "\n".join(lines)
 
 
@@ -263,7 +377,8 @@ def to_json(results: list[RowResult]) -> str:
             "algorithm": r.info.algorithm,
             "posterior": r.info.posterior,
             "approximation": r.info.approximation,
-            "symbolic": bool(r.info.symbolic and r.symbolic_ok),
+            "symbolic": "✗" if r.symbolic_ok is False else r.info.symbolic,
+            "assumptions": list(r.info.assumptions),
             "statements": r.statements,
             "max_abs_diff": None if math.isnan(value) else value,
             "comparisons": [
@@ -292,10 +407,25 @@ def _md(cell: str) -> str:
     return cell.replace("|", "\\|")
 
 
-def document() -> str:
+def _margin(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.0e}×"
+
+
+def document(mutations: list | None = None) -> str:
     """The text of ``docs/table.md``, generated from the row modules (their :class:`RowInfo`,
-    docstrings and proved statements); a test keeps the checked-in file current."""
+    docstrings, proved statements and comparisons) and the mutation margins
+    (:mod:`derivations.mutations`; run here unless ``mutations`` gives their results); a test
+    keeps the checked-in file current."""
+    from derivations.mutations import MIN_MARGIN, run_mutations
+
     modules = load_rows()
+    if mutations is None:
+        mutations = run_mutations()
+    by_row: dict[str, list] = {}
+    for r in mutations:
+        by_row.setdefault(r.key, []).append(r)
+    symbols = "; ".join(f"**{k}** {v}" for k, v in SYMBOLIC.items())
+    kinds = "; ".join(f"**{k}**: {v}" for k, v in KINDS.items())
     lines = [
         "# The paper's table, derived and verified",
         "",
@@ -304,25 +434,70 @@ def document() -> str:
         "Each row of Table 1 of Khan & Rue (2023), and four rules beyond it, is one module of",
         "`derivations/`: a sympy derivation of the BLR step under the row's approximations, the",
         "classical algorithm written independently, the BLR instance built from `expfam` + `blr`,",
-        "and a check that runs both. `blr table` runs them all; `blr table --row KEY` one.",
+        "and a check that runs both. `blr table` runs them all; `blr table --row KEY --verbose`",
+        "prints one row's comparisons, values, tolerances and proved statements.",
         "",
-        "| # | Algorithm | Posterior | Natural-gradient approximation | symbolic | module |",
-        "|---|---|---|---|---|---|",
+        f"The **symbolic** column says what `derive()` proves: {symbols}. A row marked ~ or —",
+        "lists its assumptions or reasons below.",
+        "",
+        f"Each comparison has a kind. {kinds}.",
+        "",
+        "Every row is also **mutation-tested** (`tests/derivations/test_mutations.py`,",
+        "`blr table --mutations`): small deliberate bugs in its source (a constant changed by 1%",
+        "on the BLR side, one on the classical side, a term dropped, the test problem moved out",
+        "of the regime the claim needs) must each make the row fail by at least "
+        f"{MIN_MARGIN:.0f} tolerances.",
+        "The margin is the largest value/tolerance among the mutated row's comparisons; the last",
+        "column gives the smallest margin of the row's mutations.",
+        "",
+        "| # | Algorithm | Posterior | Natural-gradient approximation | symbolic | mutations "
+        "(min margin) | module |",
+        "|---|---|---|---|---|---|---|",
     ]
     for m in modules:
         i = m.INFO
         cells = [_md(i.posterior), _md(i.approximation)]
+        rows = by_row.get(i.key, [])
+        least = min((r.margin for r in rows), default=math.nan)
         lines.append(
             f"| {i.number or ''} | [{_md(i.algorithm)}](#{i.key}) | {cells[0]} | {cells[1]} | "
-            f"{'✓' if i.symbolic else '—'} | `derivations/{i.key}.py` |"
+            f"{i.symbolic} | {len(rows)} ({_margin(least)}) | `derivations/{i.key}.py` |"
         )
     for m in modules:
         i = m.INFO
         title = f"Row {i.number}: {i.algorithm}" if i.number else i.algorithm
         lines += ["", f'<a id="{i.key}"></a>', "", f"## {title}", ""]
         lines.append(_ROLE.sub(r"`\1`", inspect.cleandoc(m.__doc__ or "").strip()))
+        lines += ["", f"Symbolic column: **{i.symbolic}** ({SYMBOLIC[i.symbolic]})"]
+        if i.assumptions:
+            lines[-1] += ":"
+            lines += [""] + [f"- {a}" for a in i.assumptions]
         lines += ["", "Proved symbolically (`derive()`):", ""]
         lines += [f"- {s}" for s in m.derive()]
+        lines += [
+            "",
+            "Compared by `check()`:",
+            "",
+            "| comparison | kind | tolerance |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {_md(c.name)} | {c.kind} | {c.tolerance:.0e} |" for c in m.check(device="cpu")
+        ]
+        lines += [
+            "",
+            "Mutations (each must make the row fail):",
+            "",
+            "| side | change | mutation | margin | caught by |",
+            "|---|---|---|---|---|",
+        ]
+        for r in by_row.get(i.key, []):
+            worst = r.worst
+            caught_by = r.error or ("" if worst is None else worst.name)
+            lines.append(
+                f"| {r.mutation.side} | {r.mutation.change} | {_md(r.mutation.description)} | "
+                f"{_margin(r.margin)} | {_md(caught_by)} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -63,7 +63,7 @@ INFO = RowInfo(
     algorithm="Vadam",
     posterior="Gaussian (diagonal)",
     approximation="MC sample, ĝ² Hessian, √-scaling, gradient EMA",
-    symbolic=True,
+    symbolic="✓",
 )
 
 f64 = torch.float64

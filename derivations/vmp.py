@@ -50,7 +50,7 @@ INFO = RowInfo(
     algorithm="Variational message passing (VMP)",
     posterior="mean-field exp-family",
     approximation="ρ = 1 per node, sequential",
-    symbolic=True,
+    symbolic="✓",
 )
 
 F64 = torch.float64

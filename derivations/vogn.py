@@ -65,7 +65,7 @@ INFO = RowInfo(
     algorithm="Variational OGN (VOGN)",
     posterior="Gaussian (diagonal)",
     approximation="stochastic approx. (MC sample), GGN Hessian",
-    symbolic=True,
+    symbolic="✓",
 )
 
 f64 = torch.float64

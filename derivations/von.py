@@ -72,7 +72,7 @@ INFO = RowInfo(
     algorithm="VON",
     posterior="Gaussian (diagonal)",
     approximation="MC sample, Price/Stein Hessian",
-    symbolic=True,
+    symbolic="✓",
 )
 
 RHO, LR2, DELTA, S0 = 0.05, 0.1, 0.1, 1.0

@@ -7,7 +7,8 @@
   :class:`BonnetPrice`, :class:`ScoreFunction`, :class:`GumbelSoftmax` (+ :class:`ModelLoss`);
 - :class:`GLMQuadrature` (exact-in-expectation GLM losses) and :func:`laplace`;
 - the Gaussian (m, S)-form with its options: :func:`gaussian_step`, :class:`GaussianOptions`;
-- mixtures of Gaussians (BLR_SPEC §1.9): :func:`mixture_step`, :func:`mixture_objective`;
+- mixtures of Gaussians (Lin, Khan & Schmidt, ICML 2019): :func:`mixture_step`,
+  :func:`mixture_objective`;
 - :mod:`blr.schedules` (constant, bias correction as ρ_t);
 - predictions and their quality: :func:`predict_classification`, :func:`predict_regression`
   (Bayesian model averaging over any optimizer's or BLR posterior's draws,

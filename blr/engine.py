@@ -140,8 +140,8 @@ def step(
             it is the whole ℓ̄ = Σℓ_i + R; with ``prior`` the data part only.
         rho: ρ > 0.
         estimator: an :class:`~blr.Estimator` of ∇_μE_q[ℓ].
-        prior: natural parameter λ₀ of a prior in the same family (conjugate split,
-            BLR_SPEC §1.3), or None.
+        prior: natural parameter λ₀ of a prior in the same family (conjugate split:
+            the prior's base-measure terms cancel), or None.
         generator: random numbers for Monte Carlo estimators.
 
     Returns:

@@ -1,4 +1,4 @@
-r"""Estimators of ∇_μ E_q[ℓ(θ)], the only estimated term of the BLR (BLR_SPEC §1.6).
+r"""Estimators of ∇_μ E_q[ℓ(θ)], the only estimated term of the BLR (docs/concepts.md).
 
 An estimator is a callable object ``estimator(family, nat, loss, *, generator=None) -> Estimate``;
 they are interchangeable in :func:`blr.step` and :class:`blr.BLR`:
@@ -13,7 +13,7 @@ they are interchangeable in :func:`blr.step` and :class:`blr.BLR`:
                             exact, GGN, per-example squared gradients, squared minibatch
                             gradient, Stein ĝ(θ − m)ᵀS (Gaussian families)
 :class:`ScoreFunction`      E[(ℓ − b)(T − μ)] then F⁻¹, with a leave-one-out baseline (any family)
-:class:`GumbelSoftmax`      relaxed Bernoulli samples (BLR_SPEC §1.10)
+:class:`GumbelSoftmax`      relaxed Bernoulli samples (Maddison et al. 2017)
 ==========================  ================================================================
 
 Losses are vectorized: ``loss(theta)`` takes θ of shape ``(K, *batch, *event)`` (K draws) and
@@ -151,7 +151,8 @@ class Exact(Estimator):
 
     For a conjugate model each ℓ_i is linear in T(θ), ℓ_i(θ) = −<λ̃_i, T(θ)> + c_i, so
     E_q[ℓ] = −<Σλ̃_i, μ> + c and ∇_μ E_q[ℓ] = −Σλ̃_i: one BLR step at ρ = 1 with the conjugate
-    prior λ₀ lands on the posterior λ₀ + Σλ̃_i (BLR_SPEC Row 11). :meth:`linear` builds that loss.
+    prior λ₀ lands on the posterior λ₀ + Σλ̃_i (Khan & Rue 2023, Table 1 row 11). :meth:`linear`
+    builds that loss.
 
     Example:
         >>> import torch, expfam, blr
@@ -290,7 +291,7 @@ def _link_derivatives(link: Callable, f: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class BonnetPrice(Estimator):
-    r"""Gaussian estimator through Bonnet's and Price's theorems (BLR_SPEC §1.5–1.6):
+    r"""Gaussian estimator through Bonnet's and Price's theorems (Opper & Archambeau 2009):
 
     .. math:: \hat g = \textstyle\sum_k w_k \nabla\ell(\theta_k),\quad
               \hat H = \textstyle\sum_k w_k \widehat{\nabla^2\ell}(\theta_k),\quad
@@ -413,7 +414,7 @@ class Delta(BonnetPrice):
     per-example / squared-gradient surrogate), then ∇_μ = (ĝ − Ĥm, ½Ĥ).
 
     The delta method is applied to the gradient and Hessian, never to the loss itself
-    (E_q[ℓ] ≈ ℓ(m) would zero ∇_{μ2} and collapse the precision; BLR_SPEC §0).
+    (E_q[ℓ] ≈ ℓ(m) would zero ∇_{μ2} and collapse the precision).
 
     Example:
         >>> import torch, expfam, blr
@@ -476,7 +477,8 @@ class ScoreFunction(Estimator):
 
 # ---------------------------------------------------------------------------- Gumbel-softmax
 class GumbelSoftmax(Estimator):
-    r"""Relaxed Bernoulli estimator (concrete / Gumbel-softmax; BLR_SPEC §1.10). On {−1, +1}:
+    r"""Relaxed Bernoulli estimator (concrete / Gumbel-softmax; Maddison et al. 2017, Jang et
+    al. 2017). On {−1, +1}:
 
     .. math:: \epsilon = \tfrac12\log\tfrac{u}{1-u},\quad
               \theta_\tau = \tanh\frac{\lambda+\epsilon}{\tau},\quad

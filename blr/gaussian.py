@@ -1,6 +1,6 @@
 r"""The Gaussian BLR in (m, S) coordinates, with the options the deep-learning rows need.
 
-From ĝ ≈ E_q[∇ℓ̄] and Ĥ ≈ E_q[∇²ℓ̄] (recovered from any estimator's ∇_μ, BLR_SPEC §1.5):
+From ĝ ≈ E_q[∇ℓ̄] and Ĥ ≈ E_q[∇²ℓ̄] (recovered from any estimator's ∇_μ; docs/concepts.md):
 
 .. math::
     S_{t+1} &= S_t + \beta G_t \;[+\ \gamma(S_t - S_{t-1})]\;
@@ -11,11 +11,11 @@ From ĝ ≈ E_q[∇ℓ̄] and Ĥ ≈ E_q[∇²ℓ̄] (recovered from any estimat
 
 With α = β, no momentum, no correction, no square root and ε = 0 this is exactly
 :func:`blr.step` (a test checks it); α ≠ β is the BLR in (m, S) coordinates with per-block rates,
-not a λ-space BLR (BLR_SPEC §1.5). The bracketed options:
+not a λ-space BLR. The bracketed options:
 
-- natural momentum γ (heavy ball in λ-space, BLR_SPEC §1.8; ``momentum_kind="natural"``), or the
+- natural momentum γ (heavy ball in λ-space, Khan et al. 2018; ``momentum_kind="natural"``), or the
   slow-moving-scale approximation γ(m_t − m_{t−1}) (``"heavy_ball"``);
-- the improved BLR (Lin, Schmidt & Khan 2020, BLR_SPEC §1.7): the ρ²/2 term keeps S positive
+- the improved BLR (Lin, Schmidt & Khan, ICML 2020): the ρ²/2 term keeps S positive
   definite for any symmetric Ĥ, e.g. Stein estimates; the mean uses the new precision (IVON) or
   the old one (Lin et al.'s code), ``improved_mean``;
 - square-root scaling P = S^{1/2} (RMSprop/Adam) and damping ε.

@@ -2,7 +2,8 @@ r"""Generalized linear models: expectations under a Gaussian by 1-D quadrature.
 
 For a loss ℓ(θ) = c·Σ_i ℓ(y_i, a_i) of the linear predictors a = Xθ and q = N(m, Σ), each
 a_i = x_iᵀθ is a 1-D Gaussian, a_i ~ N(x_iᵀm, x_iᵀΣx_i), so Bonnet's and Price's theorems
-(BLR_SPEC §1.5) reduce the d-dimensional expectations to n one-dimensional ones:
+(Opper & Archambeau 2009; docs/concepts.md) reduce the d-dimensional expectations to n
+one-dimensional ones:
 
 .. math::
     \mathbb{E}_q[\ell] = c\sum_i \mathbb{E}[\ell(y_i, a_i)],\qquad
@@ -25,7 +26,8 @@ Posteriors of logistic regression on well-separated data have large σ_i (up to 
 breast-cancer data at the optimum), hence the trapezoid default for the logistic loss.
 
 :class:`GLMQuadrature` is the resulting deterministic, exact-in-expectation (up to that error)
-estimator of ∇_μE_q[ℓ]; :func:`laplace` is Laplace's method for the same models (BLR_SPEC Row 12).
+estimator of ∇_μE_q[ℓ]; :func:`laplace` is Laplace's method for the same models (Khan & Rue
+2023, Table 1 row 12).
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ class GLMQuadrature(Estimator):
 
     with every 1-D expectation by a K-point quadrature rule for N(0, 1) (module docstring for
     its error). Deterministic: the fixed points of the BLR with this estimator meet the
-    variational optimality conditions E_q[∇ℓ̄] = 0, S = E_q[∇²ℓ̄] (BLR_SPEC §1.4) up to the
+    variational optimality conditions E_q[∇ℓ̄] = 0, S = E_q[∇²ℓ̄] (the BLR's fixed points) up to the
     quadrature error.
 
     The estimator carries the data, so the ``loss`` argument that :func:`blr.step` and
@@ -342,7 +344,8 @@ def laplace(
     tol: float = 1e-20,
     max_iter: int = 100,
 ) -> FullNat:
-    r"""Laplace's method (BLR_SPEC Row 12) for a GLM with a zero-mean Gaussian prior:
+    r"""Laplace's method (Khan & Rue 2023, Table 1 row 12) for a GLM with a zero-mean
+    Gaussian prior:
 
     .. math::
         \bar\ell(\theta) = c\sum_i\ell(y_i, x_i^\top\theta) + \tfrac12\theta^\top S_0\theta,\quad

@@ -1,4 +1,5 @@
-r"""The mixture BLR (Lin, Khan & Schmidt, ICML 2019; BLR_SPEC §1.9, Table 1 rows 3 and 17).
+r"""The mixture BLR (Lin, Khan & Schmidt, ICML 2019; Khan & Rue 2023, Table 1 rows
+3 and 17).
 
 q(θ) = Σ_k π_k N(θ | m_k, S_k⁻¹) is handled as the joint exponential family over (θ, z) of
 :class:`expfam.Mixture`; the objective keeps the MARGINAL entropy inside the loss,
@@ -292,7 +293,7 @@ def mixture_expectations(
         n_points: points per dimension (``"gh"``, default 32) or draws (``"mc"`` per component,
             default 100; ``"importance"`` in all, default 1000).
         delta: the loss part at the component means (ℓ̄(m_k), ∇ℓ̄(m_k), ∇²ℓ̄(m_k)), the log q
-            part by ``expectation`` (BLR_SPEC Row 3).
+            part by ``expectation`` (Table 1 row 3).
         generator: random numbers for ``"mc"`` and ``"importance"``.
 
     Returns:
@@ -366,7 +367,7 @@ def mixture_step(
     delta: bool = False,
     generator: torch.Generator | None = None,
 ) -> MixtureNat:
-    r"""One step of the mixture BLR (BLR_SPEC §1.9; module docstring), f = ℓ̄ + log q:
+    r"""One step of the mixture BLR (Lin, Khan & Schmidt 2019; module docstring), f = ℓ̄ + log q:
 
     .. math::
         S_k &\leftarrow S_k + \rho G_k\ [+\ \tfrac{\rho^2}{2}G_kS_k^{-1}G_k],\quad
@@ -388,12 +389,12 @@ def mixture_step(
         n_points: Gauss–Hermite points per dimension, or Monte Carlo draws.
         weights: ``"exact"`` (the λ-space BLR of c), ``"lin"`` (Lin et al.'s first-order rule)
             or ``"fixed"`` (π unchanged).
-        improved: the improved-BLR correction ρ²/2 G_kS_k⁻¹G_k per component (BLR_SPEC §1.7),
+        improved: the improved-BLR correction ρ²/2 G_kS_k⁻¹G_k per component (Lin et al. 2020),
             which keeps every S_k positive definite for any symmetric estimate G_k (the mean
             uses the new precision). Needs ``weights="lin"`` or ``"fixed"``: the exact rule
             updates c = log(π_k/π_K) − A_k + A_K, which presumes the λ-space component step.
         delta: the delta method for the loss part (ℓ̄, ∇ℓ̄, ∇²ℓ̄ at m_k); the log q terms keep
-            ``expectation`` (BLR_SPEC Row 3).
+            ``expectation`` (Table 1 row 3).
         generator: random numbers for ``"mc"`` and ``"importance"``.
 
     Returns:
@@ -406,7 +407,7 @@ def mixture_step(
         >>> from expfam import Mixture, FullGaussian
         >>> from blr.mixture import mixture_step
         >>> fam, comp = Mixture(FullGaussian()), FullGaussian()
-        >>> nat = fam.from_components(   # the double well (θ² − 1)², BLR_SPEC Row 3
+        >>> nat = fam.from_components(   # the double well (θ² − 1)², Table 1 row 3
         ...     torch.tensor([0.5, 0.5], dtype=torch.float64),
         ...     comp.from_moments(torch.tensor([[-0.5], [0.7]], dtype=torch.float64),
         ...                       torch.full((2, 1, 1), 10.0, dtype=torch.float64)))

@@ -1,7 +1,7 @@
 r"""Laplace approximations for neural networks: a Gaussian posterior at a trained MAP θ* whose
-precision is the generalized Gauss–Newton (GGN) matrix of the negative log-likelihood plus the
-prior precision (BLR_SPEC Row 12 with the GGN in place of the Hessian), the linearized ("GLM")
-predictive and the Laplace log marginal likelihood for tuning the prior precision δ.
+precision is the generalized Gauss–Newton (GGN) matrix of the negative log-likelihood plus the prior
+precision (Khan & Rue 2023, Table 1 row 12, with the GGN in place of the Hessian), the linearized
+("GLM") predictive and the Laplace log marginal likelihood for tuning the prior precision δ.
 
 For data D = {(x_i, y_i)}, a network f(x; θ) with K outputs per example, a per-example negative
 log-likelihood ℓ_i(f) = −log p(y_i | f) and the prior p(θ | δ) = N(0, δ⁻¹I):

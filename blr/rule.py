@@ -35,7 +35,7 @@ class BLR:
         rho: ρ, a number or a schedule t ↦ ρ_t (t = 1, 2, ...; e.g.
             :func:`blr.schedules.bias_corrected`).
         prior: λ₀ of a conjugate prior in the same family, or None (prior inside the loss).
-        momentum: γ ≥ 0, natural momentum (heavy ball in λ-space, BLR_SPEC §1.8).
+        momentum: γ ≥ 0, natural momentum (heavy ball in λ-space; Khan et al., ICML 2018).
         gaussian: :class:`~blr.GaussianOptions` to run the (m, S)-form update (separate mean
             rate, improved BLR, square-root scaling, damping); Full/Diag Gaussians only.
         generator: random numbers for Monte Carlo estimators.

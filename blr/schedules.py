@@ -1,7 +1,7 @@
 r"""Step-size schedules ρ_t (t = 1, 2, ...), for :class:`blr.BLR`.
 
-Bias correction is a schedule (BLR_SPEC Row 5): an exponential average started at zero,
-v_t = β v_{t−1} + (1 − β) x_t, divided by 1 − β^t, equals the BLR-style average
+Bias correction is a schedule (Khan & Rue 2023, Table 1 row 5): an exponential average started
+at zero, v_t = β v_{t−1} + (1 − β) x_t, divided by 1 − β^t, equals the BLR-style average
 v̂_t = (1 − ρ_t) v̂_{t−1} + ρ_t x_t with ρ_t = (1 − β)/(1 − β^t) (so ρ_1 = 1).
 
 >>> from blr import schedules

@@ -38,7 +38,8 @@ class Bernoulli(ExpFamily):
     .. math:: T(\theta)=\theta,\ \lambda=\log\tfrac{p}{1-p},\ A=\operatorname{softplus}(\lambda),
               \ \mu=\sigma(\lambda),
 
-    on {−1, +1} (``support="pm1"``, the binary weights of STE and BayesBiNN, BLR_SPEC §1.10):
+    on {−1, +1} (``support="pm1"``, the binary weights of STE and BayesBiNN;
+    Meng, Bachmann & Khan, ICML 2020):
 
     .. math:: T(\theta)=\theta,\ \lambda=\tfrac12\log\tfrac{p}{1-p},\ A=\log(2\cosh\lambda),
               \ \mu=\tanh\lambda,

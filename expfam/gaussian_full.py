@@ -65,7 +65,7 @@ class FullGaussian(ExpFamily):
     Every quantity is computed through the Cholesky factor ``L`` of the precision ``S = L Lᵀ``
     (solves, log-determinants, sampling θ = m + L⁻ᵀz); no explicit inverse is formed except
     Σ in :meth:`nat_to_mean`, which μ₂ needs. Matrix gradients follow the symmetric convention
-    of BLR_SPEC §0: A is written in ``−(lam2 + lam2ᵀ)``, so ∇_{lam2}A = μ₂ is symmetric.
+    of docs/concepts.md: A is written in ``−(lam2 + lam2ᵀ)``, so ∇_{lam2}A = μ₂ is symmetric.
 
     Example:
         >>> import torch

@@ -1,4 +1,5 @@
-"""Finite mixtures of Gaussians as a joint exponential family over (θ, z) (BLR_SPEC §1.9)."""
+"""Finite mixtures of Gaussians as a joint exponential family over (θ, z) (Lin, Khan & Schmidt,
+ICML 2019; Khan & Rue 2023, Table 1 rows 3 and 17)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class Mixture(ExpFamily):
     family, has :meth:`marginal_log_prob`, :meth:`responsibilities` and
     :meth:`rsample_components` (reparameterized draws from every component, what the mixture BLR
     needs for E_{q_k}[·]); its entropy has no closed form and stays inside the BLR's loss as
-    log q(θ) (BLR_SPEC §1.9).
+    log q(θ) (Lin, Khan & Schmidt, ICML 2019).
 
     Args:
         component: the Gaussian family of the components, :class:`FullGaussian` (default) or

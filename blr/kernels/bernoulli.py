@@ -1,4 +1,5 @@
-r"""Fused BayesBiNN updates on flat buffers (Meng, Bachmann & Khan, ICML 2020; BLR_SPEC Row 10).
+r"""Fused BayesBiNN updates on flat buffers (Meng, Bachmann & Khan, ICML 2020; Khan & Rue
+2023, Table 1 row 10).
 
 Binary weights θ ∈ {−1, +1}^D with q(θ) = Π_j Bernoulli on {−1, +1}, natural parameter λ
 (μ = tanh λ). With the Gumbel-softmax relaxation at temperature τ,

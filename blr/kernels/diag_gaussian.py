@@ -215,7 +215,7 @@ def vadam_step_(
     step: int,
     scratch: Tensor | None = None,
 ) -> None:
-    r"""One Vadam update (Khan et al., ICML 2018; BLR_SPEC Rows 5 and 9), in place:
+    r"""One Vadam update (Khan et al., ICML 2018; Khan & Rue 2023, Table 1 rows 5 and 9), in place:
 
     .. math::
         \bar g &\leftarrow \beta_1\bar g + (1-\beta_1)(\hat g + \tilde\delta m),\qquad
@@ -384,10 +384,10 @@ def diag_gaussian_step_(
         m &\leftarrow m - \alpha\,\frac{\bar g}{\phi(s) + \delta + \epsilon},
         \qquad \phi(s) = s\ \text{or}\ \sqrt{s}.
 
-    Rows of the paper's table it covers (BLR_SPEC §2): gradient descent and SGD (ρ = 0, s = 1,
-    γ = 1), RMSprop (√s, ε), Adam (ρ_t = (1−β₂)/(1−β₂^t), γ_t = (1−β₁)/(1−β₁^t): bias correction
-    as rate schedules), OGN and VOGN (s the per-example Hessian average, δ = δ̃ = δ/N), Vadam
-    (√s + δ̃). With γ = 1, ε = 0, no square root and α = ρ it is :func:`blr.step` for a
+    Rows of the paper's table it covers (Khan & Rue 2023, Table 1): gradient descent and SGD (ρ = 0,
+    s = 1, γ = 1), RMSprop (√s, ε), Adam (ρ_t = (1−β₂)/(1−β₂^t), γ_t = (1−β₁)/(1−β₁^t): bias
+    correction as rate schedules), OGN and VOGN (s the per-example Hessian average, δ = δ̃ = δ/N),
+    Vadam (√s + δ̃). With γ = 1, ε = 0, no square root and α = ρ it is :func:`blr.step` for a
     :class:`~expfam.DiagGaussian` on ℓ̄/N with the prior precision δ folded in (a test checks it).
 
     Args:

@@ -14,7 +14,7 @@ from blr.optim._base import SamplingOptimizer, _Bucket, check_beta, check_positi
 class BayesBiNN(SamplingOptimizer):
     r"""BayesBiNN (Meng, Bachmann & Khan, ICML 2020): binary weights θ ∈ {−1, +1} with a mean-field
     Bernoulli posterior q(θ_j = 1) = σ(2λ_j), learned by the BLR with the Gumbel-softmax
-    relaxation (BLR_SPEC Row 10):
+    relaxation (Khan & Rue 2023, Table 1 row 10):
 
     .. math::
         \theta_\tau = \tanh\frac{\lambda + \epsilon}{\tau},\ \

@@ -1,5 +1,5 @@
 r"""Per-example curvature of a minibatch loss for Gauss–Newton-type optimizers (OGN, VOGN:
-BLR_SPEC rows 8–9 and §1.6), from ONE forward (and the usual backward) of the minibatch.
+Khan & Rue 2023, Table 1 rows 8–9), from ONE forward (and the usual backward) of the minibatch.
 
 For a minibatch B of M examples with per-example losses ℓ_i(θ) = ℓ(y_i, f_θ(x_i)), model outputs
 f_i = f_θ(x_i), Jacobians J_i = ∂f_i/∂θ and output Hessians Λ_i = ∂²ℓ_i/∂f_i², :class:`PerExample`
@@ -14,7 +14,7 @@ returns, for every trainable parameter tensor θ_j (elementwise, a tensor of θ_
                  below because E_ŷ[∇_f ℓ ∇_f ℓᵀ] = Λ_i (Fisher = Hessian in the natural parameter)
 ==============  =================================================================================
 
-i.e. SUMS over the examples of the minibatch. An optimizer following BLR_SPEC row 8 uses the mean
+i.e. SUMS over the examples of the minibatch. An optimizer following Table 1 row 8 uses the mean
 ĥ = h / M (and N·ĥ = (N/M) Σ_{i∈B} h_i is the unbiased estimate of the full-data curvature).
 
 How it is computed (never one backward pass per example). Forward hooks save each layer's input
@@ -572,7 +572,7 @@ class PerExample:
 
     Results are SUMS over the examples seen inside the context (several forward/backward passes
     add up, like ``.grad``, also across re-entries of the same object until :meth:`reset`);
-    divide by :attr:`num_examples` (or M) for the mean ĥ of BLR_SPEC row 8. The model's
+    divide by :attr:`num_examples` (or M) for the mean ĥ of Table 1 row 8. The model's
     ordinary ``.grad`` is left exactly as without the context; the hooks are removed on exit.
 
     Args:

@@ -23,10 +23,10 @@ class Vadam(SamplingOptimizer):
         m &\leftarrow m - \alpha\,\frac{\bar g/(1-\beta_1^t)}{\sqrt{s/(1-\beta_2^t)}
             + \delta/N}.
 
-    It is Adam run at weight-perturbed points with a Gaussian prior N(0, δ⁻¹I) (BLR_SPEC Row 5,
-    the square-root scaling heuristic, and Row 9's sampling); with β₁ = 0 and no bias correction the
-    mean and scale steps are :func:`blr.gaussian_step` with ``sqrt_scaling`` and damping δ/N
-    (a test checks it).
+    It is Adam run at weight-perturbed points with a Gaussian prior N(0, δ⁻¹I) (Khan & Rue 2023,
+    Table 1 row 5, the square-root scaling heuristic, and row 9's sampling); with β₁ = 0 and no bias
+    correction the mean and scale steps are :func:`blr.gaussian_step` with ``sqrt_scaling`` and
+    damping δ/N (a test checks it).
 
     Args:
         params: parameters or param groups.

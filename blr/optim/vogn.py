@@ -21,8 +21,8 @@ from blr.optim.curvature import PerExample
 
 class VOGN(PrecisionSampler):
     r"""Variational Online Gauss–Newton (Khan et al., ICML 2018; Osawa et al., NeurIPS 2019;
-    BLR_SPEC Rows 8–9): the diagonal-Gaussian BLR where the Hessian is the minibatch mean of
-    per-example Gauss–Newton (or squared-gradient) curvature, evaluated at a posterior draw:
+    Khan & Rue 2023, Table 1 rows 8–9): the diagonal-Gaussian BLR where the Hessian is the minibatch
+    mean of per-example Gauss–Newton (or squared-gradient) curvature, evaluated at a posterior draw:
 
     .. math::
         \theta &= m + \sigma\odot z,\quad \sigma = (N(h+\delta))^{-1/2},\qquad
@@ -290,8 +290,9 @@ class VOGN(PrecisionSampler):
 
 
 class OGN(VOGN):
-    r"""Online Gauss–Newton (BLR_SPEC Row 8): :class:`VOGN` with the delta method, i.e. the
-    gradient and the per-example Gauss–Newton curvature at the mean m instead of a draw.
+    r"""Online Gauss–Newton (Khan & Rue 2023, Table 1 row 8): :class:`VOGN` with the delta
+    method, i.e. the gradient and the per-example Gauss–Newton curvature at the mean m instead of a
+    draw.
 
     Example:
         >>> import torch

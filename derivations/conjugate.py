@@ -7,7 +7,8 @@ and the prior is in the family, −log p₀(θ) = −<λ₀, T(θ)> − log h(θ
 full Gaussian (T = (θ, θθᵀ), λ = (Sm, −½S)).
 
 **Rule.** E_q[ℓ_i] = −<λ̃_i, μ> + c_i is linear in μ, so ∇_μE_q[Σℓ_i] = −Σλ̃_i does not depend
-on q, and the BLR with the conjugate split (BLR_SPEC §1.3) is
+on q, and the BLR with the conjugate split (a prior λ₀ in the family: its log-density and the
+base measure of the entropy cancel) is
 
   λ_{t+1} = (1 − ρ)λ_t + ρ(λ₀ + Σ_i λ̃_i) = (1 − ρ)λ_t + ρλ*.
 
@@ -15,19 +16,25 @@ At ρ = 1 it returns λ* = λ₀ + Σλ̃_i, the natural parameter of Bayes' pos
 for ρ < 1 the error contracts geometrically, λ_t = λ* + (1 − ρ)^t(λ_0 − λ*). With one example
 per step and the previous posterior as the prior it is recursive Bayes.
 
-**Equality conditions.** ρ = 1 and exact expectations (:class:`blr.Exact` on μ ↦ E_q[ℓ̄], no
-approximation at all) ⇒ λ₁ = λ* exactly, whatever λ_init. The conjugate split (``prior=``) and
+**Equality conditions.** ρ = 1 and exact expectations (:class:`blr.Exact` on μ ↦ Σ_iE_q[ℓ_i],
+no approximation at all) ⇒ λ₁ = λ* exactly, whatever λ_init. The conjugate split (``prior=``) and
 the prior written into ℓ̄ give the same step, since ∇_μE_q[−log p₀ − log h] = −λ₀.
 
-**Test problem** (BLR_SPEC Row 11). (i) Beta–Bernoulli: y = (1,1,0,1,1,1,0,1), prior Beta(2, 2)
-⇒ Beta(8, 4), λ = (7, 3), in one step from six starts (≤ 1e-12); ρ = 0.5 for 25 steps follows
-the geometric law (≤ 1e-12); the online version (one y_i per step, prior = last posterior) ends
-on the same λ. (ii) Gamma–Poisson: y = (3, 0, 2, 5, 1, 4), prior Gamma(2, 0.5) ⇒
-Gamma(a₀ + Σy, b₀ + N) = Gamma(17, 6.5), with the conjugate split and with the prior inside ℓ̄,
-and the geometric law at ρ = 0.5. (iii) Bayesian linear regression (ridge): 20 points in 3-D,
-σ² = 0.25, prior N(0, δ⁻¹I) with δ = 2, ℓ_i = (y_i − x_iᵀθ)²/(2σ²) with exact Gaussian
-expectations: one step gives S = XᵀX/σ² + δI and m = (XᵀX + σ²δI)⁻¹Xᵀy (relative error
-≤ 1e-12). The textbook posteriors are computed without :mod:`blr`.
+**Test problem.** The BLR side is given the per-example negative log-likelihoods
+ℓ_i = −log p(y_i | θ), each written in μ and summed (autograd differentiates the sum); the
+textbook side computes the posterior from the sufficient statistics (Σy, N, XᵀX, Xᵀy) without
+:mod:`blr`. (i) Beta–Bernoulli: y = (1,1,0,1,1,1,0,1), ℓ_i = −y_i log θ − (1 − y_i) log(1 − θ),
+E_q[ℓ_i] = −y_iμ₁ − (1 − y_i)μ₂, prior Beta(2, 2) ⇒ Beta(8, 4), λ = (7, 3), in one step from six
+starts; ρ = 0.5 for 25 steps follows the geometric law; the online version (one
+:meth:`blr.Exact.linear` site λ̃_i = (y_i, 1 − y_i) per step, prior = last posterior) ends on the
+same λ. (ii) Gamma–Poisson: y = (3, 0, 2, 5, 1, 4), ℓ_i = θ − y_i log θ + log y_i!,
+E_q[ℓ_i] = μ₂ − y_iμ₁ + log y_i!, prior Gamma(2, 0.5) ⇒ Gamma(a₀ + Σy, b₀ + N) = Gamma(17, 6.5),
+from three starts with the conjugate split and with the prior inside ℓ̄, and the geometric law
+at ρ = 0.5. (iii) Bayesian linear regression (ridge): 20 points in 3-D, σ² = 0.25, prior
+N(0, δ⁻¹I) with δ = 2, ℓ_i = −log N(y_i | x_iᵀθ, σ²) with exact Gaussian expectations
+E_q[ℓ_i] = (y_i² − 2y_ix_iᵀμ₁ + x_iᵀμ₂x_i)/(2σ²) + ½log(2πσ²): one step from two starts gives
+S = XᵀX/σ² + δI and m = (XᵀX + σ²δI)⁻¹Xᵀy (relative). All eight comparisons are equalities
+with tolerance 1e-12.
 
 **References.** Khan & Rue (2023), Table 1 row 11; Bernardo & Smith
 (1994), *Bayesian Theory*, §5.2 (conjugate families).
@@ -35,11 +42,14 @@ expectations: one step gives S = XᵀX/σ² + δI and m = (XᵀX + σ²δI)⁻¹
 
 from __future__ import annotations
 
+import math
+
 import sympy as sp
 import torch
 
 import blr
 import expfam
+from derivations.mutations import Mutation
 from derivations.table import Comparison, RowInfo
 
 INFO = RowInfo(
@@ -81,17 +91,20 @@ def derive() -> list[str]:
     assert sp.simplify(grad_neg_h - fisher * sp.Matrix([l1, l2])) == sp.zeros(2, 1)
     # Bernoulli likelihood: ℓ_i = −y_i log θ − (1−y_i) log(1−θ) = −<(y_i, 1−y_i), T(θ)>,
     # E_q[ℓ_i] = −y_i μ₁ − (1−y_i) μ₂ is linear in μ: its gradient is constant
-    m1, m2, y, k, n = sp.symbols("mu_1 mu_2 y k N")
+    m1, m2, y = sp.symbols("mu_1 mu_2 y")
     theta = sp.Symbol("theta", positive=True)
     log_lik = sp.expand_log(sp.log(theta**y * (1 - theta) ** (1 - y)), force=True)
     assert _zero(log_lik - (y * sp.log(theta) + (1 - y) * sp.log(1 - theta)))
     e_ell = -y * m1 - (1 - y) * m2
     grad = [sp.diff(e_ell, v) for v in (m1, m2)]
     assert all(not g.has(m1, m2) for g in grad)
-    # summed over the data (k = Σy_i of N): E_q[Σℓ_i] = −kμ₁ − (N − k)μ₂; the BLR step with the
-    # conjugate split, λ' = (1 − ρ)λ_t + ρ(λ₀ − ∇_μE_q[Σℓ_i]), at ρ = 1 forgets λ_t
+    # per-example sites summed over 5 symbolic points: E_q[Σℓ_i] = Σ_i(−y_iμ₁ − (1 − y_i)μ₂);
+    # the BLR step with the conjugate split, λ' = (1 − ρ)λ_t + ρ(λ₀ − ∇_μE_q[Σℓ_i]), at ρ = 1
+    # forgets λ_t and gives (α₀ + k, β₀ + N − k) with k = Σy_i, N = 5
     a0, b0, lt1, lt2 = sp.symbols("alpha_0 beta_0 lambda_t1 lambda_t2", positive=True)
-    e_sum = -k * m1 - (n - k) * m2
+    ys = sp.symbols("y1:6", real=True)
+    e_sum = sum(e_ell.subs(y, yi) for yi in ys)
+    k, n = sum(ys), len(ys)
     lam0 = (a0 - 1, b0 - 1)
     lam_new = [
         ((1 - rho) * lt + rho * (l0 - sp.diff(e_sum, v))).subs(rho, 1)
@@ -117,29 +130,43 @@ def derive() -> list[str]:
     assert _zero(log_pois - (y * sp.log(theta) - theta - sp.log(sp.factorial(y))))
     e_pois = m2 - y * m1
     assert [sp.diff(e_pois, v) for v in (m1, m2)] == [-y, 1]
-    ga0, gb0, sy = sp.symbols("a_0 b_0 S_y", positive=True)
-    e_pois_sum = n * m2 - sy * m1
+    ga0, gb0 = sp.symbols("a_0 b_0", positive=True)
+    e_pois_sum = sum(e_pois.subs(y, yi) for yi in ys)  # per-example sites, 5 symbolic points
     gam_new = [
         ((1 - rho) * lt + rho * (l0 - sp.diff(e_pois_sum, v))).subs(rho, 1)
         for lt, l0, v in zip((lt1, lt2), (ga0 - 1, -gb0), (m1, m2))
     ]
-    assert _zero(gam_new[0] + 1 - (ga0 + sy)) and _zero(-gam_new[1] - (gb0 + n))
-    # ---- Gaussian (2-D): Σ_i E_q[(y_i − x_iᵀθ)²]/(2σ²) = (yᵀy − 2qᵀμ₁ + tr(P μ₂))/(2σ²) with
-    # P = XᵀX, q = Xᵀy: linear in μ = (m, Σ + mmᵀ)
-    p11, p12, p22, q1, q2, r = sp.symbols("p11 p12 p22 q1 q2 r")
+    assert _zero(gam_new[0] + 1 - (ga0 + sum(ys))) and _zero(-gam_new[1] - (gb0 + n))
+    # ---- Gaussian (2-D), per-example sites over 3 symbolic points (x_i, y_i):
+    # (y_i − x_iᵀθ)² = y_i² − 2y_ix_iᵀθ + x_iᵀ(θθᵀ)x_i is linear in T(θ) = (θ, θθᵀ), so
+    # E_q[ℓ_i] = (y_i² − 2y_ix_iᵀμ₁ + x_iᵀμ₂x_i)/(2σ²) with μ = (m, Σ + mmᵀ)
     s2, dl = sp.symbols("sigma2 delta", positive=True)
-    pmat, qvec = sp.Matrix([[p11, p12], [p12, p22]]), sp.Matrix([q1, q2])
+    th = sp.Matrix(sp.symbols("theta_a theta_b", real=True))
     mu1 = sp.Matrix(sp.symbols("m1 m2"))
     mu2 = sp.Matrix(2, 2, sp.symbols("M11 M12 M21 M22"))
-    e_gauss = (r - 2 * (qvec.T * mu1)[0] + (pmat * mu2).trace()) / (2 * s2)
+    xs = [sp.Matrix(sp.symbols(f"x{i}_a x{i}_b", real=True)) for i in range(3)]
+    yg = sp.symbols("yg1:4", real=True)
+
+    def site(xi: sp.Matrix, yi: sp.Symbol, t1: sp.Matrix, t2: sp.Matrix) -> sp.Expr:
+        return (yi**2 - 2 * yi * (xi.T * t1)[0] + (xi.T * t2 * xi)[0]) / (2 * s2)
+
+    for xi, yi in zip(xs, yg):
+        assert sp.expand(site(xi, yi, th, th * th.T) - (yi - (xi.T * th)[0]) ** 2 / (2 * s2)) == 0
+    e_gauss = sum(site(xi, yi, mu1, mu2) for xi, yi in zip(xs, yg))
+    pmat = sum((xi * xi.T for xi in xs), sp.zeros(2, 2))  # XᵀX
+    qvec = sum((yi * xi for xi, yi in zip(xs, yg)), sp.zeros(2, 1))  # Xᵀy
     d_mu1 = sp.Matrix([sp.diff(e_gauss, v) for v in mu1])
     d_mu2 = sp.Matrix(2, 2, lambda i, j: sp.diff(e_gauss, mu2[i, j]))
-    assert d_mu1 == -qvec / s2 and sp.simplify(d_mu2 - pmat / (2 * s2)) == sp.zeros(2, 2)
-    # ρ = 1, prior λ₀ = (0, −½δI): λ₁ = q/σ², λ₂ = −½(δI + P/σ²) ⇒ S, m = S⁻¹λ₁ = ridge
+    assert sp.expand(d_mu1 + qvec / s2) == sp.zeros(2, 1)
+    assert sp.expand(d_mu2 - pmat / (2 * s2)) == sp.zeros(2, 2)
+    # ρ = 1, prior λ₀ = (0, −½δI): λ₁ = Xᵀy/σ², λ₂ = −½(δI + XᵀX/σ²) ⇒ S, m = S⁻¹λ₁ = ridge
     prec = -2 * (-dl * sp.eye(2) / 2 - d_mu2)
-    mean = prec.inv() * (-d_mu1)
-    assert sp.simplify(prec - (pmat / s2 + dl * sp.eye(2))) == sp.zeros(2, 2)
-    ridge = (pmat + s2 * dl * sp.eye(2)).inv() * qvec
+    assert sp.expand(prec - (pmat / s2 + dl * sp.eye(2))) == sp.zeros(2, 2)
+    # S⁻¹λ₁ = (P + σ²δI)⁻¹q for every symmetric P and q, so for P = XᵀX, q = Xᵀy
+    p11, p12, p22, q1, q2 = sp.symbols("p11 p12 p22 q1 q2")
+    pg, qg = sp.Matrix([[p11, p12], [p12, p22]]), sp.Matrix([q1, q2])
+    mean = (pg / s2 + dl * sp.eye(2)).inv() * (qg / s2)
+    ridge = (pg + s2 * dl * sp.eye(2)).inv() * qg
     assert sp.simplify(mean - ridge) == sp.zeros(2, 1)
     # ---- ρ < 1: λ_{t+1} = (1−ρ)λ_t + ρλ* is solved by λ_t = λ* + (1−ρ)^t(λ_0 − λ*)
     t = sp.Symbol("t", integer=True, nonnegative=True)
@@ -154,11 +181,13 @@ def derive() -> list[str]:
         "Beta: μ = ∇A(λ) = (ψ(α) − ψ(α+β), ψ(β) − ψ(α+β)) and ∇_μ(−H) = F⁻¹∇_λ(−H) = λ",
         "Bernoulli: ℓ_i = −<(y_i, 1−y_i), (log θ, log(1−θ))>, so E_q[ℓ_i] = −y_iμ₁ − (1−y_i)μ₂ "
         "is linear in μ and ∇_μE_q[ℓ_i] is constant",
-        "Beta–Bernoulli, ρ = 1 from any λ_t: (α, β) = (α₀ + Σy, β₀ + N − Σy), Bayes' posterior",
+        "Beta–Bernoulli, the 5 per-example sites of symbolic y_i summed, ρ = 1 from any λ_t: "
+        "(α, β) = (α₀ + Σy_i, β₀ + N − Σy_i), Bayes' posterior",
         "Gamma: μ = (ψ(a) − log b, a/b); Poisson: ℓ_i = θ − y_i log θ + log y_i! is linear in "
-        "T = (log θ, θ); ρ = 1 gives Gamma(a₀ + Σy, b₀ + N)",
-        "Gaussian 2-D: ∇_μ of Σ E_q[(y_i − x_iᵀθ)²]/(2σ²) = (−Xᵀy/σ², XᵀX/(2σ²)); ρ = 1 gives "
-        "S = XᵀX/σ² + δI, m = (XᵀX + σ²δI)⁻¹Xᵀy (ridge)",
+        "T = (log θ, θ); the 5 per-example sites summed, ρ = 1 gives Gamma(a₀ + Σy_i, b₀ + N)",
+        "Gaussian 2-D, 3 symbolic examples: (y_i − x_iᵀθ)² is linear in (θ, θθᵀ); ∇_μ of "
+        "Σ_i E_q[(y_i − x_iᵀθ)²]/(2σ²) = (−Σ_iy_ix_i/σ², Σ_ix_ix_iᵀ/(2σ²)) = (−Xᵀy/σ², "
+        "XᵀX/(2σ²)); ρ = 1 gives S = XᵀX/σ² + δI, m = (XᵀX + σ²δI)⁻¹Xᵀy (ridge)",
         "ρ < 1: λ_t = λ* + (1 − ρ)^t(λ_0 − λ*) solves λ_{t+1} = (1 − ρ)λ_t + ρλ*",
     ]
 
@@ -195,15 +224,26 @@ def _scalar(v: float) -> torch.Tensor:
     return torch.tensor(v, dtype=F64)
 
 
+def bernoulli_expected_loss(y: torch.Tensor):
+    """μ ↦ Σ_i E_q[ℓ_i], one site per example: ℓ_i(θ) = −log p(y_i | θ) = −y_i log θ −
+    (1 − y_i) log(1 − θ), so E_q[ℓ_i] = −y_iμ₁ − (1 − y_i)μ₂ with μ = (E log θ, E log(1 − θ))."""
+
+    def loss(mean: expfam.BetaMean) -> torch.Tensor:
+        per_example = -(y * mean.mu1.unsqueeze(-1) + (1 - y) * mean.mu2.unsqueeze(-1))
+        return per_example.sum(-1)
+
+    return loss
+
+
 def beta_bernoulli_blr(
     y: torch.Tensor, init: expfam.BetaNat, rho: float, steps: int
 ) -> torch.Tensor:
-    """BLR on Beta with the conjugate split: λ ← (1−ρ)λ + ρ(λ₀ − ∇_μE_q[Σℓ_i]), where the
-    Bernoulli sites are λ̃_i = (y_i, 1 − y_i) (:meth:`blr.Exact.linear`); returns all λ."""
+    """BLR on Beta with the conjugate split, λ ← (1−ρ)λ + ρ(λ₀ − ∇_μΣ_iE_q[ℓ_i]), the
+    per-example Bernoulli sites of :func:`bernoulli_expected_loss` differentiated by autograd
+    (:class:`blr.Exact`); returns all λ."""
     fam = expfam.Beta()
     prior = fam.from_concentrations(_scalar(BETA_PRIOR[0]), _scalar(BETA_PRIOR[1]))
-    site = expfam.BetaNat(y.sum(), (1 - y).sum())
-    loss = blr.Exact.linear(fam, site)
+    loss = bernoulli_expected_loss(y)
     nat, out = init, [torch.stack(list(init))]
     for _ in range(steps):
         nat = blr.step(fam, nat, loss, rho, estimator=blr.Exact(), prior=prior)
@@ -212,7 +252,8 @@ def beta_bernoulli_blr(
 
 
 def beta_bernoulli_online(y: torch.Tensor) -> torch.Tensor:
-    """Recursive Bayes: one ρ = 1 step per observation with the previous posterior as prior."""
+    """Recursive Bayes: one ρ = 1 step per observation, its site λ̃_i = (y_i, 1 − y_i) as a
+    :meth:`blr.Exact.linear` loss, with the previous posterior as prior."""
     fam = expfam.Beta()
     post = fam.from_concentrations(_scalar(BETA_PRIOR[0]), _scalar(BETA_PRIOR[1]))
     for yi in y:
@@ -222,12 +263,14 @@ def beta_bernoulli_online(y: torch.Tensor) -> torch.Tensor:
 
 
 def poisson_expected_loss(y: torch.Tensor, with_prior: bool = False):
-    """μ ↦ E_q[Σ_i (θ − y_i log θ + log y_i!)] = Nμ₂ − Σy·μ₁ + c for Gamma q (μ₁ = E log θ,
-    μ₂ = Eθ); with ``with_prior`` also E_q[−log p₀] = −(a₀−1)μ₁ + b₀μ₂ + c."""
+    """μ ↦ Σ_i E_q[ℓ_i], one site per example: ℓ_i(θ) = −log p(y_i | θ) = θ − y_i log θ +
+    log y_i!, so E_q[ℓ_i] = μ₂ − y_iμ₁ + log y_i! for Gamma q (μ₁ = E log θ, μ₂ = Eθ); with
+    ``with_prior`` also E_q[−log p₀] = −(a₀ − 1)μ₁ + b₀μ₂ + c."""
     a0, b0 = GAMMA_PRIOR
 
     def loss(mean: expfam.GammaMean) -> torch.Tensor:
-        value = y.numel() * mean.mu2 - y.sum() * mean.mu1 + torch.lgamma(y + 1).sum()
+        per_example = mean.mu2.unsqueeze(-1) - y * mean.mu1.unsqueeze(-1) + torch.lgamma(y + 1)
+        value = per_example.sum(-1)
         if with_prior:
             value = value - (a0 - 1) * mean.mu1 + b0 * mean.mu2
         return value
@@ -252,15 +295,17 @@ def gamma_poisson_blr(
 def ridge_blr(
     x: torch.Tensor, y: torch.Tensor, init: expfam.FullNat
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One ρ = 1 BLR step on the full Gaussian with μ ↦ Σ_i E_q[(y_i − x_iᵀθ)²]/(2σ²)
-    = Σ_i (y_i² − 2y_i x_iᵀμ₁ + x_iᵀμ₂x_i)/(2σ²) and the prior N(0, δ⁻¹I); returns (S, m)."""
+    """One ρ = 1 BLR step on the full Gaussian with the per-example sites
+    ℓ_i = −log N(y_i | x_iᵀθ, σ²), E_q[ℓ_i] = (y_i² − 2y_i x_iᵀμ₁ + x_iᵀμ₂x_i)/(2σ²) + ½log(2πσ²),
+    summed, and the prior N(0, δ⁻¹I); returns (S, m)."""
     fam = expfam.FullGaussian()
     d = x.shape[1]
     prior = fam.from_moments(torch.zeros(d, dtype=F64), RIDGE_DELTA * torch.eye(d, dtype=F64))
 
     def loss(mean: expfam.FullMean) -> torch.Tensor:
         quad = torch.einsum("ia,ab,ib->i", x, mean.mu2, x)
-        return (y.square() - 2 * y * (x @ mean.mu1) + quad).sum() / (2 * RIDGE_SIGMA2)
+        per_example = (y.square() - 2 * y * (x @ mean.mu1) + quad) / (2 * RIDGE_SIGMA2)
+        return (per_example + 0.5 * math.log(2 * math.pi * RIDGE_SIGMA2)).sum()
 
     nat = blr.step(fam, init, loss, 1.0, estimator=blr.Exact(), prior=prior)
     m, prec = fam.to_moments(nat)
@@ -355,3 +400,71 @@ def check(device: str = "cpu") -> list[Comparison]:
             1e-12,
         ),
     ]
+
+
+MUTATIONS = (
+    Mutation(
+        "blr",
+        "constant",
+        "beta_bernoulli_blr",
+        "nat, loss, rho,",
+        "nat, loss, 1.01 * rho,",
+        "Beta–Bernoulli BLR ρ × 1.01",
+    ),
+    Mutation(
+        "blr",
+        "term",
+        "bernoulli_expected_loss",
+        " + (1 - y) * mean.mu2.unsqueeze(-1)",
+        "",
+        "Bernoulli site without −(1 − y_i) log(1 − θ)",
+    ),
+    Mutation(
+        "blr",
+        "term",
+        "poisson_expected_loss",
+        "mean.mu2.unsqueeze(-1) - y",
+        "-y",
+        "Poisson site without θ (the E_q[θ] = μ₂ term)",
+    ),
+    Mutation(
+        "blr",
+        "term",
+        "poisson_expected_loss",
+        " + b0 * mean.mu2",
+        "",
+        "prior inside ℓ̄ without b₀θ",
+    ),
+    Mutation(
+        "blr",
+        "term",
+        "ridge_blr",
+        " + quad) /",
+        ") /",
+        "Gaussian site without x_iᵀE[θθᵀ]x_i",
+    ),
+    Mutation(
+        "classical",
+        "constant",
+        "classical_gamma_poisson",
+        "-(b0 +",
+        "-(1.01 * b0 +",
+        "textbook Gamma–Poisson: b₀ × 1.01",
+    ),
+    Mutation(
+        "classical",
+        "constant",
+        "classical_beta_bernoulli",
+        "alpha0 + k - 1",
+        "1.01 * alpha0 + k - 1",
+        "textbook Beta–Bernoulli: α₀ × 1.01",
+    ),
+    Mutation(
+        "classical",
+        "term",
+        "classical_ridge",
+        "prec = x.T @ x / sigma2 + delta * eye",
+        "prec = x.T @ x / sigma2",
+        "textbook ridge precision without δI",
+    ),
+)

@@ -5,9 +5,11 @@ adversarial point and a √s|g| Hessian surrogate from bSAM's relaxation.
 **Family.** q = N(m, diag(1/S)), λ = (S⊙m, −½S), ∇_μ(−H) = λ (as for ``ivon``). bSAM's units
 (Möllenhoff & Khan 2023, public code): S = N s, where s already contains the prior precision
 δ per example (``wdecay``); the total loss is ℓ̄(θ) = N·ℓ_B(θ) + ½Nδ‖θ‖², ℓ_B the minibatch
-average, and the prior λ₀ = (0, −½Nδ) is handled exactly (BLR_SPEC §1.3).
+average, and the prior λ₀ = (0, −½Nδ) is handled exactly (the BLR with a conjugate prior;
+Khan & Rue 2023, Table 1 row 11).
 
-**bSAM** (BLR_SPEC §3, from the public code with m-sharpness 1), one step:
+**bSAM** (Möllenhoff & Khan 2023, from the public code's ``optim.py`` with m-sharpness 1), one
+step:
 
     θ = m + z/√(Ns);  g₁ = ∇ℓ_B(θ);  ε = r g₁/s;  g = ∇ℓ_B(m + ε);
     ḡ ← β₁ḡ + (1 − β₁)(g + δm);  m ← m − α ḡ/s  (s before its update);
@@ -23,17 +25,19 @@ two exact BLR steps on the diagonal family:
   S ← (1 − ρ)S + ρĤ and leaves m unchanged,
 
 with ĝ replaced by its exponential average (β₁, no bias correction; it averages ĝ *including*
-the prior term Nδm, as bSAM does): the Row-5 momentum mechanism. Both half-steps are derived
-symbolically below, and the adversarial step is the maximizer of the linearized loss with an
-s-weighted penalty: argmax_ε εᵀg₁ − ‖ε‖²_s/(2r) = r g₁/s (the constrained form
-max εᵀg₁ s.t. ‖ε‖_s ≤ ρ' gives the same direction with r = ρ'/‖g₁‖_{s⁻¹}).
+the prior term Nδm, as bSAM does). Both half-steps are derived symbolically below, and the
+adversarial step is the maximizer of the linearized loss with an s-weighted penalty:
+argmax_ε εᵀg₁ − ‖ε‖²_s/(2r) = r g₁/s (the constrained form max εᵀg₁ s.t. ‖ε‖_s ≤ ρ' gives the
+same direction with r = ρ'/‖g₁‖_{s⁻¹}).
 
-**Not the BLR (the bSAM relaxation).** Using the gradient at the adversarial point m + ε in
-place of E_q[∇ℓ̄] and the surrogate √s|g₁| + c in place of E_q[diag ∇²ℓ_B] come from bSAM's
-Fenchel-biconjugate relaxation of the expected loss (Möllenhoff & Khan 2023); they are not
-expectation identities, so no symbolic reduction from ∇_μE_q[ℓ̄] to them exists. Hence
-``symbolic=False``: sympy proves the BLR algebra given these estimates (and the adversarial
-step), and the check shows numerically that the BLR with this estimator *is* bSAM.
+**Not the BLR (typed in: the symbolic column's assumptions).** Using the gradient at the
+adversarial point m + ε in place of E_q[∇ℓ̄] and the surrogate √s|g₁| + c in place of
+E_q[diag ∇²ℓ_B] come from bSAM's Fenchel-biconjugate relaxation of the expected loss
+(Möllenhoff & Khan 2023); they are not expectation identities, so no symbolic reduction from
+∇_μE_q[ℓ̄] to them exists. The β₁-average of ĝ (momentum) and the split of one iteration into
+two half-steps with substituted estimates (Ĥ := S, then ĝ := 0) and two rates are bSAM's
+construction, not one BLR step. Given these four, sympy proves the BLR algebra (and the
+adversarial step), and the check shows numerically that the BLR with this estimator *is* bSAM.
 
 **Equality conditions.** Same draws z_t and minibatches, m₀ and s₀ with S₀ = N s₀, the mean
 half-step before the precision half-step each iteration (rates α and 1 − β₂), the estimator
@@ -44,13 +48,14 @@ half-steps: ``rho=0`` (s frozen) with ``g_avg``/``gamma = 1 − β₁`` and ĝ =
 
 **Test problem.** The 64 logistic regressions of the row ``ivon`` (N = 64, M = 8, 40 steps,
 one seeded draw per step and copy), m₀ = 0, s₀ = 1, α = 0.05, β₁ = 0.9, β₂ = 0.9, r = 0.05,
-c = 0.01, δ = 0.1: hand-coded bSAM vs the two BLR half-steps (:func:`blr.gaussian_step`, all
-copies as one batched DiagGaussian, the estimator below) vs the kernel (64 copies on
-``device``): within 1e-10 over 40 steps.
+c = 0.01, δ = 0.1. Kind "equality", tolerance 1e-10 in (m, s) over the 40 steps: hand-coded
+bSAM (its gradients written out by hand) vs the two BLR half-steps (:func:`blr.gaussian_step`,
+all copies as one batched DiagGaussian, :class:`AdversarialEstimator` taking both gradients by
+autograd) vs the kernel (64 copies on ``device``, both gradients by autograd of the loss).
 
 **References.** Möllenhoff & Khan, "SAM as an Optimal Relaxation of Bayes", ICLR 2023, and its
 public code (team-approx-bayes/bayesian-sam, ``optim.py``); Foret et al., "Sharpness-Aware
-Minimization", ICLR 2021; BLR_SPEC §1.5, §1.8 and §3.
+Minimization", ICLR 2021; Khan & Rue (2023), Table 1 rows 5 and 11.
 """
 
 from __future__ import annotations
@@ -69,10 +74,11 @@ from derivations.ivon import (
     Problem,
     diag_family,
     likelihood,
-    minibatch_grad,
+    loss_grad,
     prior_nat,
     problem,
 )
+from derivations.mutations import Mutation
 from derivations.table import Comparison, RowInfo
 
 INFO = RowInfo(
@@ -84,9 +90,14 @@ INFO = RowInfo(
     symbolic="~",
     assumptions=(
         "the gradient at the adversarial point m + r g₁/s stands in for E_q[∇ℓ̄] (bSAM's "
-        "relaxation, not an expectation identity)",
+        "relaxation, not an expectation identity; derive() proves only that r g₁/s maximizes "
+        "the linearized loss with an s-weighted penalty)",
         "the surrogate √s|g₁| + c stands in for E_q[diag ∇²ℓ̄] (bSAM's relaxation)",
-        "ĝ is replaced by its β₁-average (the Row-5 momentum mechanism)",
+        "momentum: ĝ, prior term Nδm included, is replaced by its β₁-average without bias "
+        "correction (typed in, as in Adam; not the BLR's natural momentum)",
+        "one iteration is two BLR steps with substituted estimates, a mean half-step with "
+        "Ĥ := S at rate α and then a precision half-step with ĝ := 0 at rate 1 − β₂ (bSAM's "
+        "split and order, not one BLR step); derive() proves each half-step's algebra",
     ),
 )
 
@@ -160,6 +171,13 @@ def derive() -> list[str]:
     return out
 
 
+def logistic_grad(xb: Tensor, yb: Tensor, theta: Tensor) -> Tensor:
+    """∇ℓ_B(θ) = (1/M)Σ_{i∈B} x_i(σ(x_iᵀθ) − y_i) per copy, by hand (the classical bSAM's):
+    ``xb`` ``(B, M, D)``, ``yb`` ``(B, M)``, θ ``(B, D)``."""
+    residual = torch.sigmoid((xb @ theta.unsqueeze(-1)).squeeze(-1)) - yb
+    return (xb * residual.unsqueeze(-1)).mean(-2)
+
+
 def classical(
     pb: Problem,
     *,
@@ -171,7 +189,8 @@ def classical(
     delta: float = DELTA,
     s0: float = S0,
 ) -> tuple[Tensor, Tensor]:
-    """Hand-coded bSAM (BLR_SPEC §3; m-sharpness 1), batched over copies:
+    """Hand-coded bSAM (Möllenhoff & Khan 2023, public ``optim.py``; m-sharpness 1), batched
+    over copies, using neither :mod:`blr` nor :mod:`expfam`:
 
     θ = m + z/√(Ns);  g₁ = ∇ℓ_B(θ);  ε = r g₁/s;  g = ∇ℓ_B(m + ε);
     ḡ ← β₁ḡ + (1 − β₁)(g + δm);  m ← m − αḡ/s;  s ← β₂s + (1 − β₂)(√(s g₁²) + c + δ).
@@ -184,9 +203,9 @@ def classical(
     means, scales = [m], [s]
     for t in range(steps):
         theta = m + torch.sqrt(1.0 / (N * s)) * pb.z[t]
-        g1 = minibatch_grad(pb.xb[t], pb.yb[t], theta)
+        g1 = logistic_grad(pb.xb[t], pb.yb[t], theta)
         eps = radius * g1 / s
-        g = minibatch_grad(pb.xb[t], pb.yb[t], m + eps)
+        g = logistic_grad(pb.xb[t], pb.yb[t], m + eps)
         gs = torch.sqrt(s * g1**2)
         g_mom = beta1 * g_mom + (1 - beta1) * (g + delta * m)
         m = m - lr * g_mom / s
@@ -296,8 +315,8 @@ def kernel_instance(
     g_avg, nothing = torch.zeros_like(m), torch.zeros_like(m)
     means, scales = [m.clone()], [s.clone()]
     for t in range(steps):
-        g1 = minibatch_grad(pb.xb[t], pb.yb[t], m + pb.z[t] * torch.rsqrt(N * s))
-        g = minibatch_grad(pb.xb[t], pb.yb[t], m + radius * g1 / s)
+        g1 = loss_grad(pb.xb[t], pb.yb[t], m + pb.z[t] * torch.rsqrt(N * s))
+        g = loss_grad(pb.xb[t], pb.yb[t], m + radius * g1 / s)
         h_hat = s.sqrt() * g1.abs() + (damping + delta)
         diag_gaussian_step_(m, s, g + delta * m, None, rho=0.0, lr=lr, g_avg=g_avg, gamma=1 - beta1)
         diag_gaussian_step_(m, s, nothing, h_hat, rho=1 - beta2, lr=lr)
@@ -331,3 +350,55 @@ def check(device: str = "cpu") -> list[Comparison]:
             f"kernel ({device}, 64 copies) vs bSAM, 40 steps, (m, s)", _dev(kern, ref), 1e-10
         ),
     ]
+
+
+MUTATIONS = (
+    Mutation(
+        "blr",
+        "constant",
+        "blr_instance",
+        "blr.GaussianOptions(lr=lr)",
+        "blr.GaussianOptions(lr=1.01 * lr)",
+        "BLR mean half-step rate α × 1.01",
+    ),
+    Mutation(
+        "blr",
+        "constant",
+        "blr_instance",
+        "AdversarialEstimator(radius, damping, N)",
+        "AdversarialEstimator(1.01 * radius, damping, N)",
+        "BLR estimator's radius r × 1.01",
+    ),
+    Mutation(
+        "blr",
+        "constant",
+        "kernel_instance",
+        "rho=1 - beta2, lr=lr",
+        "rho=1.01 * (1 - beta2), lr=lr",
+        "kernel precision rate 1 − β₂ × 1.01",
+    ),
+    Mutation(
+        "blr",
+        "term",
+        "AdversarialEstimator.__call__",
+        " + self.ess * self.damping",
+        "",
+        "estimator's Ĥ without the damping Nc",
+    ),
+    Mutation(
+        "classical",
+        "constant",
+        "classical",
+        "eps = radius * g1 / s",
+        "eps = 1.01 * radius * g1 / s",
+        "bSAM radius r × 1.01",
+    ),
+    Mutation(
+        "classical",
+        "term",
+        "classical",
+        "(1 - beta1) * (g + delta * m)",
+        "(1 - beta1) * g",
+        "bSAM momentum without the prior term δm",
+    ),
+)

@@ -1,62 +1,65 @@
 r"""RMSprop and Adam are the diagonal-Gaussian BLR in (m, s) form with the delta method, minibatch
-gradients, the squared gradient as Hessian, square-root scaling, and (Adam) a gradient average
-that is natural momentum under the slow-moving-scale approximation.
+gradients and the squared gradient as Hessian, once square-root scaling, a separate mean rate,
+damping and (Adam) a gradient average are typed in: the symbolic column is "~".
 
 **Family.** q = N(m, diag(s)⁻¹): T(θ) = (θ, θ⊙θ), λ = (s⊙m, −½s), μ = (m, m² + 1/s), h constant,
-∇_μ(−H) = λ. With ĝ ≈ E_q[∇ℓ̄] and ĥ ≈ E_q[diag ∇²ℓ̄] (Bonnet/Price, BLR_SPEC §1.5) the λ₂ block
-of the BLR is the scale recursion s ← (1 − ρ)s + ρĥ, and the λ₁ block the mean step
-m ← m − ρĝ/s_new.
+∇_μ(−H) = λ. With ĝ ≈ E_q[∇ℓ̄] and ĥ ≈ E_q[diag ∇²ℓ̄] (Bonnet/Price, as in Row 2) the λ₂ block
+of the BLR λ ← λ − ρ(∇_μE_q[ℓ̄] + λ) is the scale recursion s ← (1 − ρ)s + ρĥ, and the λ₁ block
+the mean step m ← m − ρĝ/s_new.
 
 **Rule.** The row's approximations, in order: the delta method (ĝ = ∇ℓ̄(m), no sampling);
-the stochastic approximation ĝ_t = (N/M)Σ_{i∈B_t}∇ℓ_i(m_t); the Hessian surrogate ĥ = ĝ⊙ĝ;
-square-root scaling with damping (precondition the mean by √s + ε instead of s) and a mean rate
-α separate from the scale rate ρ (the (m, S)-form of :func:`blr.gaussian_step`, which for α ≠ ρ
-is the BLR in (m, s) coordinates with per-block rates, not a λ-space BLR; BLR_SPEC §1.5):
+the stochastic approximation ĝ_t = (N/M)Σ_{i∈B_t}∇ℓ_i(m_t); the Hessian surrogate ĥ = ĝ⊙ĝ.
+What :func:`derive` proves: the two blocks of the diagonal BLR step above; that Adam's bias
+correction of an exponential average is a rate schedule (v_t = β₂v_{t−1} + (1 − β₂)ĝ_t²
+divided by 1 − β₂^t is exactly s_t = (1 − ρ_t)s_{t−1} + ρ_tĝ_t² with ρ_t = (1 − β₂)/(1 − β₂^t),
+ρ₁ = 1, so s₀ is irrelevant; likewise ḡ_t with γ_t = (1 − β₁)/(1 − β₁^t)); that natural momentum
+(heavy ball in λ-space, Khan et al. 2018), λ_{t+1} = λ_t − ρ∇_μL + γ(λ_t − λ_{t−1}), gives
+S_{t+1} = (1 − ρ + γ)S_t − γS_{t−1} + ρĤ and m_{t+1} = m_t − ρĝ/S_{t+1} +
+γ(S_{t−1}/S_{t+1})(m_t − m_{t−1}), which the slow-moving-scale approximation S_{t−1} ≈ S_{t+1}
+turns into the heavy ball m_{t+1} = m_t − ρĝ_t/S_{t+1} + γ(m_t − m_{t−1}); that for a constant
+preconditioner P the heavy ball is the EMA form m_{t+1} = m_t − αḡ_t/P,
+ḡ_t = γḡ_{t−1} + (1 − γ)ĝ_t, α = ρ/(1 − γ); and that with s_t = v̂_t and ḡ_t = m̂_t the step below
+is Adam's. What is typed in (``INFO.assumptions``): square-root scaling (precondition the mean by
+√s + ε instead of s), the mean's own rate α ≠ ρ (the (m, s)-form with two rates, which for
+α ≠ ρ is not a λ-space BLR step), the gradient average ḡ_t with Adam's moving preconditioner
+√s_t + ε (the heavy ball = EMA identity holds only for a constant one), and the damping ε:
 
-    RMSprop-BLR:  s_t = (1 − ρ)s_{t−1} + ρĝ_t²,     m_{t+1} = m_t − αĝ_t/(√s_t + ε).
-
-Adam adds momentum. Natural momentum (BLR_SPEC §1.8), λ_{t+1} = λ_t − ρ∇_μL + γ(λ_t − λ_{t−1}),
-gives S_{t+1} = (1 − ρ + γ)S_t − γS_{t−1} + ρĤ and
-m_{t+1} = m_t − ρĝ/S_{t+1} + γ(S_{t−1}/S_{t+1})(m_t − m_{t−1}); the slow-moving-scale
-approximation S_{t−1} ≈ S_{t+1} = P makes it the heavy ball
-m_{t+1} = m_t − ρĝ_t/P + γ(m_t − m_{t−1}), which for a constant P unrolls to the EMA form
-m_{t+1} = m_t − α ḡ_t/P with ḡ_t = γḡ_{t−1} + (1 − γ)ĝ_t and α = ρ/(1 − γ). Adam uses the EMA
-form with the moving P = √s_t + ε, and both of its bias corrections are rate schedules: the
-exponential average v_t = β₂v_{t−1} + (1 − β₂)ĝ_t² divided by 1 − β₂^t is exactly
-s_t = (1 − ρ_t)s_{t−1} + ρ_tĝ_t² with ρ_t = (1 − β₂)/(1 − β₂^t) (ρ₁ = 1, so s₀ is irrelevant),
-and likewise ḡ_t = (1 − γ_t)ḡ_{t−1} + γ_tĝ_t with γ_t = (1 − β₁)/(1 − β₁^t):
-
-    Adam-BLR:  s_t = (1 − ρ_t)s_{t−1} + ρ_tĝ_t²,  ḡ_t = (1 − γ_t)ḡ_{t−1} + γ_tĝ_t,
-               m_{t+1} = m_t − αḡ_t/(√s_t + ε).
+    RMSprop-BLR:  s_t = (1 − ρ)s_{t−1} + ρĝ_t²,     m_{t+1} = m_t − αĝ_t/(√s_t + ε);
+    Adam-BLR:     s_t = (1 − ρ_t)s_{t−1} + ρ_tĝ_t²,  ḡ_t = (1 − γ_t)ḡ_{t−1} + γ_tĝ_t,
+                  m_{t+1} = m_t − αḡ_t/(√s_t + ε).
 
 What is engine and what is row code: the BLR instance is :class:`blr.BLR` on
 :class:`expfam.DiagGaussian` with ``GaussianOptions(lr=α, sqrt_scaling=True, damping=ε)`` and
-:class:`blr.Delta` ``(hessian="grad_sq")`` (ĝ at the mean, ĥ = ĝ²), with ρ constant (RMSprop) or
-:func:`blr.schedules.bias_corrected` (Adam). The gradient average is row code: the estimator
-:class:`GradientAverage` wraps :class:`blr.Delta` and hands the engine (ḡ_t, ĝ_t²) in place of
-(ĝ_t, ĝ_t²), which is where the slow-moving approximation enters.
+:class:`blr.Delta` ``(hessian="grad_sq")`` (ĝ at the mean by autograd, ĥ = ĝ²), with ρ constant
+(RMSprop) or :func:`blr.schedules.bias_corrected` (Adam). The gradient average is row code: the
+estimator :class:`GradientAverage` wraps :class:`blr.Delta` and hands the engine (ḡ_t, ĝ_t²) in
+place of (ĝ_t, ĝ_t²), which is where the typed-in average enters.
 
-**Equality conditions.** Same minibatches, m₀ = θ₀, R = 0 (no prior; ε is damping, not a prior
-precision, BLR_SPEC Row 5 (e)). RMSprop (``torch.optim.RMSprop(lr=α, alpha=β₂, eps=ε)``,
-v₀ = 0): ρ = 1 − β₂, s₀ = 0. The diagonal family needs s₀ > 0, so the engine starts at
-s₀ = 1e-200, whose contribution β₂^t·s₀ to s_t is below float64 resolution next to ĝ²; the batched
-kernel, which has no domain check, starts at s₀ = 0 exactly. Adam (``torch.optim.Adam(lr=α,
-betas=(β₁, β₂), eps=ε)``, no weight decay): ρ_t and γ_t the bias-correction schedules above; s₀
-and ḡ₀ are irrelevant (ρ₁ = γ₁ = 1). The heavy-ball/EMA equality holds only with the scale
-frozen; it is checked separately (natural momentum γ = β₁ with mean rate α(1 − β₁), no bias
-correction, s fixed, against the EMA form with rate α).
+**Equality conditions.** Same minibatches, m₀ = θ₀, R = 0 (no prior: ε is damping, not a prior
+precision). RMSprop (``torch.optim.RMSprop(lr=α, alpha=β₂, eps=ε)``, v₀ = 0): ρ = 1 − β₂,
+s₀ = 0. The diagonal family needs s₀ > 0, so the engine starts at s₀ = 1e-200, whose
+contribution β₂^t·s₀ to s_t is below float64 resolution next to ĝ²; the batched kernel, which
+has no domain check, starts at s₀ = 0 exactly. Adam (``torch.optim.Adam(lr=α, betas=(β₁, β₂),
+eps=ε)``, no weight decay): ρ_t and γ_t the bias-correction schedules above; s₀ and ḡ₀ are
+irrelevant (ρ₁ = γ₁ = 1). The heavy-ball/EMA equality holds only with the scale frozen; it is
+checked separately (natural momentum γ = β₁ with mean rate α(1 − β₁), no bias correction,
+s fixed at unequal values, against the hand-coded EMA form with rate α).
 
-**Test problem** (BLR_SPEC Row 5 (f)). 2-D logistic regression, N = 64 points x_i ~ N(0, I₂)
-(seed 0), y_i ~ Bernoulli(σ(x_iᵀw)), w = (1.5, −2), summed loss, M = 8, 100 stored minibatches,
-θ₀ = 0, α = 0.05, β₁ = 0.9, β₂ = 0.999, ε = 1e-8: BLR-RMSprop equals ``torch.optim.RMSprop``
-and BLR-Adam equals ``torch.optim.Adam``, both to 1e-12 over 100 steps. The batched kernel
+**Test problem.** 2-D logistic regression, N = 64 points x_i ~ N(0, I₂) (seed 0),
+y_i ~ Bernoulli(σ(x_iᵀw)), w = (1.5, −2), summed loss, M = 8, 100 stored minibatches, θ₀ = 0,
+α = 0.05, β₁ = 0.9, β₂ = 0.999 (the bias corrections matter throughout: 1 − β₂^100 ≈ 0.095),
+ε = 1e-6 (large enough that a 1% change of ε moves the iterates by ~1e-9, a thousand times the
+tolerance). Equalities (iterate by iterate, tolerance 1e-12): BLR-RMSprop and
+``torch.optim.RMSprop``, BLR-Adam and ``torch.optim.Adam``, over 100 steps; the batched kernel
 (:func:`blr.kernels.diag_gaussian_step_` with ``sqrt=True``, ``eps``, and for Adam ``g_avg``,
-γ_t and ρ_t) runs 64 copies, each with its own start and minibatch sequence, one call per step,
-and equals the engine on the first copies and ``torch.optim`` (one optimizer over a (64, 2)
-parameter: Adam and RMSprop are elementwise) on all of them.
+γ_t and ρ_t; ĝ by autograd) on 64 copies, each with its own start and minibatch sequence, one
+call per step, against the engine on the first 2 copies and ``torch.optim`` (one optimizer over
+a (64, 2) parameter: Adam and RMSprop are elementwise) on all of them; with the scale frozen at
+s = (25, 100), the engine's natural and heavy-ball momentum against the hand-coded EMA form
+(closed-form logistic gradient), 100 steps.
 
-**References.** Khan & Rue (2023), Table 1 row 5; Khan et al., "Fast and scalable
-Bayesian deep learning by weight-perturbation in Adam" (ICML 2018); Kingma & Ba (2015); Tieleman
+**References.** Khan & Rue (2023), Table 1 row 5; Khan et al. (2018), "Fast and scalable
+Bayesian deep learning by weight-perturbation in Adam" (ICML); Kingma & Ba (2015); Tieleman
 & Hinton (2012).
 """
 
@@ -69,6 +72,7 @@ import blr
 import expfam
 from blr.kernels import diag_gaussian_step_
 from derivations import sgd
+from derivations.mutations import Mutation
 from derivations.table import Comparison, RowInfo
 
 INFO = RowInfo(
@@ -77,7 +81,20 @@ INFO = RowInfo(
     algorithm="RMSprop / Adam",
     posterior="Gaussian (diagonal)",
     approximation="delta, stochastic approx., ĝ² Hessian, √-scaling, slow-moving scale",
-    symbolic="✓",
+    symbolic="~",
+    assumptions=(
+        "square-root scaling: the mean step is preconditioned by √s + ε instead of s, a "
+        "substitution typed into the (m, s)-form (GaussianOptions(sqrt_scaling=True)), not a "
+        "consequence of the BLR",
+        "two rates: the mean moves with its own rate α ≠ ρ (the (m, s)-form with per-block rates, "
+        "GaussianOptions(lr=α)); for α ≠ ρ this is not a λ-space BLR step",
+        "the gradient average ḡ_t (bias-corrected EMA with rate γ_t = (1 − β₁)/(1 − β₁^t)) in "
+        "place of ĝ_t, supplied by the row's own estimator GradientAverage: derive() proves "
+        "natural momentum → heavy ball under the slow-moving-scale approximation and heavy ball = "
+        "EMA for a constant preconditioner, but Adam's preconditioner √s_t + ε moves (the frozen-"
+        "scale comparisons test the constant case)",
+        "the damping ε added to the preconditioner √s + ε (not a prior precision)",
+    ),
 )
 
 N_DATA = 64
@@ -87,20 +104,24 @@ STEPS = 100
 ALPHA = 0.05
 BETA1 = 0.9
 BETA2 = 0.999
-EPS = 1e-8
+EPS = 1e-6  # a regime where ε matters: a 1% change moves the iterates ~1e-9
 COPIES = 64
 S0_ENGINE = 1e-200  # stands for s₀ = 0, outside the diagonal family's domain
 FROZEN_SCALE = (25.0, 100.0)
 
 
 def derive() -> list[str]:
-    """Scale recursion from λ₂, bias correction as the schedule ρ_t (t = 1..4 and the general
-    induction step), natural momentum → heavy ball under the slow-moving approximation, heavy
-    ball with constant P → the EMA form, and the resulting Adam step."""
+    """Scale recursion from λ₂ and mean step from λ₁, bias correction as the schedule ρ_t
+    (t = 1..4 and the general induction step), natural momentum → heavy ball under the
+    slow-moving approximation, heavy ball with constant P → the EMA form, and the Adam step
+    (given the typed-in √-scaling, rate α, gradient average and ε)."""
     # the λ₂ block: −½s' = −½s − ρ(½ĥ − ½s) ⇒ s' = (1 − ρ)s + ρĥ
     s, s_prev, rho, h, g, m, m_prev = sp.symbols("s s_prev rho h g m m_prev")
     s_new = -2 * (-s / 2 - rho * (h / 2 - s / 2))
     assert sp.expand(s_new - ((1 - rho) * s + rho * h)) == 0
+    # the λ₁ block: s'm' = sm − ρ(ĝ − ĥm + sm) ⇒ m' = m − ρĝ/s' (the α = ρ, s-preconditioned step)
+    lam1_new = s * m - rho * (g - h * m + s * m)
+    assert sp.cancel(lam1_new / s_new - (m - rho * g / s_new)) == 0
     # bias correction = the schedule ρ_t = (1 − β)/(1 − β^t): t = 1..4, s₀ arbitrary
     beta, s0 = sp.symbols("beta s_0", positive=True)
     xs = sp.symbols("x_1:5")
@@ -162,7 +183,8 @@ def derive() -> list[str]:
         m_blr = m_blr - alpha * gbar / (sp.sqrt(s_blr) + eps)
         assert sp.cancel(m_blr - theta) == 0
     return [
-        "λ₂ block of the diagonal-Gaussian BLR: s' = (1 − ρ)s + ρĥ (ĥ = ĝ² for RMSprop/Adam)",
+        "diagonal-Gaussian BLR λ' = λ − ρ(∇_μE_q[ℓ̄] + λ): the λ₂ block is s' = (1 − ρ)s + ρĥ "
+        "(ĥ = ĝ² for RMSprop/Adam), the λ₁ block m' = m − ρĝ/s'",
         "bias correction is a rate schedule: v_t/(1 − β^t) = s_t with s_t = (1 − ρ_t)s_{t−1} + "
         "ρ_t x_t, ρ_t = (1 − β)/(1 − β^t), for t = 1..4 (any s₀) and as an induction step in t",
         "natural momentum: S' = (1 − ρ + γ)S − γS_prev + ρĥ, m' = m − ρĝ/S' + "
@@ -404,3 +426,111 @@ def check(device: str = "cpu") -> list[Comparison]:
             )
         )
     return out
+
+
+MUTATIONS = (
+    Mutation(
+        "blr",
+        "constant",
+        "blr_instance",
+        "GaussianOptions(lr=ALPHA,",
+        "GaussianOptions(lr=1.01 * ALPHA,",
+        "engine: mean rate α × 1.01",
+    ),
+    Mutation(
+        "blr",
+        "constant",
+        "blr_instance",
+        "damping=EPS)",
+        "damping=1.01 * EPS)",
+        "engine: damping ε × 1.01",
+    ),
+    Mutation(
+        "blr",
+        "constant",
+        "blr_instance",
+        'blr.Delta(hessian="grad_sq"), 1 - BETA2',
+        'blr.Delta(hessian="grad_sq"), 1.01 * (1 - BETA2)',
+        "engine (RMSprop): scale rate ρ = 1 − β₂ × 1.01",
+    ),
+    Mutation(
+        "blr",
+        "term",
+        "blr_instance",
+        "blr.schedules.bias_corrected(BETA2)",
+        "1 - BETA2",
+        "engine (Adam): bias correction of s dropped (ρ_t → 1 − β₂)",
+    ),
+    Mutation(
+        "blr",
+        "term",
+        "GradientAverage.__call__",
+        "self.g_avg.lerp(g_hat, gamma)",
+        "g_hat",
+        "engine (Adam): gradient average dropped from the estimator",
+    ),
+    Mutation(
+        "blr",
+        "constant",
+        "kernel_instance",
+        "eps=EPS,\n                sqrt=True,",
+        "eps=1.01 * EPS,\n                sqrt=True,",
+        "kernel (Adam): damping ε × 1.01",
+    ),
+    Mutation(
+        "blr",
+        "term",
+        "kernel_instance",
+        "gamma=gamma_sched(t)",
+        "gamma=1 - BETA1",
+        "kernel (Adam): bias correction of ḡ dropped (γ_t → 1 − β₁)",
+    ),
+    Mutation(
+        "blr",
+        "term",
+        "heavy_ball_frozen",
+        "lr=ALPHA * (1 - BETA1),",
+        "lr=ALPHA,",
+        "frozen scale, engine: the (1 − β₁) of the heavy-ball rate dropped",
+    ),
+    Mutation(
+        "classical",
+        "constant",
+        "classical",
+        "betas=(BETA1, BETA2), eps=EPS)",
+        "betas=(BETA1, BETA2), eps=1.01 * EPS)",
+        "torch.optim.Adam: eps × 1.01",
+    ),
+    Mutation(
+        "classical",
+        "constant",
+        "classical",
+        "alpha=BETA2,",
+        "alpha=1 - 1.01 * (1 - BETA2),",
+        "torch.optim.RMSprop: 1 − alpha (= 1 − β₂) × 1.01",
+    ),
+    Mutation(
+        "classical",
+        "constant",
+        "ema_frozen",
+        "theta - ALPHA * g_avg",
+        "theta - 1.01 * ALPHA * g_avg",
+        "hand-coded EMA form: step α × 1.01",
+    ),
+    Mutation(
+        "classical",
+        "term",
+        "classical",
+        "betas=(BETA1, BETA2)",
+        "betas=(0.0, BETA2)",
+        "torch.optim.Adam: momentum dropped (β₁ = 0)",
+    ),
+    Mutation(
+        "classical",
+        "term",
+        "ema_frozen",
+        "(1 - BETA1) * g_hat",
+        "g_hat",
+        "hand-coded EMA form: the (1 − β₁) weight of ĝ dropped",
+    ),
+)

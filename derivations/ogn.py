@@ -5,40 +5,53 @@ and a per-example Gauss–Newton Hessian, written in (m, S) coordinates with two
 ∇_μ(−H) = λ. OGN keeps the precision in per-example units, S = N(s + δ̃) with δ̃ = δ/N, for the
 loss ℓ̄(θ) = Σ_i ℓ_i(θ) + (δ/2)‖θ‖² (a prior N(0, δ⁻¹I), i.e. λ₀ = (0, −½δ)).
 
-**Rule.** By Bonnet and Price, ∇_μE_q[ℓ̄] = (E_q[∇ℓ̄] − E_q[∇²ℓ̄]m, ½E_q[∇²ℓ̄]) and the BLR step
-is S' = (1 − ρ)S + ρE_q[∇²ℓ̄], m' = m − ρS'⁻¹E_q[∇ℓ̄] (exact algebra, new precision in the
-mean step). The approximations: the delta method (both expectations at m), a minibatch B of M
-examples (Σ_i ↦ (N/M)Σ_{i∈B}) and the per-example Gauss–Newton diagonal h_i = Λ_i x_i² with
-Λ_i = ∂²ℓ_i/∂f² (``"ggn"``), or the squared per-example gradient [∇ℓ_i]² (``"ef"``, the
-"empirical Fisher" of Khan et al. 2018). With ĝ = (1/M)Σ_{i∈B}∇ℓ_i(m), ĥ = (1/M)Σ_{i∈B}h_i(m),
-the BLR's Ĥ = N(ĥ + δ̃) and ĝ_total = N(ĝ + δ̃m), and the rescaling S = N(s + δ̃) turns the step
-into OGN:
+**Rule.** By Bonnet's and Price's theorems and the chain rule to μ,
+∇_μE_q[ℓ] = (E_q[∇ℓ] − m⊙E_q[diag ∇²ℓ], ½E_q[diag ∇²ℓ]), and the BLR step
+λ ← (1 − ρ)λ + ρ(λ₀ − ∇_μE_q[Σ_iℓ_i]) is S' = (1 − ρ)S + ρ(E_q[diag ∇²Σℓ_i] + δ),
+m' = m − ρS'⁻¹(E_q[∇Σℓ_i] + δm) (exact algebra; the new precision in the mean step). The
+approximations: the delta method (both expectations at m), a minibatch B of M examples
+(Σ_i ↦ (N/M)Σ_{i∈B}) and the per-example Gauss–Newton diagonal h_i = Λ_i(∂f_i/∂θ)² with
+Λ_i = ∂²ℓ_i/∂f² (``"ggn"``: the Hessian JᵀΛJ + ℓ'∇²f without its second term), or the squared
+per-example gradient [∇ℓ_i]² (``"ef"``, the "empirical Fisher" of Khan et al. 2018). With
+ĝ = (1/M)Σ_{i∈B}∇ℓ_i(m), ĥ = (1/M)Σ_{i∈B}h_i(m) and S = N(s + δ̃) the step is OGN:
 
     s ← (1 − β)s + βĥ,    m ← m − α(ĝ + δ̃m)/(s + δ̃).
 
 For a GLM (logistic regression, f = xᵀθ) the per-example GGN is the exact per-example Hessian
-σ(f)(1 − σ(f))xxᵀ.
+σ(f)(1 − σ(f))xxᵀ, and it is the EF's expectation over labels drawn from the model,
+E_y[(σ − y)²] = σ(1 − σ).
 
-**Equality conditions.** α = β = ρ: OGN *is* the BLR λ ← (1 − ρ)λ + ρ(λ₀ − ∇_μE_q[Σℓ_i]) with
-the delta method, the minibatch and the GN Hessian (:func:`blr.step` with
-``blr.Delta("ggn")``/``"per_example"`` on a :class:`blr.ModelLoss` with scale N/M and the prior
-λ₀). α ≠ β: the same BLR in (m, S) coordinates with a rate per block (:func:`blr.gaussian_step`
-with ``GaussianOptions(lr=α)``); this is not a blockwise-λ BLR (BLR_SPEC §1.5). The same
-minibatches, m₀ = θ₀ and S₀ = N(s₀ + δ̃) give identical iterates. Full batch, exact GGN on a
+**Equality conditions.** α = β = ρ: OGN *is* the BLR above with the delta method, the minibatch
+and the GN Hessian (:func:`blr.step` with ``blr.Delta("ggn")`` on a :class:`blr.ModelLoss` with
+scale N/M and the prior λ₀). α ≠ β: the two-rate (m, S)-form S' = (1 − β)S + βĤ,
+m' = m − αS'⁻¹ĝ (:func:`blr.gaussian_step` with ``GaussianOptions(lr=α)``), which moves the
+mean α/β times as far as the BLR step at ρ = β; it is not a λ-space BLR (rates α on λ₁ and β on
+λ₂ give another mean), so this rate is the row's one assumption. The same minibatches,
+m₀ = θ₀ and S₀ = N(s₀ + δ̃) give identical iterates. Full batch, exact GGN on a
 linear-Gaussian model: the fixed point is m* = S*⁻¹Xᵀy/σ² and N(s + δ̃) = diag(S*),
 S* = XᵀX/σ² + δI — the mean-field Gaussian VI optimum of a Gaussian target.
 
-**Test problem** (BLR_SPEC Row 8). (i) Logistic regression, N = 50, D = 2, labels drawn from
-σ(xᵀw), w = (1.5, −2), δ = 0.1, M = 10, 50 stored minibatches, α = 0.2, β = 0.1, s₀ = 1: the BLR
-((m, S)-form) equals hand-coded OGN for both Hessians, and :func:`blr.step` equals OGN at
-α = β = 0.1. :class:`blr.optim.OGN` (``beta1=0``, ``beta2 = 1 − β``, ``weight_decay = δ̃``)
-equals the same hand-coded OGN. The batched kernel :func:`blr.kernels.diag_gaussian_step_` runs
-64 copies from different starts, one call per step, and equals the (batched) engine and OGN on
-each. (ii) Bayesian linear regression N = 20, D = 2, σ² = 0.25, δ = 1, full batch, GGN,
-α = 0.8, β = 0.5, 60 steps: m = m* and N(s + δ̃) = diag(S*) to 1e-10.
+The sides are independent: the BLR instance takes ĝ and the GGN / EF from the library's
+:class:`blr.Delta` (autograd), :class:`blr.optim.OGN` from its own curvature module, the batched
+kernel from autograd (:func:`autograd_gh`, torch.func); the hand-written formulas
+(σ − y)x, σ(1 − σ)x², (σ − y)²x² live only in :func:`classical`.
+
+**Test problem.** (i) Logistic regression, N = 50, D = 2, labels drawn from σ(xᵀw),
+w = (1.5, −2), δ = 0.1, M = 10 (N ≠ M, so the N/M scale and δ̃ = δ/N matter), 50 stored
+minibatches, α = 0.2, β = 0.1, m₀ = (0.5, −0.5) (at m = 0 every σ = ½ and the EF would
+equal the GGN), s₀ = 1; ĥ changes with m at every step. Equalities (tolerance
+1e-10): the BLR ((m, S)-form) and hand-coded OGN, for both Hessians; :class:`blr.optim.OGN`
+(``beta1=0``, ``beta2 = 1 − β``, ``weight_decay = δ̃``) and the same hand-coded OGN, for both;
+:func:`blr.step` and OGN at α = β = 0.1; the batched kernel :func:`blr.kernels.diag_gaussian_step_`
+(64 copies from different starts and precisions, one call per step) and the (batched) engine on
+8 copies and OGN on all 64. (ii) Bayesian linear regression N = 20, D = 2, σ² = 0.25, δ = 1,
+full batch, GGN, α = 0.8, β = 0.5, 60 steps: limits m = m* and N(s + δ̃) = diag(S*) to 1e-10
+(convergence is geometric: the GGN is constant).
 
 **References.** Khan & Rue (2023), Table 1 row 8 and §4.2; Khan et al. (2018), "Fast and
-scalable Bayesian deep learning by weight-perturbation in Adam" (OGN/VOGN); Osawa et al. (2019).
+scalable Bayesian deep learning by weight-perturbation in Adam" (OGN/VOGN); Osawa et al. (2019),
+"Practical deep learning with Bayesian principles"; Bonnet (1964) and Price (1958) for the
+Gaussian gradient identities (Opper & Archambeau 2009).
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ import blr
 import expfam
 from blr.kernels import diag_gaussian_step_
 from blr.optim import OGN
+from derivations.mutations import Mutation
 from derivations.table import Comparison, RowInfo
 
 INFO = RowInfo(
@@ -58,8 +72,14 @@ INFO = RowInfo(
     number=8,
     algorithm="Online Gauss–Newton (OGN)",
     posterior="Gaussian (diagonal)",
-    approximation="delta, stochastic approx., GGN Hessian",
-    symbolic="✓",
+    approximation="delta, stochastic approx., GGN Hessian (or EF)",
+    symbolic="~",
+    assumptions=(
+        "α ≠ β (the row's main comparisons): the mean step's own rate α, m' = m − α(ĝ + δ̃m)/"
+        "(s' + δ̃), is typed into the (m, S)-form, not derived; derive() proves the reduction "
+        "for α = β (the λ-space BLR at ρ = β, also checked by blr.step) and that α ≠ β moves "
+        "the mean α/β times the BLR step and is no λ-space BLR",
+    ),
 )
 
 f64 = torch.float64
@@ -67,51 +87,151 @@ N, D, M = 50, 2, 10
 W_TRUE = (1.5, -2.0)
 DELTA = 0.1  # prior precision δ (total-loss units); δ̃ = δ/N
 ALPHA, BETA = 0.2, 0.1
+M0 = (0.5, -0.5)  # θ₀ ≠ 0: at θ = 0 every σ = ½ and the EF equals the GGN
 S0 = 1.0
 STEPS = 50
-# Bayesian linear regression of (f)(ii)
+# Bayesian linear regression of test (ii)
 LR_N, LR_SIGMA2, LR_DELTA = 20, 0.25, 1.0
 LR_ALPHA, LR_BETA, LR_STEPS = 0.8, 0.5, 60
 
 
-def derive() -> list[str]:
-    """The BLR step with (ĝ, Ĥ) in (m, S) form, the rescaling S = N(s + δ̃) to OGN, and the
-    logistic per-example Hessian = GGN."""
-    s_, m, rho, alpha, g, h = sp.symbols("S m rho alpha g_tot H", real=True)
-    lam1, lam2 = s_ * m, -s_ / 2
-    # ∇_μE_q[ℓ̄] = (ĝ − Ĥm, ½Ĥ) (Bonnet/Price, delta method at m); ∇_μ(−H) = λ
-    lam1_new = lam1 - rho * (g - h * m + lam1)
-    lam2_new = lam2 - rho * (h / 2 + lam2)
-    s_new = -2 * lam2_new
-    m_new = lam1_new / s_new
-    assert sp.expand(s_new - ((1 - rho) * s_ + rho * h)) == 0
-    assert sp.cancel(m_new - (m - rho * g / s_new)) == 0
-    # rescaling: S = N(s + δ̃), Ĥ = N(ĥ + δ̃), ĝ_tot = N(ĝ + δ̃m)
-    n, s, dt, gh, hh, beta = sp.symbols("N s delta_t g h beta", positive=True)
-    big_s, big_h, g_tot = n * (s + dt), n * (hh + dt), n * (gh + dt * m)
-    big_s_new = (1 - beta) * big_s + beta * big_h
-    s_ogn = (1 - beta) * s + beta * hh
-    assert sp.expand(big_s_new / n - dt - s_ogn) == 0
-    m_blr = m - alpha * g_tot / big_s_new
-    m_ogn = m - alpha * (gh + dt * m) / (s_ogn + dt)
-    assert sp.cancel(m_blr - m_ogn) == 0
-    # blockwise-λ rates (α on λ1, β on λ2) would give a different mean: not the (m, S)-form
-    lam1_block = (1 - alpha) * big_s * m - alpha * (g_tot - big_h * m)
-    assert sp.cancel(lam1_block / big_s_new - m_blr) != 0
-    # logistic regression: per-example Hessian of log(1 + e^f) − y f, f = x₁θ₁ + x₂θ₂
-    x1, x2, t1, t2, y = sp.symbols("x1 x2 theta1 theta2 y", real=True)
-    fv = sp.Symbol("f", real=True)
-    link = sp.log(1 + sp.exp(fv)) - y * fv
-    f_theta = x1 * t1 + x2 * t2
-    ell = link.subs(fv, f_theta)
-    hess = sp.hessian(ell, (t1, t2))
-    jac = sp.Matrix([[x1, x2]])
-    ggn = jac.T * sp.diff(link, fv, 2).subs(fv, f_theta) * jac
-    assert (hess - ggn).applyfunc(sp.cancel) == sp.zeros(2, 2)
-    sig = 1 / (1 + sp.exp(-f_theta))
-    assert (hess - sig * (1 - sig) * jac.T * jac).applyfunc(sp.expand).applyfunc(
-        sp.cancel
+# ---------------------------------------------------------------------------- derivation
+def _moment(k: int, m: sp.Expr, v: sp.Expr) -> sp.Expr:
+    """E[θᵏ] for θ ~ N(m, v): the k-th derivative of the MGF exp(mt + vt²/2) at t = 0."""
+    t = sp.Symbol("t")
+    return sp.diff(sp.exp(m * t + v * t**2 / 2), t, k).subs(t, 0)
+
+
+def _expect(expr: sp.Expr, thetas, means, variances) -> sp.Expr:
+    """E_q[expr] for a polynomial in independent θ_j ~ N(m_j, v_j) (exact Gaussian moments)."""
+    poly = sp.Poly(sp.expand(expr), *thetas)
+    total = sp.Integer(0)
+    for powers, coeff in poly.terms():
+        term = coeff
+        for k, m, v in zip(powers, means, variances):
+            term *= _moment(k, m, v)
+        total += term
+    return sp.expand(total)
+
+
+def derive_mean_gradient() -> list[str]:
+    """The diagonal Gaussian's ∇_μE_q[ℓ] (Bonnet, Price, chain rule), ∇_μ(−H) = λ, and the
+    prior's ∇_μ: the pieces of the BLR step shared by OGN and VOGN."""
+    th, m, v = sp.symbols("theta m v", real=True)
+    phi = sp.exp(-((th - m) ** 2) / (2 * v)) / sp.sqrt(2 * sp.pi * v)
+    # ∂_mφ = −∂_θφ and ∂_vφ = ½∂²_θφ: integrating by parts gives ∂_mE[ℓ] = E[ℓ'] (Bonnet) and
+    # ∂_vE[ℓ] = ½E[ℓ''] (Price)
+    assert sp.simplify(sp.diff(phi, m) + sp.diff(phi, th)) == 0
+    assert sp.simplify(sp.diff(phi, v) - sp.diff(phi, th, 2) / 2) == 0
+    # in μ = (m, m² + v): ∇_μ₁E = E[∇ℓ] − m⊙E[diag ∇²ℓ], ∇_μ₂E = ½E[diag ∇²ℓ]; checked on a
+    # generic quartic ℓ(θ₁, θ₂) (15 free coefficients, cross terms included) by exact moments
+    thetas = sp.symbols("theta1 theta2", real=True)
+    mu1 = sp.symbols("mu1_1 mu1_2", real=True)
+    mu2 = sp.symbols("mu2_1 mu2_2", real=True)
+    var = [mu2[j] - mu1[j] ** 2 for j in range(2)]
+    ell = sum(
+        sp.Symbol(f"c{a}{b}") * thetas[0] ** a * thetas[1] ** b
+        for a in range(5)
+        for b in range(5 - a)
+    )
+    e_loss = _expect(ell, thetas, mu1, var)
+    for j in range(2):
+        e_grad = _expect(sp.diff(ell, thetas[j]), thetas, mu1, var)
+        e_hess = _expect(sp.diff(ell, thetas[j], 2), thetas, mu1, var)
+        assert sp.expand(sp.diff(e_loss, mu1[j]) - (e_grad - mu1[j] * e_hess)) == 0
+        assert sp.expand(sp.diff(e_loss, mu2[j]) - e_hess / 2) == 0
+    # −H = −½ log(2πe v), v = μ₂ − μ₁²: ∇_μ(−H) = (m/v, −1/(2v)) = (Sm, −½S) = λ
+    a, b = sp.symbols("mu_1 mu_2", real=True)
+    neg_entropy = -sp.log(2 * sp.pi * sp.E * (b - a**2)) / 2
+    assert sp.simplify(sp.diff(neg_entropy, a) - a / (b - a**2)) == 0
+    assert sp.simplify(sp.diff(neg_entropy, b) + 1 / (2 * (b - a**2))) == 0
+    # the prior's term (δ/2)θ²: ∇_μE_q = (0, δ/2) = −λ₀
+    delta = sp.Symbol("delta", positive=True)
+    e_prior = _expect(delta * th**2 / 2, [th], [a], [b - a**2])
+    assert [sp.diff(e_prior, a), sp.diff(e_prior, b)] == [0, delta / 2]
+    return [
+        "φ(θ; m, v): ∂_mφ = −∂_θφ, ∂_vφ = ½∂²_θφ, so ∂_mE_q[ℓ] = E_q[ℓ'] (Bonnet) and "
+        "∂_vE_q[ℓ] = ½E_q[ℓ''] (Price)",
+        "μ = (m, m² + v): ∇_μ₁E_q[ℓ] = E_q[∇ℓ] − m⊙E_q[diag ∇²ℓ], ∇_μ₂E_q[ℓ] = "
+        "½E_q[diag ∇²ℓ] (a generic quartic ℓ(θ₁, θ₂), exact moments)",
+        "∇_μ(−H) = (m/v, −1/(2v)) = λ; the prior (δ/2)θ² has ∇_μE_q = (0, δ/2) = −λ₀",
+    ]
+
+
+def derive_step(point: str = "m (delta method)") -> list[str]:
+    """The BLR step from (ĝ, ĥ) in per-example units, with the prior and S = N(s + δ̃), is OGN's
+    recursion at α = β = ρ; α ≠ β is the mean moved α/β times as far, not a λ-space BLR.
+    ``point`` names where ĝ and ĥ are evaluated (in the statements)."""
+    n, s, dt, gh, hh, rho, alpha = sp.symbols("N s delta_t g h rho alpha", positive=True)
+    m = sp.Symbol("m", real=True)
+    big_s, delta = n * (s + dt), n * dt
+    lam1, lam2 = big_s * m, -big_s / 2
+    lam0 = (0, -delta / 2)
+    # ∇_μE_q[Σ_iℓ_i] with E[∇] ≈ Nĝ and E[diag ∇²] ≈ Nĥ (the minibatch means at ``point``)
+    grad1, grad2 = n * gh - n * hh * m, n * hh / 2
+    lam1_new = (1 - rho) * lam1 + rho * (lam0[0] - grad1)
+    lam2_new = (1 - rho) * lam2 + rho * (lam0[1] - grad2)
+    s_big_new = -2 * lam2_new
+    m_blr = lam1_new / s_big_new
+    s_new = (1 - rho) * s + rho * hh
+    assert sp.expand(s_big_new / n - dt - s_new) == 0
+    assert sp.cancel(m_blr - (m - rho * (gh + dt * m) / (s_new + dt))) == 0
+    # the two-rate (m, S)-form: precision at rate β = ρ, mean at rate α
+    m_two = m - alpha * (gh + dt * m) / (s_new + dt)
+    assert sp.cancel(m_two - (m + alpha / rho * (m_blr - m))) == 0
+    # blockwise-λ rates (α on λ₁, β on λ₂) give another mean
+    lam1_block = (1 - alpha) * lam1 + alpha * (lam0[0] - grad1)
+    assert sp.cancel(lam1_block / s_big_new - m_two) != 0
+    return [
+        f"λ' = (1 − ρ)λ + ρ(λ₀ − ∇_μE_q[Σℓ_i]) with E[∇] ≈ Nĝ, E[diag ∇²] ≈ Nĥ (the minibatch "
+        f"means at {point}), S = N(s + δ̃): s' = (1 − ρ)s + ρĥ, m' = m − ρ(ĝ + δ̃m)/(s' + δ̃) "
+        "(the rule at α = β = ρ)",
+        "two rates: m − α(ĝ + δ̃m)/(s' + δ̃) = m + (α/β)(m'_BLR − m); rates α on λ₁ and β on λ₂ "
+        "give a different mean, so α ≠ β is not a λ-space BLR",
+    ]
+
+
+def derive_ggn() -> list[str]:
+    """The Gauss–Newton Hessian of ℓ(f(θ)), its exactness for a GLM, the logistic Λ, and the
+    EF's expectation."""
+    t1, t2, u = sp.symbols("theta1 theta2 u", real=True)
+    link, model = sp.Function("L"), sp.Function("f")(t1, t2)
+    hess = sp.hessian(link(model), (t1, t2))
+    jac = sp.Matrix([sp.diff(model, t1), sp.diff(model, t2)])
+    d1 = sp.diff(link(u), u).subs(u, model)
+    d2 = sp.diff(link(u), u, 2).subs(u, model)
+    assert (hess - (d2 * jac * jac.T + d1 * sp.hessian(model, (t1, t2)))).applyfunc(
+        sp.simplify
     ) == sp.zeros(2, 2)
+    # a GLM f = xᵀθ has ∇²f = 0: the GGN JᵀΛJ is the Hessian; logistic Λ = σ(1 − σ)
+    x1, x2, y = sp.symbols("x1 x2 y", real=True)
+    fv = sp.Symbol("f", real=True)
+    bce = sp.log(1 + sp.exp(fv)) - y * fv
+    f_glm = x1 * t1 + x2 * t2
+    assert sp.hessian(f_glm, (t1, t2)) == sp.zeros(2, 2)
+    sig = 1 / (1 + sp.exp(-fv))
+    assert sp.simplify(sp.diff(bce, fv, 2) - sig * (1 - sig)) == 0
+    hess_glm = sp.hessian(bce.subs(fv, f_glm), (t1, t2))
+    xv = sp.Matrix([x1, x2])
+    ggn = (sig * (1 - sig)).subs(fv, f_glm) * xv * xv.T
+    assert (hess_glm - ggn).applyfunc(sp.simplify) == sp.zeros(2, 2)
+    # EF: [∇ℓ_i]² = (σ − y)²x²; over y ~ Bernoulli(σ), E[(σ − y)²] = σ(1 − σ) = Λ
+    p = sp.Symbol("p", positive=True)
+    grad_f = sp.diff(bce, fv).subs(sp.exp(fv), p / (1 - p))
+    ef = sp.simplify(grad_f**2)
+    assert sp.simplify(p * ef.subs(y, 1) + (1 - p) * ef.subs(y, 0) - p * (1 - p)) == 0
+    return [
+        "∇²ℓ(f(θ)) = L''(f)∇f∇fᵀ + L'(f)∇²f; the GGN keeps the first term (diag: Λ(∂_jf)²)",
+        "logistic GLM: ∇²f = 0 and Λ = σ(f)(1 − σ(f)), so the per-example GGN is the Hessian "
+        "σ(1 − σ)xxᵀ",
+        "EF (σ − y)²x²: its mean over y ~ Bernoulli(σ) is σ(1 − σ)x², the GGN",
+    ]
+
+
+def derive() -> list[str]:
+    """Bonnet/Price in μ-coordinates, the BLR step to OGN (and the two-rate form), the GGN, and
+    the fixed point on linear regression."""
+    statements = derive_mean_gradient() + derive_step() + derive_ggn()
     # fixed point on linear regression (3 examples, 2 weights): s* = ĥ, ĝ + δ̃m = 0
     xs = sp.Matrix(3, 2, sp.symbols("a0:6", real=True))
     ys = sp.Matrix(sp.symbols("y0:3", real=True))
@@ -124,11 +244,7 @@ def derive() -> list[str]:
     grad_mean = xs.T * (xs * mv - ys) / (3 * sig2) + delta / 3 * mv
     assert sp.expand(3 * grad_mean - (prec * mv - xs.T * ys / sig2)) == sp.zeros(2, 1)
     return [
-        "diagonal Gaussian, ∇_μE_q[ℓ̄] = (ĝ − Ĥm, ½Ĥ): S' = (1 − ρ)S + ρĤ, m' = m − ρĝ/S'",
-        "S = N(s + δ̃), Ĥ = N(ĥ + δ̃), ĝ = N(ĝ_mean + δ̃m): s' = (1 − β)s + βĥ and "
-        "m' = m − α(ĝ_mean + δ̃m)/(s' + δ̃) (OGN)",
-        "rates α on λ₁ and β on λ₂ give a different mean: OGN with α ≠ β is the (m, S)-form",
-        "logistic ℓ_i: ∇²ℓ_i = JᵀΛJ = σ(f)(1 − σ(f))xxᵀ (GGN = exact Hessian)",
+        *statements,
         "linear regression: N(s* + δ̃) = diag(XᵀX/σ² + δI), ĝ + δ̃m = 0 ⇔ S*m = Xᵀy/σ²",
     ]
 
@@ -155,6 +271,12 @@ def minibatches(steps: int, n: int = N, size: int = M, seed: int = 1) -> torch.T
     """A stored sequence of minibatches (``steps`` × ``size`` indices, without replacement)."""
     g = torch.Generator().manual_seed(seed)
     return torch.stack([torch.randperm(n, generator=g)[:size] for _ in range(steps)])
+
+
+def bce(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The per-example logistic loss ℓ_i = log(1 + e^f) − y f (BCE with logits), elementwise:
+    the test problem's loss (no derivative), used by the BLR, kernel and optimizer sides."""
+    return F.softplus(f) - y * f
 
 
 # ---------------------------------------------------------------------------- classical
@@ -201,14 +323,14 @@ def classical(
 def model_loss(
     x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, n: int, link: str = "logistic"
 ) -> blr.ModelLoss:
-    """Σ_i ℓ_i over the whole data estimated by (N/M)Σ_{i∈B}ℓ_i(x_iᵀθ): BCE with logits
+    """Σ_i ℓ_i over the whole data estimated by (N/M)Σ_{i∈B}ℓ_i(x_iᵀθ): :func:`bce`
     (``"logistic"``) or (y − f)²/(2σ²) (``"gaussian"``)."""
     xb, yb = x[idx], y[idx]
 
     def per_example(f: torch.Tensor) -> torch.Tensor:
         f = f.squeeze(-1)
-        if link == "logistic":  # log(1 + e^f) − y f (BCE with logits)
-            return F.softplus(f) - yb * f
+        if link == "logistic":
+            return bce(f, yb)
         return (f - yb).square() / (2 * LR_SIGMA2)
 
     return blr.ModelLoss(
@@ -231,10 +353,10 @@ def blr_instance(
     generic: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The diagonal-Gaussian BLR with S = N(s + δ̃), prior λ₀ = (0, −½δ), the delta method and
-    the per-example GGN (``"ggn"``) or EF (``"per_example"``) Hessian of :class:`blr.Delta`:
-    :func:`blr.gaussian_step` with ``GaussianOptions(lr=α)`` and rate β, or (``generic``,
-    needs α = β) :func:`blr.step`. ``m0`` may carry leading batch dimensions (copies).
-    Returns all (m_t, s_t) in OGN's units."""
+    the per-example GGN (``"ggn"``) or EF (``"per_example"``) Hessian of :class:`blr.Delta`
+    (autograd): :func:`blr.gaussian_step` with ``GaussianOptions(lr=α)`` and rate β, or
+    (``generic``, needs α = β) :func:`blr.step`. ``m0`` may carry leading batch dimensions
+    (copies). Returns all (m_t, s_t) in OGN's units, s = S/N − δ̃."""
     n = x.shape[0]
     dt = delta / n
     fam = expfam.DiagGaussian()
@@ -266,6 +388,28 @@ def blr_instance(
 
 
 # ---------------------------------------------------------------------------- kernel
+def autograd_gh(
+    theta: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ĝ = ∇_θ(1/M)Σ_iℓ_i(θ) and the GGN diagonal ĥ_j = (1/M)Σ_iΛ_i(∂f_i/∂θ_j)², Λ_i =
+    ∂²ℓ_i/∂f_i², for B copies (``theta`` of shape (B, D)), all by autograd (torch.func) of
+    :func:`bce` and the model f_i = x_iᵀθ — no hand-written derivative."""
+    from torch.func import grad, jacrev, vmap
+
+    def mean_loss(t: torch.Tensor) -> torch.Tensor:
+        return bce(xb @ t, yb).mean()
+
+    def outputs(t: torch.Tensor) -> torch.Tensor:
+        return xb @ t
+
+    g_hat = vmap(grad(mean_loss))(theta)
+    jac = vmap(jacrev(outputs))(theta)  # (B, M, D): ∂f_i/∂θ_j
+    curv = vmap(vmap(grad(grad(bce)), in_dims=(0, 0)), in_dims=(0, None))
+    lam = curv(vmap(outputs)(theta), yb)  # (B, M): Λ_i
+    h_hat = (lam.unsqueeze(-1) * jac.square()).mean(-2)
+    return g_hat, h_hat
+
+
 def kernel_instance(
     m0: torch.Tensor,
     s0: torch.Tensor,
@@ -280,8 +424,9 @@ def kernel_instance(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """B copies (``m0``, ``s0`` of shape (B, D) on any device) through
     :func:`blr.kernels.diag_gaussian_step_` with ρ = β, lr = α, δ = δ̃: one call per step, ĝ and
-    the GGN ĥ of all copies computed batched — at the means (OGN), or with ``eps`` (steps, B, D)
-    at the draws θ = m + ε/√(N(s + δ̃)) (VOGN: the same recursion without the delta method)."""
+    the GGN ĥ of all copies from :func:`autograd_gh` — at the means (OGN), or with ``eps``
+    (steps, B, D) at the draws θ = m + ε/√(N(s + δ̃)) (VOGN: the same recursion without the delta
+    method)."""
     n = x.shape[0]
     dt = delta / n
     dev = m0.device
@@ -290,10 +435,7 @@ def kernel_instance(
     ms, ss = [m.clone()], [s.clone()]
     for t, idx in enumerate(batches.to(dev)):
         theta = m if eps is None else m + eps[t].to(dev) / torch.sqrt(n * (s + dt))
-        xb, yb = x[idx], y[idx]
-        p = torch.sigmoid(theta @ xb.T)
-        g_hat = ((p - yb).unsqueeze(-1) * xb).mean(-2)
-        h_hat = ((p * (1 - p)).unsqueeze(-1) * xb * xb).mean(-2)
+        g_hat, h_hat = autograd_gh(theta, x[idx], y[idx])
         diag_gaussian_step_(m, s, g_hat, h_hat, rho=beta, lr=alpha, delta=dt)
         ms.append(m.clone())
         ss.append(s.clone())
@@ -316,8 +458,9 @@ def optimizer_instance(
     **extra: object,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:class:`blr.optim.OGN` (or ``optimizer``, e.g. VOGN with its ``seed`` in ``extra``) on a
-    bias-free linear model (lr = α, β₁ = 0, β₂ = 1 − β, weight_decay = δ̃, hess_init = s₀);
-    returns (m_t, s_t)."""
+    bias-free linear model (lr = α, β₁ = 0, β₂ = 1 − β, weight_decay = δ̃, hess_init = s₀,
+    its own curvature: ``"ggn"`` for BCE or ``"ef"``); the minibatch-mean :func:`bce` is
+    backpropagated by autograd. Returns (m_t, s_t)."""
     model = torch.nn.Linear(x.shape[1], 1, bias=False).to(f64)
     with torch.no_grad():
         model.weight.copy_(m0.reshape(1, -1))
@@ -338,8 +481,7 @@ def optimizer_instance(
     for idx in batches:
         with opt.sampled_params(train=True):
             opt.zero_grad()
-            logits = model(x[idx]).squeeze(-1)
-            (F.softplus(logits) - y[idx] * logits).mean().backward()  # BCE with logits
+            bce(model(x[idx]).squeeze(-1), y[idx]).mean().backward()
         opt.step()
         ms.append(model.weight.detach().reshape(-1).clone())
         ss.append(opt.state_dict()["state"][0]["hess"].reshape(-1).clone())
@@ -355,7 +497,7 @@ def check(device: str = "cpu") -> list[Comparison]:
     the Bayesian-linear-regression fixed point."""
     x, y = data()
     batches = minibatches(STEPS)
-    m0, s0 = torch.zeros(D, dtype=f64), torch.full((D,), S0, dtype=f64)
+    m0, s0 = torch.tensor(M0, dtype=f64), torch.full((D,), S0, dtype=f64)
     kw = dict(alpha=ALPHA, beta=BETA, delta=DELTA)
     out: list[Comparison] = []
     for hessian, est_name in (("ggn", "ggn"), ("ef", "per_example")):
@@ -406,8 +548,103 @@ def check(device: str = "cpu") -> list[Comparison]:
             "linreg: OGN mean after 60 steps vs m* = S*⁻¹Xᵀy/σ²",
             (m_lr[-1] - m_star).abs().max().item(),
             1e-10,
+            kind="limit",
         )
     )
     rel = (LR_N * (s_lr[-1] + LR_DELTA / LR_N) / torch.diagonal(prec) - 1).abs().max().item()
-    out.append(Comparison("linreg: N(s + δ̃) vs diag(S*) (relative)", rel, 1e-10))
+    out.append(
+        Comparison("linreg: N(s + δ̃) vs diag(S*) (relative), 60 steps", rel, 1e-10, kind="limit")
+    )
     return out
+
+
+MUTATIONS = (
+    Mutation(
+        "blr",
+        "constant",
+        "blr_instance",
+        "GaussianOptions(lr=alpha)",
+        "GaussianOptions(lr=1.01 * alpha)",
+        "engine mean rate α × 1.01 (blr.gaussian_step)",
+    ),
+    Mutation(
+        "blr",
+        "constant",
+        "blr_instance",
+        "loss, beta, estimator",
+        "loss, 1.01 * beta, estimator",
+        "blr.step rate ρ × 1.01",
+    ),
+    Mutation(
+        "blr",
+        "constant",
+        "kernel_instance",
+        "rho=beta, lr=alpha",
+        "rho=1.01 * beta, lr=alpha",
+        "kernel precision rate β × 1.01",
+    ),
+    Mutation(
+        "blr",
+        "constant",
+        "optimizer_instance",
+        "beta2=1.0 - beta",
+        "beta2=1.0 - 1.01 * beta",
+        "blr.optim.OGN β₂ = 1 − 1.01β",
+    ),
+    Mutation(
+        "classical",
+        "constant",
+        "classical",
+        "m - alpha * (g",
+        "m - 1.01 * alpha * (g",
+        "OGN mean rate α × 1.01",
+    ),
+    Mutation(
+        "classical",
+        "term",
+        "classical",
+        "(p * (1 - p)).unsqueeze(-1) * xb * xb",
+        "xb * xb",
+        "OGN's GGN without Λ = σ(1 − σ)",
+    ),
+    Mutation(
+        "classical",
+        "term",
+        "classical",
+        "/ (s + dt)",
+        "/ s",
+        "OGN mean step without δ̃ in the denominator",
+    ),
+    Mutation(
+        "blr",
+        "term",
+        "blr_instance",
+        "est.grad.lam2 - prior.lam2",
+        "est.grad.lam2",
+        "engine without the prior precision (λ₀ dropped from λ₂)",
+    ),
+    Mutation(
+        "blr",
+        "term",
+        "model_loss",
+        "scale=n / len(idx)",
+        "scale=1 / len(idx)",
+        "ModelLoss without the N of N/M (engine and linreg)",
+    ),
+    Mutation(
+        "blr",
+        "term",
+        "autograd_gh",
+        "(lam.unsqueeze(-1) * jac.square())",
+        "jac.square()",
+        "kernel's autograd GGN without Λ",
+    ),
+    Mutation(
+        "blr",
+        "term",
+        "optimizer_instance",
+        "weight_decay=delta / x.shape[0]",
+        "weight_decay=delta",
+        "blr.optim.OGN weight decay δ instead of δ̃ = δ/N",
+    ),
+)

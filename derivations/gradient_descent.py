@@ -11,7 +11,7 @@ t. A gradient descent written for the mean loss with step α' is ρ = α'/N. Wit
 method the rule is gradient descent on the Gaussian-smoothed loss E_{N(m, I)}[ℓ̄], identical for
 a quadratic ℓ̄ (smoothing adds a constant).
 
-**Test problem** (BLR_SPEC Row 1). ℓ̄(θ) = ½θᵀAθ − bᵀθ with A = [[3, 1], [1, 2]], b = (1, −1),
+**Test problem.** ℓ̄(θ) = ½θᵀAθ − bᵀθ with A = [[3, 1], [1, 2]], b = (1, −1),
 θ₀ = 0, α = 0.1, 50 steps: the BLR iterates (delta method, and exact expectations) equal
 hand-coded gradient descent; after 250 steps the BLR mean is the limit A⁻¹b = (0.6, −0.8) to
 1e-12. The batched kernel (:func:`blr.kernels.diag_gaussian_step_` with the scale frozen at 1)

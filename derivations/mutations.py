@@ -5,9 +5,9 @@ Each row module lists, in ``MUTATIONS``, small edits of its own source — a con
 1% on the BLR side, one on the classical side, a term dropped, a test problem moved out of the
 regime its claim needs — and :func:`run_mutation` applies one to a fresh copy of the module,
 runs the copy's ``check()`` and reports how far out of tolerance the row lands. A mutation is
-*caught* when some comparison fails; its **margin** is the largest value/tolerance ratio among
-the comparisons (so a margin of 1e6 means the bug shows up a million times above the
-tolerance). ``tests/derivations/test_mutations.py`` requires every mutation to be caught with a
+*caught* when some comparison fails; its **margin** is the value/tolerance ratio of the comparison
+that catches it, the largest finite ratio among the failing ones (so a margin of 1e6 means the
+bug shows up a million times above the tolerance). ``tests/derivations/test_mutations.py`` requires every mutation to be caught with a
 margin of at least :data:`MIN_MARGIN`, every row to carry the three basic kinds, and
 ``docs/table.md`` to show the margins (``blr table --mutations`` prints them).
 
@@ -118,12 +118,16 @@ class MutationResult:
 
     @property
     def worst(self) -> Comparison | None:
-        """The comparison with the largest value/tolerance."""
-        return max(self.comparisons, key=lambda c: c.ratio, default=None)
+        """The comparison that measures the mutation: the largest finite value/tolerance among
+        the failing comparisons (an infinite ratio — a zero-tolerance bound — only when no
+        finite one fails), else the largest ratio overall."""
+        failing = [c for c in self.comparisons if not c.passed]
+        finite = [c for c in failing if math.isfinite(c.ratio)]
+        return max(finite or failing or self.comparisons, key=lambda c: c.ratio, default=None)
 
     @property
     def margin(self) -> float:
-        """Largest value/tolerance over the comparisons (NaN when the check raised)."""
+        """The value/tolerance of :attr:`worst` (NaN when the check raised)."""
         worst = self.worst
         return math.nan if self.error is not None or worst is None else worst.ratio
 

@@ -121,3 +121,19 @@ def test_docs_table_is_current():
     )
     for old, new in zip(margins(have), margins(fresh)):  # rounding may differ across machines
         assert math.isclose(math.log10(old), math.log10(new), abs_tol=0.5), (old, new)
+
+
+@pytest.mark.parametrize(
+    ("key", "where", "new"),
+    [
+        ("dropout", "", "SIGMA2 = 0.5"),  # σ² = 0.5: far from the σ² → 0 limit
+        ("em", "e_block_loss", "c = -log_lik"),  # log π deleted from the BLR E-step
+        ("ste", "blr_ste", "1.01 * ALPHA / n,"),  # ρ × 1.01 through the full rule
+    ],
+)
+def test_the_audits_perturbations_make_their_rows_fail(key, where, new):
+    """Issue #13's 'done means': these three perturbations each make their row fail."""
+    listed = _listed(key)
+    (i,) = [i for i, m in enumerate(listed) if m.where == where and m.new == new]
+    r = result(key, i)
+    assert r.caught and r.margin >= MIN_MARGIN, (r.margin, r.error)

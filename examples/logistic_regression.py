@@ -6,9 +6,9 @@ is passed as the conjugate prior λ₀ = (0, −½I), so the BLR minimises
 .. math:: \mathcal L(q) = \mathbb{E}_q\Big[\sum_i \ell(y_i, x_i^\top\theta)\Big]
           + \mathrm{KL}(q\,\|\,p_0) = -\mathrm{ELBO}(q) \ \ge\ -\log p(\mathcal D),
 
-by λ ← (1 − ρ)λ + ρ(λ₀ − ∇_μE_q[ℓ]) (BLR_SPEC §1.3, §1.5). Five fits, every final objective
-evaluated with the same quadrature (256-point trapezoid rule in each a_i = x_iᵀθ, accurate to
-~1e-12 here), so they are comparable:
+by λ ← (1 − ρ)λ + ρ(λ₀ − ∇_μE_q[ℓ]) (the conjugate split; Bonnet's and Price's theorems). Five fits,
+every final objective evaluated with the same quadrature (256-point trapezoid rule in each a_i =
+x_iᵀθ, accurate to ~1e-12 here), so they are comparable:
 
 - full / diagonal Gaussian, quadrature (:class:`blr.glm.GLMQuadrature`, deterministic): run until
   the objective stops changing;
@@ -16,14 +16,15 @@ evaluated with the same quadrature (256-point trapezoid rule in each a_i = x_i�
   Hessian for a GLM): ``--steps`` steps, ρ_t = ρ·min(1, t₀/t), the reported λ is the average of
   the iterates of the second half (Polyak–Ruppert averaging in λ-space; averages of Gaussian
   natural parameters are Gaussian natural parameters);
-- Laplace (:func:`blr.glm.laplace`, BLR_SPEC Row 12): the MAP by Newton, S = ∇²ℓ̄(θ_MAP).
+- Laplace (:func:`blr.glm.laplace`, Khan & Rue 2023, Table 1 row 12): the MAP by Newton,
+  S = ∇²ℓ̄(θ_MAP).
 
 Step sizes. Full covariance: ρ = 1, the fixed-point iteration S ← E_q[∇²ℓ̄], m ← m − S⁻¹E_q[∇ℓ̄]
 (Newton's method on the variational objective); from the prior it converges monotonically here
 in ~30 steps (ρ = 1 can oscillate for non-conjugate losses in general, but not on this problem).
 Diagonal: the mean step is m ← m − ρ E_q[∇ℓ̄]/s, a Jacobi-preconditioned gradient step, stable only
 for ρ < 2/λ_max(D^{−½} H D^{−½}) ≈ 2/7.8 on these strongly correlated features (ρ = 0.3
-oscillates), and then slow (condition number ≈ 80). Natural momentum (BLR_SPEC §1.8) γ = 0.8 with
+oscillates), and then slow (condition number ≈ 80). Natural momentum (Khan et al. 2018) γ = 0.8 with
 ρ = 0.1 converges in ~165 steps to machine precision; the fixed point is that of the plain BLR.
 
 Run::

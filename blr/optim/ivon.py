@@ -44,7 +44,8 @@ class IVON(PrecisionSampler):
     the step counter and the random generators are in the ``state_dict``; ``add_param_group``
     works; parameters may mix devices and dtypes (bf16/fp16 parameters get fp32 state); the
     device is taken lazily; ``gradsq`` works with ``sync``; NaN/Inf gradients raise (or skip with
-    ``nonfinite="skip"``) without touching the state.
+    ``nonfinite="skip"``) without touching the state. The Triton path (``fused="triton"``) has
+    not yet run on a GPU: it has been checked only under ``TRITON_INTERPRET=1`` on the CPU.
 
     Args:
         params: parameters or param groups (groups may set their own ``lr``, ``ess``,
@@ -81,6 +82,9 @@ class IVON(PrecisionSampler):
             draws θ = m + σz with z regenerated from a (seed, draw) counter, one undoes it, one
             updates; no noise buffer is kept, so the optimizer holds 16 B per parameter like
             AdamW; CUDA parameters, or CPU ones under ``TRITON_INTERPRET=1`` for testing).
+            **The Triton path has not yet run on a GPU:** its kernels have been checked only
+            in Triton's interpreter (``TRITON_INTERPRET=1``) on CPU tensors, against the eager
+            path; speed and GPU-compiled results are unverified.
         draw_ahead: with ``fused="triton"``: the step writes the next training draw into the
             weights in the same pass (one pass over memory per step, like AdamW), so between
             steps the weights hold a posterior draw, not the mean; ``sampled_params(train=True)``
@@ -504,7 +508,7 @@ class IVON(PrecisionSampler):
 
 
 class VON(IVON):
-    r"""Variational Online Newton (Khan et al., ICML 2018; BLR_SPEC §1.5–1.6): the plain
+    r"""Variational Online Newton (Khan et al., ICML 2018): the plain
     diagonal-Gaussian BLR with the reparameterization (Price/Stein) Hessian estimate
     ĥ = ĝ⊙(θ − m)/σ², i.e. :class:`IVON` without the improved-BLR correction (and, by default,
     without gradient momentum or learning-rate rescaling):

@@ -9,6 +9,8 @@ import gzip
 import io
 import json
 import math
+import pathlib
+import re
 import struct
 import sys
 
@@ -50,6 +52,7 @@ def test_tiny_run_prints_the_table_and_writes_the_png(tmp_path, capsys):
             mean, se = (float(x) for x in c.split(" ± "))
             assert math.isfinite(mean) and se >= 0
     assert "calibration claim" in out and "0.066" in out
+    assert "2 seeds: too few seeds for a verdict (fewer than 10); run --seeds 20." in out
     png = tmp_path / "demo_reliability.png"
     if HAS_MATPLOTLIB:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -112,14 +115,17 @@ def test_json_has_the_keys_and_the_numbers_recompute_independently(tmp_path, cap
     adamw = result["methods"]["AdamW"]["ece"]["values"]
     diff = result["calibration"]["ece_adamw_minus_ivon"]
     assert diff["values"] == pytest.approx([a - b for a, b in zip(adamw, ivon)], abs=1e-15)
-    assert result["calibration"]["verdict"] == demo.verdict(diff)
+    assert result["calibration"]["verdict"] == demo.verdict(diff) == "too few seeds"
+    assert result["calibration"]["seeds"] == 2
+    assert result["calibration"]["se_units"] == pytest.approx(diff["mean"] / diff["se"])
     assert (tmp_path / "demo_reliability.png").is_file() == HAS_MATPLOTLIB
     # one seed: the s.e. is undefined and written as null (strict JSON, no NaN)
     argv = [*TINY[:2], "--seeds", "1", *TINY[4:], "--out", str(tmp_path), "--json", "--quiet"]
     assert demo.main(argv) == 0
     one = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(c))
     assert one["methods"]["AdamW"]["ece"]["se"] is None
-    assert one["calibration"]["verdict"] == "inconclusive"
+    assert one["calibration"]["verdict"] == "too few seeds"
+    assert one["calibration"]["se_units"] is None
     assert (result["reliability_png"] is not None) == HAS_MATPLOTLIB
 
     # the printed numbers of seed 1 recomputed from a fresh run, metrics by an independent oracle
@@ -367,3 +373,100 @@ def test_tune_from_the_command_line(monkeypatch, capsys):
     found = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(c))
     assert [r["settings"]["lr"] for r in found["AdamW"]] == [1e-3, 1e12]
     assert math.isfinite(found["AdamW"][0]["nll"])
+
+
+# ---------------------------------------------------------------------------- the verdict
+@pytest.mark.parametrize(
+    ("mean", "se", "seeds", "expected"),
+    [
+        (0.0063, 0.0010, 20, "holds"),
+        (0.0020, 0.0010, 10, "holds"),  # 2 s.e. exactly
+        (0.0019, 0.0010, 20, "not resolved"),  # 1.9 s.e.: docs/demo.md's 20-seed digits run
+        (-0.0019, 0.0010, 20, "not resolved"),
+        (-0.0021, 0.0010, 20, "reversed"),
+        (0.0, 0.0, 20, "not resolved"),
+        (0.0063, 0.0010, 9, "too few seeds"),  # 6 s.e., but 9 seeds
+        (0.0033, 0.0012, 5, "too few seeds"),  # the default 5 seeds never give a verdict
+        (0.0033, math.nan, 1, "too few seeds"),
+    ],
+)
+def test_verdict_needs_ten_seeds_and_two_standard_errors(mean, se, seeds, expected):
+    diff = {"mean": mean, "se": se, "values": [0.0] * seeds}
+    assert demo.MIN_VERDICT_SEEDS == 10
+    assert demo.verdict(diff) == demo.verdict(diff, seeds) == expected
+
+
+def _result(values):
+    """A ``run`` result with the given paired differences (ECE means 0.0168 and 0.0193)."""
+    diff = demo._summary(values)
+    ece = {"IVON (32 draws)": 0.0168, "IVON (mean)": 0.0163, "AdamW": 0.0193, "SGD": 0.0239}
+    return {
+        "methods": {k: {"ece": {"mean": v}} for k, v in ece.items()},
+        "calibration": {"ece_adamw_minus_ivon": diff, "verdict": demo.verdict(diff)},
+    }
+
+
+def test_verdict_line_states_the_seeds_and_the_difference_in_standard_errors():
+    rng = np.random.default_rng(0)
+    # 20 seeds, mean 1.9 s.e.: "not resolved", with the count and the ratio printed
+    z = rng.standard_normal(20)
+    z = (z - z.mean()) / z.std(ddof=1)  # mean 0, sd 1: s.e. = 1/√20
+    values = list(1.9 * 0.0013 + 0.0013 * math.sqrt(20) * z)  # mean 1.9 s.e., s.e. 0.0013
+    line = demo._verdict_line(_result(values))
+    m, se = demo.mean_se(values)
+    assert m / se == pytest.approx(1.9)
+    assert line.startswith("calibration claim (IVON paper, ImageNet ResNet-50: ECE 0.022 IVON")
+    assert "20 seeds: not resolved: the difference is within 2 s.e." in line
+    assert f"Paired AdamW − IVON {m:.4f} ± {se:.4f} (1.90 s.e.)" in line
+    assert "ECE IVON (32 draws) 0.0168, AdamW 0.0193." in line
+    assert "holds" not in line
+    # the same differences shifted up: 2 s.e. or more holds
+    line = demo._verdict_line(_result([v + 0.0010 for v in values]))
+    assert "20 seeds: holds: IVON's ECE is lower by at least 2 s.e." in line
+    # five seeds: the numbers, no verdict, and what to run for one
+    line = demo._verdict_line(_result([0.004, 0.0015, 0.0026, 0.0076, 0.0007]))
+    assert "5 seeds: too few seeds for a verdict (fewer than 10); run --seeds 20." in line
+    assert "(2.70 s.e.)" in line and "holds" not in line and "resolved" not in line
+    line = demo._verdict_line(_result([0.004]))
+    assert "1 seed: too few seeds" in line and "± n/a (n/a)" in line
+
+
+VERDICT_LINE = re.compile(
+    r"^calibration claim \(IVON paper, ImageNet ResNet-50: ECE 0\.022 IVON vs 0\.066 AdamW\), "
+    r"(?P<n>\d+) seeds?: (?P<what>.*?) Paired AdamW − IVON (?P<mean>-?\d\.\d{4}) ± "
+    r"(?P<se>\d\.\d{4}) \((?P<z>-?\d+\.\d\d) s\.e\.\); ECE IVON \(32 draws\) \d\.\d{4}, "
+    r"AdamW \d\.\d{4}\.$",
+    re.M,
+)
+
+
+@pytest.mark.parametrize("page", ["docs/demo.md", "docs/performance.md"])
+def test_the_verdicts_printed_in_the_docs_follow_the_rule(page):
+    """Every calibration line in the docs has the current format, names as many seeds as its
+    run's header, gives the verdict that :func:`blr.demo.verdict` gives for those seeds and
+    that ratio, and a ratio consistent with the printed mean ± s.e. (rounded to 4 digits)."""
+    text = (pathlib.Path(__file__).resolve().parents[2] / page).read_text(encoding="utf-8")
+    claims = [line for line in text.splitlines() if line.startswith("calibration claim")]
+    assert claims
+    words = {
+        "holds": "holds: ",
+        "reversed": "reversed: ",
+        "not resolved": "not resolved: ",
+        "too few seeds": "too few seeds for a verdict (fewer than 10); run --seeds 20.",
+    }
+    for line in claims:
+        m = VERDICT_LINE.match(line)
+        assert m, f"{page}: not the current format: {line}"
+        n, z = int(m["n"]), float(m["z"])
+        mean, se = float(m["mean"]), float(m["se"])
+        lo = (abs(mean) - 5e-5) / (se + 5e-5)
+        hi = (abs(mean) + 5e-5) / max(se - 5e-5, 1e-12)
+        assert lo - 5e-3 <= abs(z) <= hi + 5e-3, line
+        # the verdict for n seeds and a difference of z s.e. (z as printed, to 2 decimals)
+        expected = demo.verdict({"mean": z, "se": 1.0, "values": [0.0] * n})
+        assert m["what"].startswith(words[expected]), line
+        block = text[: text.index(line)].rsplit("```", 1)[-1]  # the same fenced block
+        header = [h for h in block.splitlines() if h.startswith("blr demo: ")]
+        assert len(header) <= 1
+        if header:
+            assert f", {n} seed(s)," in header[0], line

@@ -1,14 +1,14 @@
 r"""Mutation testing of the table: deliberate bugs that every row's check must catch.
 
-A row that passes proves little if it would also pass with a wrong constant or a missing term.
-Each row module lists, in ``MUTATIONS``, small edits of its own source — a constant perturbed by
-1% on the BLR side, one on the classical side, a term dropped, a test problem moved out of the
-regime its claim needs — and :func:`run_mutation` applies one to a fresh copy of the module,
-runs the copy's ``check()`` and reports how far out of tolerance the row lands. A mutation is
-*caught* when some comparison fails; its **margin** is the value/tolerance ratio of the comparison
-that catches it, the largest finite ratio among the failing ones (so a margin of 1e6 means the
-bug shows up a million times above the tolerance). ``tests/derivations/test_mutations.py`` requires every mutation to be caught with a
-margin of at least :data:`MIN_MARGIN`, every row to carry the three basic kinds, and
+A row that passes proves little if it would also pass with a wrong constant or a missing term. Each
+row module lists, in ``MUTATIONS``, small edits of its own source — a constant perturbed by 1% on
+the BLR side, one on the classical side, a term dropped, a test problem moved out of the regime its
+claim needs — and :func:`run_mutation` applies one to a fresh copy of the module, runs the copy's
+``check()`` and reports how far out of tolerance the row lands. A mutation is *caught* when some
+comparison fails; its **margin** is the value/tolerance ratio of the comparison that catches it, the
+largest finite ratio among the failing ones (so a margin of 1e6 means the bug shows up a million
+times above the tolerance). ``tests/derivations/test_mutations.py`` requires every mutation to be
+caught with a margin of at least :data:`MIN_MARGIN`, every row to carry the three basic kinds, and
 ``docs/table.md`` to show the margins (``blr table --mutations`` prints them).
 
 The edit is textual and local: ``old`` must occur exactly once inside the function, method or

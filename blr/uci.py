@@ -2,12 +2,13 @@ r"""``blr bench uci``: the standard UCI regression benchmark for Bayesian neural
 (Hernández-Lobato & Adams 2015; Gal & Ghahramani 2016; Khan et al. 2018) with VOGN, Vadam, IVON
 and a Bayes-by-backprop baseline.
 
-Protocol (``../shared/DATA.md``): a directory with ``data.txt``, ``index_features.txt``,
-``index_target.txt``, ``index_train_K.txt`` / ``index_test_K.txt`` (0-based rows), ``n_hidden.txt``,
-``n_epochs.txt`` and ``n_splits.txt``. For every split the inputs and the target are standardized
-with the training split's mean and (population) standard deviation; the network is one hidden layer
-of ``n_hidden`` ReLU units; the test RMSE and test log-likelihood are reported in the ORIGINAL
-target units and summarized as mean ± standard error over the splits.
+Protocol (the layout of Hernández-Lobato & Adams' UCI splits; docs/uci.md): a directory with
+``data.txt``, ``index_features.txt``, ``index_target.txt``, ``index_train_K.txt`` /
+``index_test_K.txt`` (0-based rows), ``n_hidden.txt``, ``n_epochs.txt`` and ``n_splits.txt``. For
+every split the inputs and the target are standardized with the training split's mean and
+(population) standard deviation; the network is one hidden layer of ``n_hidden`` ReLU units; the
+test RMSE and test log-likelihood are reported in the ORIGINAL target units and summarized as mean ±
+standard error over the splits.
 
 Model, the same for all four methods: y = f_θ(x) + ε, ε ~ N(0, σ²) in standardized units, prior
 θ ~ N(0, δ⁻¹I) on every weight and bias, mean-field Gaussian posterior q(θ) = N(m, diag(s)⁻¹)
@@ -767,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
             "The UCI regression benchmark (one hidden layer, inputs and target standardized on "
             "the training split; test RMSE and log-likelihood in original units, mean ± s.e. over "
             "splits) for VOGN, Vadam, IVON and Bayes by backprop, beside the published numbers "
-            "of Khan et al. (2018). Any directory in the format of ../shared/DATA.md works."
+            "of Khan et al. (2018). Any directory in the layout described in docs/uci.md works."
         ),
     )
     parser.add_argument(

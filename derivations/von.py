@@ -57,15 +57,14 @@ from torch import Tensor
 
 import blr
 import expfam
-from blr.kernels.diag_gaussian import ivon_hess_estimate, ivon_step_
 from derivations.ivon import (
     F64,
     D,
     N,
     Problem,
     diag_family,
+    kernel_instance,
     likelihood,
-    loss_grad,
     prior_nat,
     problem,
     stein_and_bonnet_price,
@@ -187,40 +186,20 @@ def blr_instance(
 def kernel(
     pb: Problem, *, rho: float = RHO, lr: float | None = None, delta: float = DELTA, s0: float = S0
 ) -> tuple[Tensor, Tensor]:
-    """The copies concatenated into flat buffers (m, ḡ, s) of length B·D on ``pb``'s device, one
-    :func:`blr.kernels.ivon_step_` per step with ``correction=False, beta1=0``, β₂ = 1 − ρ and
-    α = ``lr`` (default ρ): θ = m + σ⊙z, ĝ = ∇ℓ_B(θ) by autograd
-    (:func:`derivations.ivon.loss_grad`), ĥ by :func:`blr.kernels.ivon_hess_estimate` from
-    (θ − m)⊙ĝ. Returns the means and s ``(T + 1, B, D)``."""
+    """IVON's flat-buffer kernel driver (:func:`derivations.ivon.kernel_instance`: one
+    :func:`blr.kernels.ivon_step_` per step, ĝ = ∇ℓ_B(θ) by autograd, ĥ from (θ − m)⊙ĝ) with
+    ``correction=False, beta1=0``, β₂ = 1 − ρ, α = ``lr`` (default ρ) and h₀ = s₀. Returns the
+    means and s ``(T + 1, B, D)``."""
     alpha = rho if lr is None else lr
-    steps, copies = pb.z.shape[0], pb.z.shape[1]
-    mean = torch.zeros(copies * D, dtype=F64, device=pb.z.device)
-    momentum, scale = torch.zeros_like(mean), torch.full_like(mean, s0)
-    means, scales = [mean.clone()], [scale.clone()]
-    for t in range(1, steps + 1):
-        offset = pb.z[t - 1].reshape(-1) * torch.rsqrt(N * (scale + delta))
-        theta = (mean + offset).view(copies, D)
-        g_hat = loss_grad(pb.xb[t - 1], pb.yb[t - 1], theta).reshape(-1)
-        h_hat = ivon_hess_estimate(
-            offset * g_hat, scale, ess=N, weight_decay=delta, hess_approx="price"
-        )
-        ivon_step_(
-            mean,
-            momentum,
-            scale,
-            g_hat,
-            h_hat,
-            lr=alpha,
-            beta1=0.0,
-            beta2=1 - rho,
-            weight_decay=delta,
-            step=t,
-            correction=False,
-        )
-        means.append(mean.clone())
-        scales.append(scale.clone())
-    shape = (steps + 1, copies, D)
-    return torch.stack(means).view(shape), torch.stack(scales).view(shape)
+    return kernel_instance(
+        pb,
+        lr=alpha,
+        beta1=0.0,
+        beta2=1 - rho,
+        delta=delta,
+        h0=s0,
+        correction=False,
+    )
 
 
 def _dev(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> float:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from blr.estimators import Estimate, Estimator
 from expfam import ExpFamily
-from expfam._tree import tmap
+from expfam.tree import tmap
 
 
 def check_rho(rho: float, name: str = "rho") -> float:
@@ -63,7 +63,7 @@ def natural_gradient(
     """∇_μ(E_q[ℓ̄] − H(q)) from ∇_μE_q[ℓ] (``grad_mean``): adds ∇_μ(−H), or with a conjugate
     prior λ₀ (whose base-measure terms cancel) λ − λ₀."""
     if prior is None:
-        return tmap(torch.add, grad_mean, family._neg_entropy_grad(nat))
+        return tmap(torch.add, grad_mean, family.neg_entropy_grad(nat, validate=False))
     return tmap(lambda g, lam, lam0: g + lam - lam0, grad_mean, nat, prior)
 
 
@@ -177,5 +177,5 @@ def objective(family: ExpFamily, nat: tuple, expected_loss: Tensor, prior: tuple
         tensor(0.)
     """
     if prior is None:
-        return expected_loss - family._entropy(nat)
-    return expected_loss + family._kl(nat, prior)
+        return expected_loss - family.entropy(nat, validate=False)
+    return expected_loss + family.kl(nat, prior, validate=False)

@@ -35,7 +35,8 @@ from torch import Tensor
 
 from blr.quadrature import sigma_points
 from expfam import Bernoulli, ExpFamily, GaussianLike, generic
-from expfam._tree import flatten, inner, tmap, unflatten
+from expfam.linalg import solve_psd
+from expfam.tree import flatten, inner, tmap, unflatten
 
 Loss = Callable[[Tensor], Tensor]
 
@@ -235,9 +236,9 @@ class Reparam(Estimator):
         batch = family.batch_shape(nat)
         with torch.enable_grad():
             mean = tmap(lambda t: t.detach().requires_grad_(), family.nat_to_mean(nat))
-            lam = family._mean_to_nat(mean)
+            lam = family.mean_to_nat(mean, validate=False)  # μ is the autograd leaf
             if self.points == "mc":
-                theta = family._sample(lam, (self.n_samples,), generator)
+                theta = family.rsample(lam, (self.n_samples,), generator, validate=False)
                 w = torch.full((self.n_samples,), 1.0 / self.n_samples, dtype=nat[0].dtype)
             else:
                 d = nat[0].shape[-1]
@@ -349,7 +350,7 @@ class BonnetPrice(Estimator):
             z = z.reshape(2 * d, *([1] * len(batch)), d).expand(2 * d, *batch, d)
             return family.reparam(nat, z), w
         k = self.n_samples
-        theta = family._sample(nat, (k,), generator)
+        theta = family.sample(nat, (k,), generator, validate=False)
         return theta, torch.full((k,), 1.0 / k, dtype=dtype, device=device)
 
     def __call__(self, family, nat, loss, *, generator=None) -> Estimate:
@@ -462,16 +463,17 @@ class ScoreFunction(Estimator):
         k = self.n_samples
         batch = family.batch_shape(nat)
         with torch.no_grad():
-            theta = family._sample(nat, (k,), generator)
+            theta = family.sample(nat, (k,), generator, validate=False)
             values = _values(loss, theta, k, batch).to(nat[0].dtype)
-            t = flatten(family._suff_stats(theta), family.event_ndims).to(nat[0].dtype)
-        mu = flatten(family._nat_to_mean(nat), family.event_ndims)
+            t = flatten(family.suff_stats(theta, validate=False), family.event_ndims)
+            t = t.to(nat[0].dtype)
+        mu = flatten(family.nat_to_mean(nat, validate=False), family.event_ndims)
         b = (values.sum(0, keepdim=True) - values) / (k - 1) if self.baseline else 0.0
         centred = values - b  # (K, *p) with p a prefix of the batch shape
         centred = centred.reshape(*centred.shape, *([1] * (t.ndim - centred.ndim)))
         score = (centred * (t - mu)).mean(0)  # ∇_λ E[ℓ] = Cov(ℓ, T), per batch element
         fisher = generic.fisher(family, nat)
-        sol = generic._solve_psd(fisher, score)
+        sol = solve_psd(fisher, score)
         return Estimate(unflatten(sol, nat, family.event_ndims), values.mean(0))
 
 

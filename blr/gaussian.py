@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from expfam import DiagGaussian, FullGaussian
-from expfam.gaussian_full import _sym, chol_or_raise
+from expfam.linalg import chol_or_raise, sym
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,13 +139,13 @@ def gaussian_step(
     if full:
         m, chol = family.mean_and_chol(nat)
         s = -(nat.lam2 + nat.lam2.mT)
-        big_g = _sym(h_hat) - s
+        big_g = sym(h_hat) - s
         s_new = s + beta * big_g
         if gamma > 0:
             s_new = s_new + gamma * (s + (prev_nat.lam2 + prev_nat.lam2.mT))  # γ(S_t − S_{t−1})
         if options.improved:  # ½β² G S⁻¹ G
             s_new = s_new + 0.5 * beta**2 * big_g @ torch.cholesky_solve(big_g, chol)
-        s_new = _sym(s_new)
+        s_new = sym(s_new)
         mean_prec = s if options.improved and options.improved_mean == "old" else s_new
         precond = _sqrtm(mean_prec) if options.sqrt_scaling else mean_prec
         if options.damping:

@@ -46,7 +46,7 @@ from blr.engine import check_rho
 from blr.estimators import _hessian_exact, _values
 from blr.quadrature import gauss_hermite_product
 from expfam import DiagGaussian, Mixture, MixtureNat
-from expfam.gaussian_full import _sym
+from expfam.linalg import sym
 
 Expectation = Literal["gh", "mc", "importance"]
 WeightRule = Literal["exact", "lin", "fixed"]
@@ -258,7 +258,7 @@ def _expectations(st, loss, expectation, n, delta, generator, need_derivs=True):
             raise ValueError(_NAN_MESSAGE)
         return MixtureExpectations(_expect(w, lv + log_q), None, None)
     if st.full:
-        hess = _sym(hess)
+        hess = sym(hess)
     return MixtureExpectations(value, grad, hess)
 
 
@@ -432,7 +432,7 @@ def _update(nat, st: _State, e: MixtureExpectations, rho, weights, improved) -> 
         s_new = prec + rho * h
         if improved:  # ½ρ² G S⁻¹ G
             s_new = s_new + 0.5 * rho**2 * h @ torch.cholesky_solve(h, st.root)
-        s_new = _sym(s_new)
+        s_new = sym(s_new)
         root, info = torch.linalg.cholesky_ex(s_new)
         bad = torch.nonzero(info).flatten().tolist()
         if bad:

@@ -13,7 +13,7 @@ from blr.estimators import Estimate, Estimator
 from blr.gaussian import GaussianOptions, gaussian_step
 from blr.schedules import Schedule, as_schedule
 from expfam import DiagGaussian, ExpFamily, FullGaussian
-from expfam._tree import tmap
+from expfam.tree import tmap
 
 
 class BLR:

@@ -611,7 +611,8 @@ def _enumeration(x: Tensor, y: Tensor) -> list[Comparison]:
     mu = (KEEP * m).requires_grad_()
 
     def expectation(fn: Callable[[Tensor], Tensor]) -> Tensor:
-        theta = fam.reparam(fam._mean_to_nat(SpikeSlabMean(mu)), zz, epsz)
+        lam = fam.mean_to_nat(SpikeSlabMean(mu), validate=False)  # μ is the autograd leaf
+        theta = fam.reparam(lam, zz, epsz)
         return (weight * fn(theta)).sum()
 
     (grad_mu,) = torch.autograd.grad(expectation(loss), mu)

@@ -4,7 +4,10 @@ Every family is stateless math over parameter values (NamedTuples of tensors):
 ``family.nat_to_mean(nat)``, ``family.entropy(nat)``, ``family.kl(nat_p, nat_q)``,
 ``family.sample(nat, shape)``, ... . :data:`FAMILIES` maps registry names to family instances; it
 drives the contract test suite, so a new family is one file plus one line below.
-``__version__`` is the version of the package.
+``__version__`` is the version of the package. Besides the families: :mod:`expfam.generic` (the
+autograd oracles), :mod:`expfam.tree` (helpers over parameter containers: ``tmap``, ``inner``,
+``flatten``, ...) and :mod:`expfam.linalg` (symmetric part, Cholesky with a clear error, PSD
+solve).
 
 >>> import torch
 >>> import expfam
@@ -18,7 +21,7 @@ True
 
 from __future__ import annotations
 
-from expfam import generic
+from expfam import generic, linalg, tree
 from expfam.base import ExpFamily, GaussianLike, Tolerances, set_validation, validation_enabled
 from expfam.bernoulli import Bernoulli, BernoulliMean, BernoulliNat
 from expfam.beta import Beta, BetaMean, BetaNat
@@ -110,7 +113,9 @@ __all__ = [
     "PoissonNat",
     "Tolerances",
     "generic",
+    "linalg",
     "register",
     "set_validation",
+    "tree",
     "validation_enabled",
 ]

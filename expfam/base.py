@@ -5,6 +5,14 @@ paper (``lam1, lam2`` for λ, ``mu1, mu2`` for μ) with batch dimensions in fron
 returned. The public methods of :class:`ExpFamily` check their input (type, dtype, device,
 shapes, domain) and then call the underscore methods that each family implements; a family calls
 its own underscore methods internally, so validation runs once per public call.
+
+The underscore methods are the family author's side of the contract: families implement them,
+and only families and ``expfam`` itself call them. Everyone else (the ``blr`` engine, its
+estimators, user code) calls the public methods. A caller that has already checked its input, or
+whose parameter is an autograd intermediate (μ as a leaf, mapped to λ inside a graph), passes
+``validate=False``: every check is skipped and the implementation is called directly, with the
+same result (on valid input) and no extra cost. :func:`set_validation` instead switches off the
+domain checks (the ones that read tensor values) of every call, globally.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from expfam._tree import inner
+from expfam.tree import inner
 
 _VALIDATE = True
 
@@ -75,7 +83,9 @@ class ExpFamily(abc.ABC):
                \quad \mu = \nabla A(\lambda) = \mathbb{E}_q[T(\theta)].
 
     Subclasses set the class attributes and implement the underscore methods; users call the
-    public methods, which validate input first.
+    public methods, which validate input first. Every public method of the math (``suff_stats``
+    … ``to_torch``) takes a keyword ``validate=True``; ``validate=False`` skips all checks of
+    the input (the caller vouches for it: e.g. the BLR engine, which checks λ once per step).
 
     Class attributes:
         name: registry name.
@@ -105,6 +115,11 @@ class ExpFamily(abc.ABC):
     torch.Size([3])
     >>> fam.rsample(nat, (3,)).shape
     torch.Size([3, 1])
+
+    Without the checks, for input the caller has already validated (same result):
+
+    >>> fam.entropy(nat, validate=False) == fam.entropy(nat)
+    tensor(True)
     """
 
     name: ClassVar[str]
@@ -207,7 +222,7 @@ class ExpFamily(abc.ABC):
         return None
 
     # ------------------------------------------------------------------ public, validated
-    def suff_stats(self, x: Sample) -> tuple:
+    def suff_stats(self, x: Sample, *, validate: bool = True) -> tuple:
         """Sufficient statistics T(θ) as a ``mean_type`` (batch shape of ``x``).
 
         Example:
@@ -217,10 +232,11 @@ class ExpFamily(abc.ABC):
             >>> T.mu1
             tensor([0.0000, 1.3863], dtype=torch.float64)
         """
-        self._validate_point(x, "x")
+        if validate:
+            self._validate_point(x, "x")
         return self._suff_stats(x)
 
-    def log_base_measure(self, x: Sample) -> Tensor:
+    def log_base_measure(self, x: Sample, *, validate: bool = True) -> Tensor:
         """log h(θ).
 
         Example:
@@ -230,10 +246,11 @@ class ExpFamily(abc.ABC):
             >>> Poisson().log_base_measure(k)  # h(k) = 1/k!
             tensor([-0.0000, -0.0000, -1.7918], dtype=torch.float64)
         """
-        self._validate_point(x, "x")
+        if validate:
+            self._validate_point(x, "x")
         return self._log_base_measure(x)
 
-    def log_partition(self, nat: tuple) -> Tensor:
+    def log_partition(self, nat: tuple, *, validate: bool = True) -> Tensor:
         """A(λ), shape ``batch_shape``.
 
         Example:
@@ -243,10 +260,11 @@ class ExpFamily(abc.ABC):
             >>> fam.log_partition(fam.from_logits(torch.zeros(1, dtype=torch.float64)))  # log 2
             tensor([0.6931], dtype=torch.float64)
         """
-        self.validate_nat(nat)
+        if validate:
+            self.validate_nat(nat)
         return self._log_partition(nat)
 
-    def nat_to_mean(self, nat: tuple) -> tuple:
+    def nat_to_mean(self, nat: tuple, *, validate: bool = True) -> tuple:
         """μ = ∇A(λ) = E_q[T(θ)].
 
         Example:
@@ -256,10 +274,11 @@ class ExpFamily(abc.ABC):
             >>> fam.nat_to_mean(BernoulliNat(torch.zeros(2))).mu1  # logit 0: probability 1/2
             tensor([0.5000, 0.5000])
         """
-        self.validate_nat(nat)
+        if validate:
+            self.validate_nat(nat)
         return self._nat_to_mean(nat)
 
-    def mean_to_nat(self, mean: tuple) -> tuple:
+    def mean_to_nat(self, mean: tuple, *, validate: bool = True) -> tuple:
         """λ = (∇A)⁻¹(μ) = ∇A*(μ).
 
         Example:
@@ -269,10 +288,11 @@ class ExpFamily(abc.ABC):
             >>> Bernoulli().mean_to_nat(mean).lam1  # the logits log(p / (1 − p))
             tensor([0.0000, 1.0986], dtype=torch.float64)
         """
-        self.validate_mean(mean)
+        if validate:
+            self.validate_mean(mean)
         return self._mean_to_nat(mean)
 
-    def expected_log_base_measure(self, nat: tuple) -> Tensor:
+    def expected_log_base_measure(self, nat: tuple, *, validate: bool = True) -> Tensor:
         """E_q[log h(θ)].
 
         Example:
@@ -282,10 +302,11 @@ class ExpFamily(abc.ABC):
             >>> Poisson().expected_log_base_measure(nat)  # E[−log k!] at rates 0.5 and 4
             tensor([-0.0811, -3.6319], dtype=torch.float64)
         """
-        self.validate_nat(nat)
+        if validate:
+            self.validate_nat(nat)
         return self._expected_log_base_measure(nat)
 
-    def neg_entropy_grad(self, nat: tuple) -> tuple:
+    def neg_entropy_grad(self, nat: tuple, *, validate: bool = True) -> tuple:
         """∇_μ(−H(q)) = λ + ∇_μE_q[log h], the entropy's part of the BLR's natural gradient.
 
         It is λ for families with a constant base measure and 0 for the fixed-covariance
@@ -299,10 +320,11 @@ class ExpFamily(abc.ABC):
             >>> fam.neg_entropy_grad(nat)  # log h = 0, so this is λ = (a − 1, −b)
             GammaNat(lam1=tensor([1.]), lam2=tensor([-3.]))
         """
-        self.validate_nat(nat)
+        if validate:
+            self.validate_nat(nat)
         return self._neg_entropy_grad(nat)
 
-    def entropy(self, nat: tuple) -> Tensor:
+    def entropy(self, nat: tuple, *, validate: bool = True) -> Tensor:
         """H(q) = A(λ) − <λ, μ> − E_q[log h], computed in closed form.
 
         Example:
@@ -312,10 +334,11 @@ class ExpFamily(abc.ABC):
             >>> fam.entropy(fam.from_moments(0 * one, one))  # N(0, 1): ½ log(2πe)
             tensor(1.4189, dtype=torch.float64)
         """
-        self.validate_nat(nat)
+        if validate:
+            self.validate_nat(nat)
         return self._entropy(nat)
 
-    def kl(self, nat_p: tuple, nat_q: tuple) -> Tensor:
+    def kl(self, nat_p: tuple, nat_q: tuple, *, validate: bool = True) -> Tensor:
         """KL(p ‖ q) for p = q_{λ_p}, q = q_{λ_q} of this family.
 
         Example:
@@ -325,24 +348,25 @@ class ExpFamily(abc.ABC):
             >>> fam.kl(fam.from_moments(0 * one, one), fam.from_moments(one, one))  # (1 − 0)² / 2
             tensor(0.5000, dtype=torch.float64)
         """
-        self.validate_nat(nat_p, "nat_p")
-        self.validate_nat(nat_q, "nat_q")
-        bp, bq = self.batch_shape(nat_p), self.batch_shape(nat_q)
-        try:
-            torch.broadcast_shapes(bp, bq)
-        except RuntimeError:
-            raise ValueError(
-                f"nat_p and nat_q have batch shapes {tuple(bp)} and {tuple(bq)}, which do not "
-                "broadcast"
-            ) from None
-        if nat_p[0].dtype != nat_q[0].dtype or nat_p[0].device != nat_q[0].device:
-            raise TypeError(
-                f"nat_p and nat_q must share dtype and device, got {nat_p[0].dtype} on "
-                f"{nat_p[0].device} and {nat_q[0].dtype} on {nat_q[0].device}"
-            )
+        if validate:
+            self.validate_nat(nat_p, "nat_p")
+            self.validate_nat(nat_q, "nat_q")
+            bp, bq = self.batch_shape(nat_p), self.batch_shape(nat_q)
+            try:
+                torch.broadcast_shapes(bp, bq)
+            except RuntimeError:
+                raise ValueError(
+                    f"nat_p and nat_q have batch shapes {tuple(bp)} and {tuple(bq)}, which do not "
+                    "broadcast"
+                ) from None
+            if nat_p[0].dtype != nat_q[0].dtype or nat_p[0].device != nat_q[0].device:
+                raise TypeError(
+                    f"nat_p and nat_q must share dtype and device, got {nat_p[0].dtype} on "
+                    f"{nat_p[0].device} and {nat_q[0].dtype} on {nat_q[0].device}"
+                )
         return self._kl(nat_p, nat_q)
 
-    def log_prob(self, nat: tuple, x: Sample) -> Tensor:
+    def log_prob(self, nat: tuple, x: Sample, *, validate: bool = True) -> Tensor:
         """log q(θ) = <λ, T(θ)> − A(λ) + log h(θ).
 
         Example:
@@ -353,8 +377,9 @@ class ExpFamily(abc.ABC):
             >>> fam.log_prob(nat, torch.tensor([1.0, 0.0], dtype=torch.float64))  # log ½, log σ(−2)
             tensor([-0.6931, -2.1269], dtype=torch.float64)
         """
-        self.validate_nat(nat)
-        self._validate_point(x, "x")
+        if validate:
+            self.validate_nat(nat)
+            self._validate_point(x, "x")
         return self._log_prob(nat, x)
 
     def sample(
@@ -362,6 +387,8 @@ class ExpFamily(abc.ABC):
         nat: tuple,
         sample_shape: Sequence[int] = (),
         generator: torch.Generator | None = None,
+        *,
+        validate: bool = True,
     ) -> Sample:
         """Draws θ ~ q_λ, shape ``sample_shape + batch_shape + event_shape``, without gradient.
 
@@ -374,7 +401,8 @@ class ExpFamily(abc.ABC):
             >>> x.shape, bool(((x == 0) | (x == 1)).all())
             (torch.Size([1000, 3]), True)
         """
-        self.validate_nat(nat)
+        if validate:
+            self.validate_nat(nat)
         with torch.no_grad():
             return self._sample(nat, tuple(sample_shape), generator)
 
@@ -383,6 +411,8 @@ class ExpFamily(abc.ABC):
         nat: tuple,
         sample_shape: Sequence[int] = (),
         generator: torch.Generator | None = None,
+        *,
+        validate: bool = True,
     ) -> Sample:
         """Reparameterized draws: differentiable in λ. Only for families with ``has_rsample``.
 
@@ -400,10 +430,11 @@ class ExpFamily(abc.ABC):
                 f"{self.name} has no reparameterized sampler (its support is discrete); use "
                 "sample() with a score-function or relaxed estimator instead"
             )
-        self.validate_nat(nat)
+        if validate:
+            self.validate_nat(nat)
         return self._sample(nat, tuple(sample_shape), generator)
 
-    def to_torch(self, nat: tuple) -> torch.distributions.Distribution:
+    def to_torch(self, nat: tuple, *, validate: bool = True) -> torch.distributions.Distribution:
         """The equivalent ``torch.distributions`` object (for interop and as a test oracle).
 
         Example:
@@ -414,7 +445,8 @@ class ExpFamily(abc.ABC):
             >>> type(dist).__name__, dist.mean  # Gamma(a = 2, b = 4) has mean a / b
             ('Gamma', tensor([0.5000]))
         """
-        self.validate_nat(nat)
+        if validate:
+            self.validate_nat(nat)
         dist = self._to_torch(nat)
         if dist is None:
             raise NotImplementedError(f"{self.name} has no torch.distributions equivalent")

@@ -10,8 +10,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from expfam._tree import sum_event
 from expfam.base import ExpFamily, check_finite, check_positive
+from expfam.tree import sum_event
 
 _EULER = 0.5772156649015329
 # B_2k / (2k), k = 1..8, for the asymptotic series ψ(x) ~ log x − 1/(2x) − Σ_k B_2k / (2k x^{2k})

@@ -9,8 +9,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from expfam._tree import sum_event
 from expfam.base import ExpFamily, check_finite, check_positive
+from expfam.tree import sum_event
 
 _LOG_2PI = math.log(2 * math.pi)
 

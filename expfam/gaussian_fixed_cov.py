@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from expfam.base import ExpFamily, check_finite
-from expfam.gaussian_full import chol_or_raise
+from expfam.linalg import chol_or_raise
 
 _LOG_2PI = math.log(2 * math.pi)
 

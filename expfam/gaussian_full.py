@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from expfam.base import ExpFamily, Tolerances, check_finite
+from expfam.linalg import chol_or_raise, sym
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -27,20 +28,6 @@ class FullMean(NamedTuple):
 
     mu1: Tensor
     mu2: Tensor
-
-
-def _sym(x: Tensor) -> Tensor:
-    return 0.5 * (x + x.mT)
-
-
-def chol_or_raise(prec: Tensor, constraint: str) -> Tensor:
-    """Lower Cholesky factor L of the symmetric matrix ``prec`` = L Lᵀ; raises ValueError with
-    ``constraint`` (which names the argument) if it is not positive definite."""
-    chol, info = torch.linalg.cholesky_ex(prec)
-    if (info != 0).any():
-        bad = torch.nonzero(info.reshape(-1)).flatten()[:5].tolist()
-        raise ValueError(f"{constraint} (Cholesky failed at flattened batch index {bad})")
-    return chol
 
 
 def prec_cholesky(lam2: Tensor, name: str = "nat.lam2") -> Tensor:
@@ -96,7 +83,7 @@ class FullGaussian(ExpFamily):
             >>> torch.allclose(m2, m), torch.allclose(prec2, prec)
             (True, True)
         """
-        chol_or_raise(_sym(prec), "prec must be symmetric positive definite")
+        chol_or_raise(sym(prec), "prec must be symmetric positive definite")
         return FullNat((prec @ m.unsqueeze(-1)).squeeze(-1), -0.5 * prec)
 
     def to_moments(self, nat: FullNat) -> tuple[Tensor, Tensor]:
@@ -111,7 +98,7 @@ class FullGaussian(ExpFamily):
         (tensor([1., 2.]), tensor([4., 4.]))
         """
         self.validate_nat(nat)
-        return self.mean_and_chol(nat)[0], -2 * _sym(nat.lam2)
+        return self.mean_and_chol(nat)[0], -2 * sym(nat.lam2)
 
     def mean_and_chol(self, nat: FullNat) -> tuple[Tensor, Tensor]:
         """(m, L) with S = L Lᵀ the precision: the working representation of this family.
@@ -186,7 +173,7 @@ class FullGaussian(ExpFamily):
             >>> g, h.diagonal()
             (tensor([1., 0.]), tensor([2., 2.]))
         """
-        h_hat = 2 * _sym(grad.lam2)
+        h_hat = 2 * sym(grad.lam2)
         m = self.location(nat)
         return grad.lam1 + (h_hat @ m.unsqueeze(-1)).squeeze(-1), h_hat
 
@@ -206,13 +193,13 @@ class FullGaussian(ExpFamily):
     def _nat_to_mean(self, nat: FullNat) -> FullMean:
         m, chol = self.mean_and_chol(nat)
         cov = torch.cholesky_inverse(chol)
-        return FullMean(m, _sym(cov) + m.unsqueeze(-1) * m.unsqueeze(-2))
+        return FullMean(m, sym(cov) + m.unsqueeze(-1) * m.unsqueeze(-2))
 
     def _mean_to_nat(self, mean: FullMean) -> FullNat:
         m = mean.mu1
         cov = mean.mu2 - m.unsqueeze(-1) * m.unsqueeze(-2)
-        cov_chol = torch.linalg.cholesky(_sym(cov))
-        prec = _sym(torch.cholesky_inverse(cov_chol))
+        cov_chol = torch.linalg.cholesky(sym(cov))
+        prec = sym(torch.cholesky_inverse(cov_chol))
         return FullNat((prec @ m.unsqueeze(-1)).squeeze(-1), -0.5 * prec)
 
     def _expected_log_base_measure(self, nat: FullNat) -> Tensor:
@@ -271,7 +258,7 @@ class FullGaussian(ExpFamily):
         check_finite(mean.mu1, f"{name}.mu1")
         check_finite(mean.mu2, f"{name}.mu2")
         cov = mean.mu2 - mean.mu1.unsqueeze(-1) * mean.mu1.unsqueeze(-2)
-        if (torch.linalg.cholesky_ex(_sym(cov))[1] != 0).any():
+        if (torch.linalg.cholesky_ex(sym(cov))[1] != 0).any():
             raise ValueError(
                 f"{name}.mu2 − {name}.mu1 {name}.mu1ᵀ must be positive definite (a covariance)"
             )
@@ -308,6 +295,6 @@ class FullGaussian(ExpFamily):
         eig = 0.3 * 10 ** torch.rand((*batch, dim), **kw)
         lo, hi = (-6.0, 6.0) if extreme else (-1.0, 1.0)
         scale = 10 ** (lo + (hi - lo) * torch.rand((*batch, 1, 1), **kw))
-        prec = _sym(scale * (q * eig.unsqueeze(-2)) @ q.mT)
+        prec = sym(scale * (q * eig.unsqueeze(-2)) @ q.mT)
         m = 3 * (2 * torch.rand((*batch, dim), **kw) - 1)
         return FullNat((prec @ m.unsqueeze(-1)).squeeze(-1), -0.5 * prec)

@@ -31,8 +31,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from expfam._tree import flatten, inner, sum_event, tmap, unflatten
 from expfam.base import ExpFamily, Tolerances, check_finite
+from expfam.linalg import solve_psd
+from expfam.tree import flatten, inner, sum_event, tmap, unflatten
 
 
 def _leaf(nat: tuple) -> tuple:
@@ -157,32 +158,8 @@ def neg_entropy_grad_fisher(family: ExpFamily, nat: tuple) -> tuple:
     grads = tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaf))
     g_flat = flatten(family.nat_type(*grads), family.event_ndims)
     f = fisher(family, nat)
-    sol = _solve_psd(f, g_flat)
+    sol = solve_psd(f, g_flat)
     return unflatten(sol, nat, family.event_ndims)
-
-
-_PINV_RTOL = 1e-12  # of the unit-diagonal Fisher: below it, an eigenvalue is a null direction
-
-
-def _solve_psd(f: Tensor, b: Tensor) -> Tensor:
-    """Solve F x = b for symmetric positive semi-definite F: the least-norm solution, x ⊥ null(F)
-    (F is singular along the antisymmetric directions of a matrix block).
-
-    F is scaled to unit diagonal, F̃ = D⁻¹FD⁻¹ with D = diag(F)^½, before its null space is
-    told apart from its small eigenvalues, so that coordinates of very different scales (a
-    Gamma shape of 10⁴ with a rate of 10⁻³: an eigenvalue 10⁻¹⁷ of the largest) are not
-    mistaken for singular ones; the null directions v = D⁻¹u (F̃u = 0) are then projected out
-    of x = D⁻¹F̃⁺D⁻¹b."""
-    diag = torch.diagonal(f, dim1=-2, dim2=-1)
-    d = torch.where(diag > 0, diag.clamp_min(torch.finfo(f.dtype).tiny).sqrt(), 1.0)
-    scaled = f / (d.unsqueeze(-1) * d.unsqueeze(-2))
-    w, u = torch.linalg.eigh(0.5 * (scaled + scaled.mT))
-    keep = w > _PINV_RTOL * w.amax(-1, keepdim=True).clamp_min(0)
-    inv = torch.where(keep, 1.0 / torch.where(keep, w, 1.0), 0.0)
-    x = (u @ (inv * (u.mT @ (b / d).unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1) / d
-    null = u * (~keep).unsqueeze(-2) / d.unsqueeze(-1)  # columns v = D⁻¹u of the null space
-    coef = torch.linalg.pinv(null.mT @ null, hermitian=True) @ (null.mT @ x.unsqueeze(-1))
-    return x - (null @ coef).squeeze(-1)
 
 
 def _inside(family: ExpFamily, nat: tuple, batch: torch.Size) -> Tensor:
@@ -249,7 +226,7 @@ def mean_to_nat_newton(
         resid = mu_flat - flatten(mean_autograd(family, nat), family.event_ndims)
         if (resid.abs() <= tol * (1 + mu_flat.abs())).all():
             break
-        step = unflatten(_solve_psd(fisher(family, nat), resid), nat, family.event_ndims)
+        step = unflatten(solve_psd(fisher(family, nat), resid), nat, family.event_ndims)
         f0 = objective(nat)
         t = torch.ones(batch, dtype=mu_flat.dtype, device=mu_flat.device)
         accepted = torch.zeros(batch, dtype=torch.bool, device=mu_flat.device)
@@ -386,7 +363,7 @@ class GenericFamily(ExpFamily):
         # one more Newton step, on the graph of μ: the value stays (the residual is ~0) and
         # ∂λ/∂μ = F(λ)⁻¹, the derivative of the inverse map
         resid = flatten(tmap(torch.sub, mean, self._mu(nat)), self.event_ndims)
-        step = _solve_psd(fisher(self, nat), resid)
+        step = solve_psd(fisher(self, nat), resid)
         return tmap(torch.add, nat, unflatten(step, nat, self.event_ndims))
 
     def _entropy(self, nat: tuple) -> Tensor:

@@ -8,7 +8,7 @@ import torch
 
 import blr
 import expfam
-from expfam._tree import tmap
+from expfam.tree import tmap
 
 f64 = torch.float64
 

@@ -15,7 +15,7 @@ import torch
 
 import blr
 import expfam
-from expfam._tree import flatten
+from expfam.tree import flatten
 
 f64 = torch.float64
 A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=f64)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from expfam import ExpFamily, generic
-from expfam._tree import flatten, inner, tmap
+from expfam.tree import flatten, inner, tmap
 from tests.expfam.families import ALL, IDS
 
 DTYPES = [torch.float64, torch.float32]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from expfam import generic
-from expfam._tree import tmap
+from expfam.tree import tmap
 from tests.expfam.families import ALL, IDS
 from tests.expfam.test_contract import nat_for, rel_err
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from blr.bench import _one_step, held_bytes, train_step_table
+from blr.apps.bench import _one_step, held_bytes, train_step_table
 from blr.kernels import triton_ivon
 from blr.optim import IVON
 
@@ -214,10 +214,11 @@ def main() -> int:
         print(f"  {r['optimizer']:20} {r['step_ms']:9.3f} ms {r['x_adamw_foreach']:6.2f}x foreach")
     record["train_step"] = steps
     if device.type == "cuda":  # the paper's table with its batched kernels on the GPU
+        from blr.apps.table import format_table
         from derivations import table
 
         results = table.run_table(device="cuda", symbolic=False)
-        print(table.format_table(results))
+        print(format_table(results))
         record["table_cuda"] = {r.info.key: r.passed for r in results}
     print(json.dumps(record))
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blr import bench
+from blr.apps import bench
 
 extra = {}
 try:

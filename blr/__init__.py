@@ -17,6 +17,9 @@
 - Laplace for networks (:class:`NNLaplace`: full, diagonal and last-layer GGN posteriors, GLM
   predictive, marginal likelihood) and the memory-perturbation equation (:mod:`blr.influence`:
   per-example sensitivities and "what if these examples were removed" without retraining);
+- :mod:`blr.curvature`: the likelihoods (one vocabulary of names), output Hessians and their
+  factors, per-example Jacobians and gradients, GGN and Fisher matrices, and the per-example
+  curvature hooks of VOGN (:class:`~blr.curvature.PerExample`);
 - :mod:`blr.kernels`: fused fast paths, each tested against :func:`step` (batched full-covariance
   Gaussians: :func:`full_gaussian_step`).
 
@@ -36,7 +39,7 @@ True
 
 from __future__ import annotations
 
-from blr import influence, kernels, metrics, quadrature, schedules
+from blr import curvature, influence, kernels, metrics, quadrature, schedules
 from blr.engine import objective, step, step_with_estimate
 from blr.estimators import (
     BonnetPrice,
@@ -98,6 +101,7 @@ __all__ = [
     "ScoreFunction",
     "Sensitivity",
     "__version__",
+    "curvature",
     "full_gaussian_step",
     "gaussian_step",
     "glm_removal",

@@ -38,79 +38,22 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from blr.curvature import Likelihood, resolve
 from blr.estimators import Estimate, Estimator
 from blr.quadrature import RULES, normal_quadrature
 from expfam import DiagGaussian, FullGaussian, FullNat, GaussianLike
 
 LinkLoss = Callable[[Tensor, Tensor], Tensor]
-LINKS = ("logistic", "poisson", "gaussian")
+_SUPPORTED = ("bernoulli", "poisson", "gaussian", "mse", "callable")  # one output per example
 
 
-# ---------------------------------------------------------------------------- per-example losses
-def _logistic(y: Tensor, a: Tensor, order: int) -> tuple[Tensor, ...]:
-    value = torch.nn.functional.softplus(a) - y * a
-    if order == 0:
-        return (value,)
-    p = torch.sigmoid(a)
-    return value, p - y, p * torch.sigmoid(-a)
+def _likelihood(link: str | Likelihood | LinkLoss) -> Likelihood:
+    """The likelihood of ``link``: a name of :data:`blr.curvature.NAMES` with one output per
+    example, a :class:`~blr.curvature.Likelihood` or an elementwise callable ℓ(y, a)."""
+    return resolve(link, supported=_SUPPORTED, arg="link")
 
 
-def _poisson(y: Tensor, a: Tensor, order: int) -> tuple[Tensor, ...]:
-    rate = torch.exp(a)
-    value = rate - y * a
-    return (value,) if order == 0 else (value, rate - y, rate)
-
-
-def _gaussian(y: Tensor, a: Tensor, order: int) -> tuple[Tensor, ...]:
-    r = a - y
-    value = 0.5 * r * r
-    return (value,) if order == 0 else (value, r, torch.ones_like(r))
-
-
-_BUILTIN = {"logistic": _logistic, "poisson": _poisson, "gaussian": _gaussian}
-_INVERSE_LINK = {"logistic": torch.sigmoid, "poisson": torch.exp, "gaussian": lambda a: a}
-
-
-def _autograd_link(fn: LinkLoss) -> Callable[[Tensor, Tensor, int], tuple[Tensor, ...]]:
-    """ℓ, ℓ' and ℓ'' of an elementwise callable ℓ(y, a) by autograd."""
-
-    def derivs(y: Tensor, a: Tensor, order: int) -> tuple[Tensor, ...]:
-        with torch.enable_grad():
-            a = a.detach().requires_grad_()
-            value = fn(y, a)
-            shape = torch.broadcast_shapes(y.shape, a.shape)
-            if not isinstance(value, Tensor) or value.shape != shape:
-                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(
-                    f"link must be elementwise: link(y, a) must return shape {tuple(shape)} for y "
-                    f"of shape {tuple(y.shape)} and a of shape {tuple(a.shape)}, got {got}"
-                )
-            if order == 0:
-                return (value.detach(),)
-            (d1,) = torch.autograd.grad(value.sum(), a, create_graph=True, allow_unused=True)
-            if d1 is None:
-                d1 = torch.zeros_like(a)
-            if d1.requires_grad:
-                (d2,) = torch.autograd.grad(d1.sum(), a, allow_unused=True)
-            else:
-                d2 = None
-        d2 = torch.zeros_like(a) if d2 is None else d2
-        return value.detach(), d1.detach(), d2.detach()
-
-    return derivs
-
-
-def _resolve_link(link: str | LinkLoss) -> Callable[[Tensor, Tensor, int], tuple[Tensor, ...]]:
-    if isinstance(link, str):
-        if link not in _BUILTIN:
-            raise ValueError(f"link must be one of {LINKS} or a callable ℓ(y, a), got {link!r}")
-        return _BUILTIN[link]
-    if not callable(link):
-        raise TypeError(f"link must be one of {LINKS} or a callable ℓ(y, a), got {link!r}")
-    return _autograd_link(link)
-
-
-def _as_data(X, y, link) -> tuple[Tensor, Tensor]:
+def _as_data(X, y, lik: Likelihood, link) -> tuple[Tensor, Tensor]:
     X = torch.as_tensor(X)
     if not X.is_floating_point():
         X = X.to(torch.float64)
@@ -123,13 +66,7 @@ def _as_data(X, y, link) -> tuple[Tensor, Tensor]:
         )
     if not torch.isfinite(X).all():
         raise ValueError("X must be finite")
-    if not torch.isfinite(y).all():
-        raise ValueError("y must be finite")
-    if link == "logistic" and not ((y >= 0) & (y <= 1)).all():
-        raise ValueError("y must lie in [0, 1] for link='logistic' (labels in {0, 1})")
-    if link == "poisson" and not (y >= 0).all():
-        raise ValueError("y must be ≥ 0 for link='poisson' (counts)")
-    return X, y
+    return X, lik.check_targets(y, context=f" for link={link!r}")
 
 
 def _check_scale(scale: float) -> float:
@@ -139,7 +76,12 @@ def _check_scale(scale: float) -> float:
     return value
 
 
-_DEFAULT_RULE = {"logistic": "trapezoid", "poisson": "hermite", "gaussian": "hermite"}
+_DEFAULT_RULE = {
+    "bernoulli": "trapezoid",
+    "poisson": "hermite",
+    "gaussian": "hermite",
+    "mse": "hermite",
+}
 _DEFAULT_POINTS = {"hermite": 32, "trapezoid": 256}
 
 
@@ -169,13 +111,15 @@ class GLMQuadrature(Estimator):
         X: the design matrix ``(n, d)`` (include a column of ones for a bias).
         y: the targets ``(n,)``.
         link: the per-example loss ℓ(y, a), the negative log-likelihood up to terms constant in
-            θ: ``"logistic"`` (softplus(a) − y·a, y ∈ {0, 1}), ``"poisson"`` (eᵃ − y·a, log link),
-            ``"gaussian"`` (½(y − a)², unit noise variance; use ``scale`` = 1/σ²), or an
-            elementwise callable ``ℓ(y, a)`` (tensors broadcast to the shape of ``a``;
-            ℓ' and ℓ'' by autograd).
+            θ, a likelihood of :mod:`blr.curvature` with one output (any name of
+            :data:`blr.curvature.NAMES` for it, or a :class:`~blr.curvature.Likelihood`):
+            ``"logistic"`` (the Bernoulli: softplus(a) − y·a, y ∈ {0, 1}), ``"poisson"``
+            (eᵃ − y·a, log link), ``"gaussian"`` (½(y − a)², unit noise variance; use ``scale``
+            = 1/σ²), ``"mse"`` ((y − a)²), or an elementwise callable ``ℓ(y, a)`` (tensors
+            broadcast to the shape of ``a``; ℓ' and ℓ'' by autograd).
         rule: ``"hermite"`` or ``"trapezoid"`` (:func:`normal_quadrature`); None picks the
-            trapezoid rule for ``"logistic"`` and callables (robust when σ_i = sd(a_i) ≫ 1),
-            Gauss–Hermite for ``"poisson"`` and ``"gaussian"`` (exact or nearly so).
+            trapezoid rule for the Bernoulli and callables (robust when σ_i = sd(a_i) ≫ 1),
+            Gauss–Hermite for the Poisson and the Gaussian (exact or nearly so).
         n_points: K; None means 256 for the trapezoid rule, 32 for Gauss–Hermite.
         scale: c, e.g. N/M for a minibatch of M out of N examples, or 1/σ² for ``"gaussian"``.
 
@@ -203,17 +147,17 @@ class GLMQuadrature(Estimator):
         self,
         X,
         y,
-        link: str | LinkLoss = "logistic",
+        link: str | Likelihood | LinkLoss = "logistic",
         *,
         rule: str | None = None,
         n_points: int | None = None,
         scale: float = 1.0,
     ) -> None:
-        self._derivs = _resolve_link(link)
+        self.likelihood = _likelihood(link)
         self.link = link
-        self.X, self.y = _as_data(X, y, link)
+        self.X, self.y = _as_data(X, y, self.likelihood, link)
         if rule is None:
-            rule = _DEFAULT_RULE.get(link, "trapezoid") if isinstance(link, str) else "trapezoid"
+            rule = _DEFAULT_RULE.get(self.likelihood.name, "trapezoid")
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
         if n_points is None:
@@ -276,7 +220,7 @@ class GLMQuadrature(Estimator):
         w = self.weights.to(mean)
         a = mean.unsqueeze(-1) + var.clamp_min(0).sqrt().unsqueeze(-1) * z
         y = self.y.to(mean).unsqueeze(-1)
-        return tuple((t * w).sum(-1) for t in self._derivs(y, a, order))
+        return tuple((t * w).sum(-1) for t in self.likelihood.derivatives(a, y, order))
 
     def expected_loss(self, family: GaussianLike, nat: tuple) -> Tensor:
         """E_q[ℓ] = c·Σ_i E[ℓ(y_i, a_i)], shape ``batch_shape`` (no derivatives).
@@ -295,9 +239,9 @@ class GLMQuadrature(Estimator):
         return self.scale * e0.sum(-1)
 
     def predict(self, family: GaussianLike, nat: tuple, X: Tensor | None = None) -> Tensor:
-        """The posterior-predictive mean response E_q[h(xᵀθ)] per row of ``X`` (h⁻¹ the link:
-        σ for ``"logistic"``, exp for ``"poisson"``, identity for ``"gaussian"``), by the same
-        quadrature; built-in links only.
+        """The posterior-predictive mean response E_q[h(xᵀθ)] per row of ``X`` (h⁻¹ the link,
+        :meth:`blr.curvature.Likelihood.mean`: σ for ``"logistic"``, exp for ``"poisson"``,
+        identity for ``"gaussian"``), by the same quadrature; built-in links only.
 
         Example:
             >>> import torch, expfam
@@ -309,12 +253,12 @@ class GLMQuadrature(Estimator):
             >>> est.predict(fam, nat)   # E[σ(a)] = ½ for a symmetric about 0
             tensor([0.5000, 0.5000], dtype=torch.float64)
         """
-        if not isinstance(self.link, str):
+        if not self.likelihood.has_mean:
             raise TypeError("predict needs a built-in link; a callable link has no known mean")
         mean, var = self.marginals(family, nat, X)
         z, w = self.nodes.to(mean), self.weights.to(mean)
         a = mean.unsqueeze(-1) + var.clamp_min(0).sqrt().unsqueeze(-1) * z
-        return (_INVERSE_LINK[self.link](a) * w).sum(-1)
+        return (self.likelihood.mean(a) * w).sum(-1)
 
     def __call__(self, family, nat, loss=None, *, generator=None) -> Estimate:
         """∇_μE_q[ℓ] and E_q[ℓ] at q_λ; ``loss`` and ``generator`` are ignored."""
@@ -338,7 +282,7 @@ def laplace(
     X,
     y,
     prior_prec: float | Tensor = 1.0,
-    link: str | LinkLoss = "logistic",
+    link: str | Likelihood | LinkLoss = "logistic",
     *,
     scale: float = 1.0,
     tol: float = 1e-20,
@@ -380,8 +324,8 @@ def laplace(
         >>> m, S   # conjugate: the exact posterior N(Σy/(n + 1), 1/(n + 1))
         (tensor([1.5000], dtype=torch.float64), tensor([[4.]], dtype=torch.float64))
     """
-    derivs = _resolve_link(link)
-    X, y = _as_data(X, y, link)
+    lik = _likelihood(link)
+    X, y = _as_data(X, y, lik, link)
     c = _check_scale(scale)
     d = X.shape[1]
     prec0 = torch.as_tensor(prior_prec, dtype=X.dtype)
@@ -400,11 +344,11 @@ def laplace(
         raise ValueError(f"max_iter must be ≥ 1, got {max_iter}")
 
     def total(theta: Tensor) -> Tensor:
-        return c * derivs(y, X @ theta, 0)[0].sum() + 0.5 * theta @ (prec0 @ theta)
+        return c * lik.derivatives(X @ theta, y, 0)[0].sum() + 0.5 * theta @ (prec0 @ theta)
 
     theta = torch.zeros(d, dtype=X.dtype)
     for _ in range(int(max_iter)):
-        value, d1, d2 = derivs(y, X @ theta, 2)
+        value, d1, d2 = lik.derivatives(X @ theta, y, 2)
         grad = c * (d1 @ X) + prec0 @ theta
         hess = c * ((X.mT * d2) @ X) + prec0
         chol, info = torch.linalg.cholesky_ex(0.5 * (hess + hess.mT))
@@ -434,6 +378,6 @@ def laplace(
         raise RuntimeError(
             f"laplace: Newton's method did not converge in max_iter = {max_iter} steps"
         )
-    d2 = derivs(y, X @ theta, 2)[2]
+    d2 = lik.derivatives(X @ theta, y, 2)[2]
     hess = c * ((X.mT * d2) @ X) + prec0
     return FullGaussian().from_moments(theta, 0.5 * (hess + hess.mT))

@@ -52,15 +52,17 @@ Entry points: :func:`glm_sensitivity` / :func:`glm_removal` (GLMs: ``"logistic"`
 ``"poisson"``, ``"gaussian"``, ``"multinomial"`` or a callable ℓ(y, a)),
 :func:`module_sensitivity` / :func:`module_removal` (an ``nn.Module`` linearized at the mean,
 Jacobians by ``torch.func``) and the model-free core :func:`mpe_sensitivity` / :func:`mpe_removal`.
-The accepted option values are the tuples ``PRECISIONS`` (``precision=``), ``GLM_LINKS``
-(``link=``) and ``LOSSES`` (``loss=`` of the module functions).
+The likelihoods (e_i, Λ_i, the mean response and the Jacobians) come from :mod:`blr.curvature`:
+``link=`` and ``loss=`` take any name of :data:`blr.curvature.NAMES` (``"logistic"`` and
+``"bce_with_logits"`` are both the Bernoulli, ``"multinomial"`` and ``"cross_entropy"`` both the
+categorical). The accepted values of ``precision=`` are the tuple ``PRECISIONS``.
 
 Example (which examples would move a Bayesian linear regression most):
 
 >>> import torch, blr
->>> from blr.influence import GLM_LINKS, glm_removal, glm_sensitivity
->>> "gaussian" in GLM_LINKS
-True
+>>> from blr.influence import PRECISIONS, glm_removal, glm_sensitivity
+>>> PRECISIONS
+('removed', 'full')
 >>> X = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0], [1.0, 3.0]], dtype=torch.float64)
 >>> y = torch.tensor([0.0, 1.0, 2.0, 9.0], dtype=torch.float64)
 >>> post = blr.laplace(X, y, 1.0, link="gaussian")
@@ -79,14 +81,13 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from blr.glm import LinkLoss, _resolve_link
+from blr.curvature import Likelihood, ggn, jacobians, resolve
+from blr.curvature.likelihoods import ALL, FACTORED
+from blr.glm import LinkLoss
 from expfam import DiagGaussian, DiagNat, FullGaussian, FullNat
 
 Precision = Literal["removed", "full"]
 PRECISIONS = ("removed", "full")
-GLM_LINKS = ("logistic", "poisson", "gaussian", "multinomial")
-LOSSES = ("cross_entropy", "bce_with_logits", "gaussian", "mse")
-_LOG_2PI = math.log(2 * math.pi)
 
 
 class Sensitivity(NamedTuple):
@@ -238,7 +239,7 @@ def _chunk_sensitivity(
     V = sinv_jt @ J.mT
     V = 0.5 * (V + V.mT)
     if post.diag and precision == "removed":
-        site = torch.einsum("nad,nab,nbd->nd", J, lam, J)  # diag(J_iᵀΛ_iJ_i)
+        site = ggn(J, lam, diagonal=True, per_example=True)  # diag(J_iᵀΛ_iJ_i)
         left = post.prec - site
         bad = (left <= 0).any(-1)
         if bad.any():
@@ -303,11 +304,7 @@ def _removal(
     for J, e, lam, _ in chunks:
         grad += torch.einsum("nkd,nk->d", J, e)
         if precision == "removed":
-            if post.diag:
-                site += torch.einsum("nad,nab,nbd->d", J, lam, J)
-            else:
-                lam_j = (lam @ J).reshape(-1, J.shape[-1])
-                site += J.reshape(-1, J.shape[-1]).mT @ lam_j
+            site += ggn(J, lam, diagonal=post.diag)
     if precision == "full":
         shift = post.solve(grad)
         return post.m + shift, post.prec, shift
@@ -445,36 +442,28 @@ def mpe_removal(
 
 
 # ---------------------------------------------------------------------------- GLMs
-_RESPONSE_SLOPE = {
-    "logistic": lambda a: torch.sigmoid(a) * torch.sigmoid(-a),
-    "poisson": torch.exp,
-    "gaussian": torch.ones_like,
-}
-
-
 class _GLM:
     """Per-example (J, e, Λ, ∂h/∂f) and losses of a GLM, parameters θ ∈ ℝᵈ (one output) or the
-    row-major flattening of W ∈ ℝ^{K×d} (``"multinomial"``, f = Wx)."""
+    row-major flattening of W ∈ ℝ^{K×d} (the categorical, ``"multinomial"``, f = Wx)."""
 
     def __init__(self, link: str | LinkLoss, d_param: int, d: int, scale: float) -> None:
         self.link, self.scale = link, float(scale)
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"scale must be a positive finite number, got {scale}")
-        if link == "multinomial":
+        self.lik: Likelihood = resolve(link, supported=ALL, arg="link")
+        if self.lik.name == "categorical":
             if d_param % d != 0 or d_param // d < 2:
                 raise ValueError(
-                    f"posterior has dimension {d_param}; link='multinomial' needs K·d with K ≥ 2 "
-                    f"classes and d = {d} columns of X"
+                    f"posterior has dimension {d_param}; link={link!r} (multinomial) needs K·d "
+                    f"with K ≥ 2 classes and d = {d} columns of X"
                 )
             self.k = d_param // d
-            self.derivs = None
         else:
             if d_param != d:
                 raise ValueError(
                     f"posterior has dimension {d_param}, X has {d} columns: they must match"
                 )
             self.k = 1
-            self.derivs = _resolve_link(link)
 
     def check_y(self, X: Tensor, y: Any, name: str) -> Tensor:
         y = torch.as_tensor(y)
@@ -483,21 +472,10 @@ class _GLM:
                 f"{name} must have shape ({X.shape[0]},) to match the design matrix, got "
                 f"{tuple(y.shape)}"
             )
-        if self.link == "multinomial":
-            if y.is_floating_point() and not torch.equal(y, y.round()):
-                raise ValueError(f"{name} must hold class labels 0..K−1 for link='multinomial'")
-            y = y.long()
-            if ((y < 0) | (y >= self.k)).any():
-                raise ValueError(f"{name} must hold class labels in [0, {self.k})")
-            return y
-        y = y.to(X)
-        if not torch.isfinite(y).all():
-            raise ValueError(f"{name} must be finite")
-        if self.link == "logistic" and not ((y >= 0) & (y <= 1)).all():
-            raise ValueError(f"{name} must lie in [0, 1] for link='logistic'")
-        if self.link == "poisson" and not (y >= 0).all():
-            raise ValueError(f"{name} must be ≥ 0 for link='poisson'")
-        return y
+        context = f" for link={self.link!r}"
+        if self.lik.name == "categorical":
+            return self.lik.check_targets(y, name=name, context=context, classes=self.k)
+        return self.lik.check_targets(y.to(X), name=name, context=context)
 
     def outputs(self, X: Tensor, theta: Tensor) -> Tensor:
         if self.k == 1:
@@ -510,24 +488,18 @@ class _GLM:
         eye = torch.eye(self.k, dtype=X.dtype, device=X.device)
         return torch.einsum("ab,nj->nabj", eye, X).reshape(X.shape[0], self.k, -1)
 
+    def _targets(self, y: Tensor) -> Tensor:
+        return y if self.k > 1 else y.unsqueeze(-1)
+
     def terms(self, f: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(e, Λ, ∂h/∂f), each per example, including the scale c."""
-        c = self.scale
-        if self.k > 1:
-            p = f.softmax(-1)
-            e = p - nn.functional.one_hot(y, self.k).to(p)
-            lam = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
-            return c * e, c * lam, lam
-        _, d1, d2 = self.derivs(y.unsqueeze(-1), f, 2)
-        slope = _RESPONSE_SLOPE.get(self.link) if isinstance(self.link, str) else None
-        dh = None if slope is None else slope(f).unsqueeze(-1)
-        return c * d1, c * d2.unsqueeze(-1), dh
+        """(e, Λ, ∂h/∂f), each per example, e and Λ including the scale c."""
+        c, lik, y = self.scale, self.lik, self._targets(y)
+        dh = lik.mean_jacobian(f) if lik.has_mean else None
+        return c * lik.grad(f, y), c * lik.hessian(f, y), dh
 
     def loss(self, f: Tensor, y: Tensor) -> Tensor:
-        """c·ℓ(y_i, f_i) per example."""
-        if self.k > 1:
-            return self.scale * nn.functional.cross_entropy(f, y, reduction="none")
-        return self.scale * self.derivs(y, f.squeeze(-1), 0)[0]
+        """c·ℓ(y_i, f_i) per example (constants dropped, as in :class:`blr.GLMQuadrature`)."""
+        return self.scale * self.lik.loss(f, self._targets(y))
 
     def chunks(self, X: Tensor, y: Tensor, theta: Tensor, size: int):
         for start in range(0, X.shape[0], size):
@@ -549,8 +521,6 @@ def _design(X: Any, like: Tensor, name: str) -> Tensor:
 def _glm_setup(X, y, posterior, link, scale):
     post = _as_posterior(posterior)
     X = _design(X, post.m, "X")
-    if isinstance(link, str) and link not in GLM_LINKS:
-        raise ValueError(f"link must be one of {GLM_LINKS} or a callable ℓ(y, a), got {link!r}")
     glm = _GLM(link, post.dim, X.shape[1], scale)
     return post, X, glm.check_y(X, y, "y"), glm
 
@@ -585,7 +555,8 @@ def glm_sensitivity(
             :class:`~expfam.DiagNat` or ``(m, prec)`` with prec ``(D,)`` or ``(D, D)``; D = d, or
             K·d for ``"multinomial"`` (θ = W.flatten(), W of shape ``(K, d)``, f = Wx).
         link: ``"logistic"``, ``"poisson"``, ``"gaussian"`` (as in :class:`blr.GLMQuadrature`),
-            ``"multinomial"`` (softmax cross-entropy), or an elementwise callable ℓ(y, a).
+            ``"multinomial"`` (softmax cross-entropy), or an elementwise callable ℓ(y, a) (any
+            name of :data:`blr.curvature.NAMES`, e.g. ``"bernoulli"`` for ``"logistic"``).
         scale: c, the loss is c·Σ_i ℓ(y_i, f_i) (e.g. 1/σ² for ``"gaussian"``).
         precision: ``"removed"`` (S_{\i}) or ``"full"`` (S).
         chunk_size: examples processed at a time.
@@ -759,39 +730,12 @@ def _module_posterior(model: nn.Module, posterior: Any) -> tuple[_Posterior, lis
     return post, named
 
 
-def _loss_terms(
-    loss: str, f: Tensor, y: Tensor, sigma2: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(e, Λ, ∂h/∂f, per-example loss) for outputs f ``(n, k)`` and targets y."""
-    n, k = f.shape
-    eye = torch.eye(k, dtype=f.dtype, device=f.device).expand(n, k, k)
-    if loss == "cross_entropy":
-        p = f.softmax(-1)
-        lam = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
-        value = nn.functional.cross_entropy(f, y, reduction="none")
-        return p - nn.functional.one_hot(y, k).to(p), lam, lam, value
-    if loss == "bce_with_logits":
-        s = torch.sigmoid(f)
-        lam = torch.diag_embed(s * torch.sigmoid(-f))
-        value = (nn.functional.softplus(f) - y * f).sum(-1)
-        return s - y, lam, lam, value
-    r = f - y
-    if loss == "gaussian":
-        value = 0.5 * r.square().sum(-1) / sigma2 + 0.5 * k * math.log(2 * math.pi * sigma2)
-        return r / sigma2, eye / sigma2, eye, value
-    return 2 * r, 2 * eye, eye, r.square().sum(-1)  # mse: ℓ = ‖f − y‖²
-
-
 class _Network:
     """Per-example (J, e, Λ, ∂h/∂f) of a module linearized at a flat parameter vector."""
 
     def __init__(self, model: nn.Module, named: list, loss: str, sigma2: float) -> None:
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        sigma2 = float(sigma2)
-        if not (math.isfinite(sigma2) and sigma2 > 0):
-            raise ValueError(f"sigma2 must be a positive finite number, got {sigma2}")
-        self.model, self.loss, self.sigma2 = model, loss, sigma2
+        self.lik: Likelihood = resolve(loss, sigma2=sigma2, supported=FACTORED, arg="loss")
+        self.model, self.loss = model, loss
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.sizes = [p.numel() for _, p in named]
@@ -811,53 +755,38 @@ class _Network:
             out = self._call(self.split(theta), x)
         if not isinstance(out, Tensor) or out.shape[:1] != x.shape[:1]:
             raise ValueError("model(x) must return a tensor with the batch dimension of x first")
-        if self.loss == "cross_entropy" and out.ndim != 2:
+        if self.lik.name == "categorical" and out.ndim != 2:
             raise ValueError(
-                f"loss='cross_entropy' needs logits of shape (n, C), got {tuple(out.shape)}"
+                f"loss={self.loss!r} needs logits of shape (n, C), got {tuple(out.shape)}"
             )
         return out.reshape(out.shape[0], -1)
 
     def targets(self, y: Any, f: Tensor, out_shape: torch.Size, name: str) -> Tensor:
         y = torch.as_tensor(y, device=f.device)
-        if self.loss == "cross_entropy":
+        if self.lik.name == "categorical":
             if y.shape != f.shape[:1]:
                 raise ValueError(
                     f"{name} must hold ({f.shape[0]},) class labels, got shape {tuple(y.shape)}"
                 )
-            if y.is_floating_point() and not torch.equal(y, y.round()):
-                raise ValueError(f"{name} must hold integer class labels")
-            y = y.long()
-            if ((y < 0) | (y >= f.shape[1])).any():
-                raise ValueError(f"{name} must hold class labels in [0, {f.shape[1]})")
-            return y
+            return self.lik.check_targets(y, name=name, classes=f.shape[1])
         if y.numel() != f.numel() or y.shape[:1] != f.shape[:1]:
             raise ValueError(
                 f"{name} must have the shape of the model's output {tuple(out_shape)}, got "
                 f"{tuple(y.shape)}"
             )
-        y = y.reshape(f.shape).to(f)
-        if self.loss == "bce_with_logits" and not ((y >= 0) & (y <= 1)).all():
-            raise ValueError(f"{name} must lie in [0, 1] for loss='bce_with_logits'")
-        return y
+        return self.lik.check_targets(
+            y.reshape(f.shape).to(f), name=name, context=f" for loss={self.loss!r}"
+        )
 
     def jacobian(self, theta: Tensor, x: Tensor) -> Tensor:
-        params = self.split(theta)
-
-        def single(p: dict[str, Tensor], xi: Tensor) -> Tensor:
-            return self._call(p, xi.unsqueeze(0)).reshape(-1)
-
-        jac = torch.func.vmap(torch.func.jacrev(single), in_dims=(None, 0))(params, x)
-        n = x.shape[0]
-        return torch.cat(
-            [jac[name].reshape(n, -1, size) for name, size in zip(self.names, self.sizes)], dim=-1
-        )
+        return jacobians(self.model, self.split(theta), x, fixed=self.rest)[1]
 
     def chunks(self, theta: Tensor, x: Tensor, y: Any, size: int):
         for start in range(0, x.shape[0], size):
             xc = x[start : start + size]
             f = self.outputs(theta, xc)
             yc = self.targets(y[start : start + size], f, f.shape, "y")
-            e, lam, dh, _ = _loss_terms(self.loss, f, yc, self.sigma2)
+            e, lam, dh = self.lik.grad(f, yc), self.lik.hessian(f, yc), self.lik.mean_jacobian(f)
             yield self.jacobian(theta, xc), e, lam, dh
 
     def mean_loss(self, theta: Tensor, x: Tensor, y: Any, size: int) -> Tensor:
@@ -866,7 +795,7 @@ class _Network:
             xc = x[start : start + size]
             f = self.outputs(theta, xc)
             yc = self.targets(y[start : start + size], f, f.shape, "y_test")
-            total = total + _loss_terms(self.loss, f, yc, self.sigma2)[3].sum()
+            total = total + self.lik.nll(f, yc).sum()
         return total / x.shape[0]
 
 
@@ -904,11 +833,12 @@ def module_sensitivity(
 
     (diagonal S with ``"removed"``: J_iᵀe_i / (S − diag(J_iᵀΛ_iJ_i))).
 
-    Per-example losses ℓ_i (their gradient e_i and Hessian Λ_i in the output f_i):
-    ``"cross_entropy"`` (logits ``(n, C)``, integer labels), ``"bce_with_logits"`` (any output
-    shape, targets in [0, 1] of the same shape, ℓ_i summed over entries), ``"gaussian"``
-    (½‖f_i − y_i‖²/σ² plus the normalizer) and ``"mse"`` (‖f_i − y_i‖², the per-example term
-    of a ``mse_loss``).
+    Per-example losses ℓ_i (their gradient e_i and Hessian Λ_i in the output f_i, from
+    :mod:`blr.curvature`; any name of :data:`blr.curvature.NAMES`): ``"cross_entropy"``
+    (logits ``(n, C)``, integer labels), ``"bce_with_logits"`` (any output shape, targets in
+    [0, 1] of the same shape, ℓ_i summed over entries), ``"gaussian"`` (½‖f_i − y_i‖²/σ² plus
+    the normalizer), ``"mse"`` (‖f_i − y_i‖², the per-example term of a ``mse_loss``) and
+    ``"poisson"`` (log link, counts, plus log y!).
 
     The model is evaluated as it is (call ``model.eval()`` for dropout or batch norm); its
     trainable parameters (``requires_grad``, in ``named_parameters()`` order) are replaced by
@@ -1018,8 +948,6 @@ def module_removal(
 
 
 __all__ = [
-    "GLM_LINKS",
-    "LOSSES",
     "PRECISIONS",
     "Removal",
     "Sensitivity",

@@ -13,7 +13,9 @@ log-likelihood ℓ_i(f) = −log p(y_i | f) and the prior p(θ | δ) = N(0, δ�
 
     q(\theta) = \mathcal N(\theta_*, P^{-1}).
 
-Likelihoods (Λ_i does not depend on y_i):
+Likelihoods (the :class:`~blr.curvature.Categorical`, :class:`~blr.curvature.Bernoulli` and
+:class:`~blr.curvature.Gaussian` of :mod:`blr.curvature`, under these names or any other of
+:data:`blr.curvature.NAMES` for them; Λ_i does not depend on y_i):
 
 - ``"classification"``: K logits, y_i ∈ {0, …, K−1}, ℓ_i = −log softmax(f)_{y_i},
   Λ_i = diag(p) − ppᵀ with p = softmax(f);
@@ -28,9 +30,15 @@ chunk by chunk), ``"last_layer"`` (the full matrix over the parameters of the fi
 φ_i: with φ̃_i = (φ_i, 1) for a layer with bias, J_i = I_K ⊗ φ̃_iᵀ and
 Σ_i J_iᵀΛ_iJ_i = Σ_i Λ_i ⊗ φ̃_iφ̃_iᵀ, reordered to the (weight, bias) parameter order).
 
-Per-example Jacobians come from ``torch.func`` (``vmap`` over the examples of ``jacrev`` of the
-model called through ``functional_call`` on one example): K reverse-mode passes per example,
-vectorized, in chunks of at most ``chunk_elements`` Jacobian entries.
+Per-example Jacobians come from ``torch.func`` (:func:`blr.curvature.jacobians`: ``vmap`` over the
+examples of ``jacrev`` of the model called through ``functional_call`` on one example): K
+reverse-mode passes per example, vectorized, in chunks of at most ``chunk_elements`` Jacobian
+entries. The predictive approximations (``link=`` of :meth:`NNLaplace.predictive`) are the tuple
+``PREDICTIVES``; the structures, ``STRUCTURES``.
+
+>>> from blr.nn_laplace import PREDICTIVES, STRUCTURES
+>>> PREDICTIVES, STRUCTURES
+(('probit', 'bridge', 'mc'), ('full', 'diag', 'last_layer'))
 """
 
 from __future__ import annotations
@@ -43,18 +51,18 @@ from typing import Literal
 import numpy as np
 import scipy.optimize
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vmap
+from torch.func import functional_call
 
-__all__ = ["LIKELIHOODS", "LINKS", "STRUCTURES", "NNLaplace"]
+from blr.curvature import Gaussian, Likelihood, ggn, jacobians, resolve
 
-Likelihood = Literal["classification", "binary", "regression"]
+__all__ = ["PREDICTIVES", "STRUCTURES", "NNLaplace"]
+
 Structure = Literal["full", "diag", "last_layer"]
-Link = Literal["probit", "bridge", "mc"]
-LIKELIHOODS = ("classification", "binary", "regression")
+Predictive = Literal["probit", "bridge", "mc"]
 STRUCTURES = ("full", "diag", "last_layer")
-LINKS = ("probit", "bridge", "mc")
+PREDICTIVES = ("probit", "bridge", "mc")
+_SUPPORTED = ("categorical", "bernoulli", "gaussian")
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -66,19 +74,6 @@ def _positive(value, name: str) -> float:
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a positive finite number, got {v}")
     return v
-
-
-def _output_hessian(f: Tensor, likelihood: str) -> Tensor:
-    """Λ_i = ∂²ℓ_i/∂f² for every row of f ``(m, K)``, shape ``(m, K, K)`` (σ² = 1 for
-    regression)."""
-    m, K = f.shape
-    if likelihood == "classification":
-        p = f.softmax(-1)
-        return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
-    if likelihood == "binary":
-        p = torch.sigmoid(f)
-        return (p * (1 - p)).unsqueeze(-1)
-    return torch.eye(K, dtype=f.dtype, device=f.device).expand(m, K, K)
 
 
 @contextlib.contextmanager
@@ -146,7 +141,9 @@ class NNLaplace:
     Args:
         model: the trained network (its current parameters are θ*).
         likelihood: ``"classification"`` (cross-entropy on K logits), ``"binary"`` (sigmoid,
-            one logit) or ``"regression"`` (Gaussian with noise variance ``sigma2``).
+            one logit) or ``"regression"`` (Gaussian with noise variance ``sigma2``), or another
+            name of :data:`blr.curvature.NAMES` for one of them (``"categorical"``,
+            ``"cross_entropy"``, ``"bernoulli"``, ``"gaussian"``, ...).
         structure: ``"full"``, ``"diag"`` or ``"last_layer"``.
         prior_prec: δ > 0 (prior N(0, δ⁻¹I)).
         sigma2: σ² > 0, the noise variance of ``"regression"`` (default 1; not for the
@@ -190,7 +187,7 @@ class NNLaplace:
     def __init__(
         self,
         model: nn.Module,
-        likelihood: Likelihood,
+        likelihood: str | Likelihood,
         structure: Structure = "full",
         *,
         prior_prec: float = 1.0,
@@ -201,11 +198,12 @@ class NNLaplace:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        kind = resolve(likelihood, supported=_SUPPORTED, arg="likelihood").name
         if structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
-        if sigma2 is not None and likelihood != "regression":
+        if sigma2 is None and isinstance(likelihood, Gaussian):
+            sigma2 = likelihood.sigma2
+        if sigma2 is not None and kind != "gaussian":
             raise ValueError(
                 f"sigma2 is the noise variance of likelihood='regression'; it does not apply to "
                 f"likelihood={likelihood!r}"
@@ -217,7 +215,9 @@ class NNLaplace:
         if last_layer is not None and structure != "last_layer":
             raise ValueError("last_layer names the layer of structure='last_layer' only")
         self.model = model
-        self.likelihood: str = likelihood
+        self.likelihood = likelihood
+        self._kind = kind  # the canonical name
+        self._lik = resolve(kind)  # σ² = 1: the GGN is accumulated for unit noise
         self.structure: str = structure
         self.max_params = int(max_params)
         self.chunk_elements = int(chunk_elements)
@@ -293,7 +293,7 @@ class NNLaplace:
 
     @sigma2.setter
     def sigma2(self, value: float) -> None:
-        if self.likelihood != "regression":
+        if self._kind != "gaussian":
             raise ValueError(
                 f"sigma2 applies to likelihood='regression' only, not {self.likelihood!r}"
             )
@@ -301,7 +301,7 @@ class NNLaplace:
 
     def __repr__(self) -> str:
         state = f"n_data={self.n_data}" if self._fitted else "not fitted"
-        s2 = f", sigma2={self.sigma2:g}" if self.likelihood == "regression" else ""
+        s2 = f", sigma2={self.sigma2:g}" if self._kind == "gaussian" else ""
         return (
             f"NNLaplace(likelihood={self.likelihood!r}, structure={self.structure!r}, "
             f"n_params={self.n_params}, prior_prec={self.prior_prec:g}{s2}, {state})"
@@ -376,29 +376,20 @@ class NNLaplace:
         if not isinstance(out, Tensor) or out.ndim == 0 or out.shape[0] != m:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"model must return a tensor (m, K) for m = {m} inputs, got {got}")
-        if self.likelihood == "classification" and out.ndim != 2:
+        if self._kind == "categorical" and out.ndim != 2:
             raise ValueError(
-                f"likelihood='classification' needs logits of shape (m, K), got {tuple(out.shape)}"
+                f"likelihood={self.likelihood!r} needs logits of shape (m, K), got "
+                f"{tuple(out.shape)}"
             )
         if out.ndim > 2:
             raise ValueError(f"model outputs must be (m,) or (m, K), got {tuple(out.shape)}")
         f = out.reshape(m, -1)
-        if self.likelihood == "binary" and f.shape[1] != 1:
+        if self._kind == "bernoulli" and f.shape[1] != 1:
             raise ValueError(
-                f"likelihood='binary' needs one logit per example, (m,) or (m, 1), got "
+                f"likelihood={self.likelihood!r} needs one logit per example, (m,) or (m, 1), got "
                 f"{tuple(out.shape)}"
             )
         return f
-
-    def _jacobian_func(self):
-        fixed = self._fixed
-        model = self.model
-
-        def single(theta: dict[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
-            out = functional_call(model, {**fixed, **theta}, (x.unsqueeze(0),)).reshape(-1)
-            return out, out
-
-        return vmap(jacrev(single, has_aux=True), in_dims=(None, 0))
 
     def jacobians(self, X) -> tuple[Tensor, Tensor]:
         r"""f(x; θ*) and J(x) = ∂f/∂θ at θ* for a batch, shapes ``(m, K)`` and ``(m, K, P_q)``
@@ -421,10 +412,8 @@ class NNLaplace:
             if self.structure == "last_layer":
                 f, phi = self._forward(x, features=True)
                 return f.detach(), self._ll_jacobian(phi.detach())
-            jac, out = self._jacobian_func()(self._theta, x)
-        m, K = x.shape[0], out.shape[-1]
-        J = torch.cat([jac[n].reshape(m, K, -1) for n in self.param_names], dim=-1)
-        return self._as_output(out.detach(), m), J.detach()
+            out, J = jacobians(self.model, self._theta, x, fixed=self._fixed)
+        return self._as_output(out.detach(), x.shape[0]), J.detach()
 
     def _ll_jacobian(self, phi: Tensor) -> Tensor:
         m, H = phi.shape
@@ -530,26 +519,16 @@ class NNLaplace:
         """f at θ* and this chunk's Σ_i J_iᵀΛ_iJ_i (σ² = 1): matrix, or its diagonal."""
         if self.structure == "last_layer":
             f, phi = self._forward(x, features=True)
-            lam = _output_hessian(f, self.likelihood)
+            lam = self._lik.hessian(f)
             if self._ll_bias:
                 phi = torch.cat([phi, phi.new_ones(phi.shape[0], 1)], dim=-1)
             K, A = f.shape[1], phi.shape[1]
             G = torch.einsum("mkl,ma,mb->kalb", lam, phi, phi).reshape(K * A, K * A)
             idx = self._ll_order(K, A)
             return f, G[idx][:, idx]
-        jac_fn = self._jacobian_func()
-        jac, out = jac_fn(self._theta, x)
-        m = x.shape[0]
-        f = self._as_output(out, m)
-        K = f.shape[1]
-        J = torch.cat([jac[n].reshape(m, K, -1) for n in self.param_names], dim=-1)
-        if self.likelihood == "regression":
-            LJ = J
-        else:
-            LJ = torch.einsum("mkl,mlp->mkp", _output_hessian(f, self.likelihood), J)
-        if self.structure == "diag":
-            return f, (J * LJ).sum((0, 1))
-        return f, J.reshape(m * K, -1).mT @ LJ.reshape(m * K, -1)
+        out, J = jacobians(self.model, self._theta, x, fixed=self._fixed)
+        f = self._as_output(out, x.shape[0])
+        return f, ggn(J, self._lik.hessian(f), diagonal=self.structure == "diag")
 
     def _ll_order(self, K: int, A: int) -> Tensor:
         """Indices into the (k, a) grid (a < H: weight W[k, a]; a = H: bias b[k]) in the
@@ -563,15 +542,14 @@ class NNLaplace:
         m, K = f.shape
         if y.shape[0] != m:
             raise ValueError(f"y must have {m} rows to match X, got shape {tuple(y.shape)}")
-        if self.likelihood == "classification":
+        if self._kind == "categorical":
             if y.ndim != 1 or y.is_floating_point() or y.is_complex():
                 raise ValueError(
                     f"y must hold integer class labels of shape (n,), got {y.dtype} "
                     f"{tuple(y.shape)}"
                 )
-            if int(y.min()) < 0 or int(y.max()) >= K:
-                raise ValueError(f"y must hold class labels in [0, {K}) for K = {K} logits")
-            return y.to(device=f.device, dtype=torch.long)
+            y = self._lik.check_targets(y, classes=K, context=f" for K = {K} logits")
+            return y.to(device=f.device)
         y = y.to(device=f.device, dtype=f.dtype)
         if y.numel() != m * K or (y.ndim > 1 and y.shape[-1] != K):
             raise ValueError(
@@ -581,15 +559,15 @@ class NNLaplace:
         y = y.reshape(m, K)
         if not torch.isfinite(y).all():
             raise ValueError("y must be finite")
-        if self.likelihood == "binary" and not ((y >= 0) & (y <= 1)).all():
+        if self._kind == "bernoulli" and not ((y >= 0) & (y <= 1)).all():
             raise ValueError("y must hold labels in {0, 1} for likelihood='binary'")
         return y
 
     def _nll(self, f: Tensor, y: Tensor) -> tuple[float, float]:
-        if self.likelihood == "classification":
-            return float(F.cross_entropy(f, y, reduction="sum")), 0.0
-        if self.likelihood == "binary":
-            return float(F.binary_cross_entropy_with_logits(f, y, reduction="sum")), 0.0
+        """(Σ_i ℓ_i, 0) for classification, (0, the sum of squared errors) for regression (whose
+        log-likelihood depends on σ², :meth:`log_likelihood`)."""
+        if self._kind != "gaussian":
+            return float(self._lik.nll(f, y).sum()), 0.0
         return 0.0, float((y - f).square().sum())
 
     # ------------------------------------------------------------------ posterior
@@ -666,7 +644,7 @@ class NNLaplace:
         return torch.cholesky_inverse(self._chol())
 
     def _lik_scale(self, sigma2) -> float | Tensor:
-        return sigma2 if self.likelihood == "regression" else 1.0
+        return sigma2 if self._kind == "gaussian" else 1.0
 
     def _chol(self) -> Tensor:
         """Lower Cholesky factor of P (full and last-layer), cached per (δ, σ²)."""
@@ -764,7 +742,7 @@ class NNLaplace:
             True
         """
         self._check_fitted()
-        if self.likelihood != "regression":
+        if self._kind != "gaussian":
             if sigma2 is not None:
                 raise ValueError(f"sigma2 does not apply to likelihood={self.likelihood!r}")
             return torch.tensor(-self._nll_value, dtype=self._dtype, device=self._device)
@@ -804,14 +782,14 @@ class NNLaplace:
         """
         self._check_fitted()
         delta = self._hyper(prior_prec, self.prior_prec, "prior_prec")
-        if sigma2 is not None and self.likelihood != "regression":
+        if sigma2 is not None and self._kind != "gaussian":
             raise ValueError(f"sigma2 does not apply to likelihood={self.likelihood!r}")
         s2 = self._hyper(sigma2, self.sigma2, "sigma2")
         h = self._unit_eigenvalues() / self._lik_scale(s2)
         P = self.n_params
         log_det = torch.log(h + delta).sum()
         scatter = self._theta_flat.square().sum()
-        loglik = self.log_likelihood(s2 if self.likelihood == "regression" else None)
+        loglik = self.log_likelihood(s2 if self._kind == "gaussian" else None)
         return loglik + 0.5 * P * torch.log(delta) - 0.5 * delta * scatter - 0.5 * log_det
 
     def optimize_prior_precision(
@@ -842,7 +820,7 @@ class NNLaplace:
             (True, True)
         """
         self._check_fitted()
-        if fit_sigma2 and self.likelihood != "regression":
+        if fit_sigma2 and self._kind != "gaussian":
             raise ValueError("fit_sigma2 applies to likelihood='regression' only")
         lo, hi = (_positive(b, "bounds") for b in bounds)
         if not lo < hi:
@@ -936,7 +914,7 @@ class NNLaplace:
         self,
         X,
         *,
-        link: Link = "probit",
+        link: Predictive = "probit",
         n_samples: int = 100,
         generator: torch.Generator | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
@@ -946,7 +924,8 @@ class NNLaplace:
 
         Args:
             X: inputs ``(m, ...)``.
-            link: ``"probit"``, ``"bridge"`` (multiclass only) or ``"mc"`` (classification).
+            link: the predictive approximation, one of ``PREDICTIVES``: ``"probit"``,
+                ``"bridge"`` (multiclass only) or ``"mc"`` (classification).
             n_samples: draws for ``link="mc"``.
             generator: random-number generator for ``link="mc"``.
 
@@ -960,25 +939,22 @@ class NNLaplace:
             >>> probs.shape, bool(torch.allclose(probs.sum(-1), torch.ones(4)))
             (torch.Size([4, 2]), True)
         """
-        if link not in LINKS:
-            raise ValueError(f"link must be one of {LINKS}, got {link!r}")
-        if self.likelihood == "regression":
+        if link not in PREDICTIVES:
+            raise ValueError(f"link must be one of {PREDICTIVES}, got {link!r}")
+        if self._kind == "gaussian":
             f, V = self.glm_predictive_distribution(X)
             eye = torch.eye(f.shape[1], dtype=f.dtype, device=f.device)
             return f, V + self.sigma2 * eye
-        if link == "mc":
-            fs = self.glm_samples(X, n_samples, generator=generator)
-            if self.likelihood == "binary":
-                return torch.sigmoid(fs[..., 0]).mean(0)
-            return fs.softmax(-1).mean(0)
+        binary = self._kind == "bernoulli"
+        if link == "mc":  # the mean response σ(f) or softmax(f), averaged over the draws
+            probs = self._lik.mean(self.glm_samples(X, n_samples, generator=generator)).mean(0)
+            return probs[..., 0] if binary else probs
         f, V = self.glm_predictive_distribution(X)
         var = V.diagonal(dim1=-2, dim2=-1)
         if link == "probit":
-            scaled = f / torch.sqrt(1 + math.pi / 8 * var)
-            if self.likelihood == "binary":
-                return torch.sigmoid(scaled[:, 0])
-            return scaled.softmax(-1)
-        if self.likelihood == "binary":
+            probs = self._lik.mean(f / torch.sqrt(1 + math.pi / 8 * var))
+            return probs[:, 0] if binary else probs
+        if binary:
             raise ValueError("link='bridge' is for likelihood='classification' (K ≥ 2 logits)")
         return _laplace_bridge(f, V)
 

@@ -9,7 +9,8 @@ comparison fails; its **margin** is the value/tolerance ratio of the comparison 
 largest finite ratio among the failing ones (so a margin of 1e6 means the bug shows up a million
 times above the tolerance). ``tests/derivations/test_mutations.py`` requires every mutation to be
 caught with a margin of at least :data:`MIN_MARGIN`, every row to carry the three basic kinds, and
-``docs/table.md`` to show the margins (``blr table --mutations`` prints them).
+``docs/table.md`` to show the margins (``blr table --mutations`` prints them:
+:func:`blr.apps.table.format_margins`).
 
 The edit is textual and local: ``old`` must occur exactly once inside the function, method or
 class named by ``where`` (or, with ``where=""``, once in the module outside ``MUTATIONS``
@@ -46,7 +47,6 @@ __all__ = [
     "Mutation",
     "MutationError",
     "MutationResult",
-    "format_margins",
     "mutated_source",
     "run_mutation",
     "run_mutations",
@@ -274,41 +274,3 @@ def run_mutations(keys: list[str] | None = None, *, device: str = "cpu") -> list
         for mutation in importlib.import_module(f"derivations.{key}").MUTATIONS:
             results.append(run_mutation(key, mutation, device=device))
     return results
-
-
-def format_margins(results: list[MutationResult], *, markdown: bool = False) -> str:
-    """One line per mutation: row, side, change, what was changed, caught or not, the margin
-    and the comparison that caught it.
-
-    Example:
-        >>> m = Mutation("blr", "constant", "f", "2", "3", "2 → 3")
-        >>> r = MutationResult("gd", m, [Comparison("BLR vs GD", 1e-3, 1e-12)])
-        >>> print(format_margins([r]))
-        row  side  change    mutation  caught  margin (× tol)  caught by
-        ---  ----  --------  --------  ------  --------------  ---------
-        gd   blr   constant  2 → 3     yes     1.0e+09         BLR vs GD
-    """
-    head = ("row", "side", "change", "mutation", "caught", "margin (× tol)", "caught by")
-    rows = []
-    for r in results:
-        worst = r.worst
-        rows.append(
-            (
-                r.key,
-                r.mutation.side,
-                r.mutation.change,
-                r.mutation.description,
-                "yes" if r.caught else ("error" if r.error else "NO"),
-                "—" if math.isnan(r.margin) else f"{r.margin:.1e}",
-                r.error or ("" if worst is None else worst.name),
-            )
-        )
-    if markdown:
-        esc = [tuple(c.replace("|", "\\|") for c in row) for row in rows]
-        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(out + ["| " + " | ".join(row) + " |" for row in esc])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(out)

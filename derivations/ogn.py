@@ -467,13 +467,14 @@ def optimizer_instance(
     kwargs = dict(curvature="ggn", loss="bce_with_logits") if hessian == "ggn" else {}
     kwargs.setdefault("curvature", "ef")
     opt = optimizer(
-        model,
+        model.parameters(),
         lr=alpha,
         ess=x.shape[0],
         weight_decay=delta / x.shape[0],
         beta1=0.0,
         beta2=1.0 - beta,
         hess_init=s0,
+        model=model,
         **kwargs,
         **extra,
     )

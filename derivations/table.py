@@ -1,5 +1,7 @@
 r"""The paper's table as data: the row contract, the runner behind ``blr table``, and the generator
-of ``docs/table.md``.
+of ``docs/table.md``. (What ``blr table`` prints — the text, Markdown and JSON tables — is
+formatted by the command line, :mod:`blr.apps.table`, from the :class:`RowResult` list that
+:func:`run_table` returns.)
 
 Every row is one module of :mod:`derivations` (listed in :data:`derivations.ROWS`, table order)
 that defines
@@ -29,13 +31,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import math
 import re
 import time
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
 
 import torch
 
@@ -44,11 +44,9 @@ __all__ = [
     "RowInfo",
     "RowResult",
     "document",
-    "format_table",
     "load_rows",
     "run_row",
     "run_table",
-    "to_json",
 ]
 
 
@@ -265,138 +263,6 @@ def _run_key(key: str, *, device: str, symbolic: bool) -> RowResult:
         info = RowInfo(key, None, key, "?", "?", "—", ("the module could not be imported",))
         return RowResult(info, error=f"import failed: {type(exc).__name__}: {exc}")
     return run_row(module, device=device, symbolic=symbolic)
-
-
-_COLUMNS = (
-    "#",
-    "Algorithm",
-    "Posterior",
-    "Natural-gradient approximation",
-    "symbolic",
-    "max |Δ|",
-    "time",
-    "status",
-)
-
-
-def _cells(r: RowResult) -> list[str]:
-    symbolic = "✗" if r.symbolic_ok is False else r.info.symbolic
-    value = r.max_abs_diff
-    return [
-        str(r.info.number) if r.info.number is not None else "",
-        r.info.algorithm,
-        r.info.posterior,
-        r.info.approximation,
-        symbolic,
-        "—" if math.isnan(value) else f"{value:.1e}",
-        f"{r.seconds:.2f} s",
-        "pass" if r.passed else "FAIL",
-    ]
-
-
-def format_table(results: list[RowResult], *, markdown: bool = False, verbose: bool = False) -> str:
-    """The results as an aligned text table (or a Markdown table), one line per row, followed
-    by the error or the failing comparisons of any row that did not pass; with ``verbose``,
-    followed by every row's comparisons (value, tolerance, kind, margin), its assumptions and
-    the statements its derivation proved (:func:`format_details`)."""
-    rows = [_cells(r) for r in results]
-    if markdown:
-        lines = ["| " + " | ".join(_md(h) for h in _COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-        lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
-    else:
-        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(_COLUMNS)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(_COLUMNS, widths))]
-        lines.append("  ".join("-" * w for w in widths))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    for r in results:
-        if r.passed:
-            continue
-        lines.append("")
-        lines.append(f"{r.info.key}: {r.error or 'comparisons out of tolerance'}")
-        lines += [
-            f"  {c.name}: {c.value:.3e} > {c.tolerance:.1e}" for c in r.comparisons if not c.passed
-        ]
-    if verbose:
-        lines += ["", format_details(results)]
-    total = sum(r.seconds for r in results)
-    passed = sum(r.passed for r in results)
-    lines.append("")
-    lines.append(f"{passed}/{len(results)} rows pass in {total:.1f} s")
-    return "\n".join(lines)
-
-
-def format_details(results: list[RowResult]) -> str:
-    """Every row's comparisons, one line each (pass/FAIL, kind, value, tolerance, value as a
-    fraction of the tolerance), what the symbolic column means for it and the statements its
-    derivation proved: what a reader checks a row by, without reading JSON.
-
-    Example:
-        >>> r = RowResult(RowInfo("k", None, "A", "q", "none", "—", ("no closed form",)))
-        >>> r.comparisons = [Comparison("BLR vs A", 2e-16, 1e-12)]
-        >>> print(format_details([r]))
-        A (k) — pass
-          symbolic —: numeric only, because
-            - no closed form
-          comparisons:
-            pass  equality  2.000e-16 ≤ 1.0e-12  (2.0e-04 of tol)  BLR vs A
-    """
-    lines: list[str] = []
-    for r in results:
-        if lines:
-            lines.append("")
-        title = f"Row {r.info.number}: " if r.info.number else ""
-        lines.append(f"{title}{r.info.algorithm} ({r.info.key}) — {'pass' if r.passed else 'FAIL'}")
-        lines.append(f"  symbolic {r.info.symbolic}: {SYMBOLIC[r.info.symbolic]}")
-        lines += [f"    - {a}" for a in r.info.assumptions]
-        if r.error:
-            lines.append(f"  error: {r.error}")
-        if r.statements:
-            lines.append("  proved (derive()):")
-            lines += [f"    - {s}" for s in r.statements]
-        if r.comparisons:
-            lines.append("  comparisons:")
-        for c in r.comparisons:
-            status = "pass" if c.passed else "FAIL"
-            rel = "≤" if c.passed else ">"
-            lines.append(
-                f"    {status:<4}  {c.kind:<8}  {c.value:.3e} {rel} {c.tolerance:.1e}  "
-                f"({c.ratio:.1e} of tol)  {c.name}"
-            )
-    return "\n".join(lines)
-
-
-def to_json(results: list[RowResult]) -> str:
-    """The results as JSON: one object per row with its info, max |Δ|, every comparison,
-    the proved statements, time and status."""
-
-    def one(r: RowResult) -> dict[str, Any]:
-        value = r.max_abs_diff
-        return {
-            "key": r.info.key,
-            "number": r.info.number,
-            "algorithm": r.info.algorithm,
-            "posterior": r.info.posterior,
-            "approximation": r.info.approximation,
-            "symbolic": "✗" if r.symbolic_ok is False else r.info.symbolic,
-            "assumptions": list(r.info.assumptions),
-            "statements": r.statements,
-            "max_abs_diff": None if math.isnan(value) else value,
-            "comparisons": [
-                {
-                    "name": c.name,
-                    "kind": c.kind,
-                    "value": c.value,
-                    "tolerance": c.tolerance,
-                    "passed": c.passed,
-                }
-                for c in r.comparisons
-            ],
-            "seconds": r.seconds,
-            "status": "pass" if r.passed else "fail",
-            "error": r.error,
-        }
-
-    return json.dumps([one(r) for r in results], indent=2)
 
 
 _ROLE = re.compile(r":(?:func|class|mod|meth|data|attr):`~?([^`]+)`")  # Sphinx roles → code

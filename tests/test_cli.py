@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import expfam
-from blr.cli import main
+from blr.apps.cli import main
 
 
 def test_no_command_prints_help(capsys):
@@ -25,7 +25,7 @@ def test_version(capsys):
 
 def test_module_entry_point_runs():
     out = subprocess.run(
-        [sys.executable, "-m", "blr.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "blr.apps.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "Bayesian Learning Rule" in out.stdout
 
@@ -67,7 +67,7 @@ def test_train_steps_take_turns_and_every_optimizer_trains():
     really trains (the sampling optimizers inside ``sampled_params(train=True)``)."""
     import torch
 
-    from blr.bench import time_train_steps
+    from blr.apps.bench import time_train_steps
     from blr.optim import VOGN
 
     made = {}
@@ -81,7 +81,10 @@ def test_train_steps_take_turns_and_every_optimizer_trains():
 
     makers = {
         "adamw": keep("adamw", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3)),
-        "vogn": keep("vogn", lambda m: VOGN(m, lr=1e-3, ess=1000, curvature="ef", seed=0)),
+        "vogn": keep(
+            "vogn",
+            lambda m: VOGN(m.parameters(), lr=1e-3, ess=1000, curvature="ef", seed=0, model=m),
+        ),
     }
     times = time_train_steps(makers, batch=8, repeats=2, warmup=1)
     assert set(times) == {"adamw", "vogn"} and all(t > 0 for t in times.values())

@@ -43,7 +43,7 @@ NUMBER = re.compile(r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
 
 NOT_RUN = {
     ("docs/demo.md", "printed output, top 5 per method:"): (
-        "the output of `python -m blr.demo --tune --seeds 3`, a 6-minute grid search"
+        "the output of `python -m blr.apps.demo --tune --seeds 3`, a 6-minute grid search"
     ),
     ("docs/uci.md", "Its output (48 s wall, 26 s CPU):"): (
         "48 s, and it reads the UCI files outside the repository; the page shows the output "

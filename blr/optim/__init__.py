@@ -1,13 +1,13 @@
 """torch.optim drop-ins built on the kernels of :mod:`blr.kernels`: :class:`IVON`, :class:`VON`,
-:class:`VOGN`, :class:`OGN`, :class:`Vadam` and :class:`BayesBiNN`, with per-example curvature
-from :class:`PerExample`."""
+:class:`VOGN`, :class:`OGN`, :class:`Vadam` and :class:`BayesBiNN`, VOGN and OGN with per-example
+curvature from :class:`blr.curvature.PerExample`; and the Bayes-by-backprop baseline
+:class:`BayesByBackprop` (Adam on the ELBO)."""
 
 from __future__ import annotations
 
-from blr.optim import curvature
 from blr.optim._base import SamplingOptimizer
 from blr.optim.bayesbinn import BayesBiNN
-from blr.optim.curvature import PerExample
+from blr.optim.bbb import BayesByBackprop
 from blr.optim.ivon import IVON, VON
 from blr.optim.vadam import Vadam
 from blr.optim.vogn import OGN, VOGN
@@ -18,8 +18,7 @@ __all__ = [
     "VOGN",
     "VON",
     "BayesBiNN",
-    "PerExample",
+    "BayesByBackprop",
     "SamplingOptimizer",
     "Vadam",
-    "curvature",
 ]

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from blr.curvature import PerExample, resolve
+from blr.curvature.likelihoods import FACTORED
 from blr.kernels.diag_gaussian import ivon_step_
 from blr.optim._base import (
     PrecisionSampler,
@@ -16,7 +18,6 @@ from blr.optim._base import (
     check_beta,
     check_positive,
 )
-from blr.optim.curvature import PerExample
 
 
 class VOGN(PrecisionSampler):
@@ -38,22 +39,27 @@ class VOGN(PrecisionSampler):
     method). The update is the IVON kernel without its correction term, i.e. :func:`blr.step`
     in its BLR limit (β₁ = 0, α = 1 − β₂).
 
-    The curvature comes from :class:`~blr.optim.PerExample`, entered automatically inside
-    ``sampled_params(train=True)``: run the model's forward (and, for ``"ef"``, the backward of the
-    minibatch-MEAN loss) inside it.
+    The curvature comes from :class:`~blr.curvature.PerExample` on ``model``, entered
+    automatically inside ``sampled_params(train=True)``: run the model's forward (and, for
+    ``"ef"``, the backward of the minibatch-MEAN loss) inside it.
 
     Args:
-        model: the network (its trainable parameters are optimized).
+        params: the parameters to optimize, or param groups, as for every torch optimizer
+            (e.g. ``model.parameters()``); each must be a parameter of ``model``.
         lr: α.
         ess: N, the training-set size.
         weight_decay: δ, the prior precision per example.
         beta1, beta2: rates of ḡ and h.
         hess_init: h₀.
         curvature: ``"ggn"``, ``"mc_fisher"`` or ``"ef"``.
-        loss: the loss on the model's output for ``"ggn"``/``"mc_fisher"``: ``"cross_entropy"``,
-            ``"bce_with_logits"``, ``"gaussian"`` (with ``sigma2``) or ``"mse"``.
-        sigma2: σ² of the ``"gaussian"`` loss.
+        loss: the likelihood on the model's output for ``"ggn"``/``"mc_fisher"``: a name of
+            :data:`blr.curvature.NAMES` (``"cross_entropy"``, ``"bce_with_logits"``,
+            ``"gaussian"`` with ``sigma2``, ``"mse"``, ...) or a
+            :class:`~blr.curvature.Likelihood`.
+        sigma2: σ² of the ``"gaussian"`` loss (settable between steps: ``opt.sigma2 = ...``).
         sample: draw θ (VOGN) or evaluate at the mean (OGN).
+        model: the network whose per-example curvature is collected (keyword only; the
+            DDP- or FSDP-wrapped model, or the module inside it).
         mc_samples, nonfinite, seed, missing_sample, process_group: as in
             :class:`~blr.optim.IVON`.
         fused: ``False`` (vectorized torch ops) or ``True``/``"compile"``: the draw
@@ -64,7 +70,7 @@ class VOGN(PrecisionSampler):
         sync: per-rank noise under ``torch.distributed`` (as in :class:`~blr.optim.IVON`): the
             optimizer averages ĝ and ĥ across ranks itself. With the default shared noise, ĝ
             comes averaged by DDP and the optimizer averages ĥ, which each rank computes from
-            its own examples. The model may be the DDP-wrapped one or the module inside it.
+            its own examples.
 
     Under ``torch.distributed`` each rank's ĥ is the mean over its own examples; the optimizer
     averages it across ranks (equal per-rank batches: the mean over the concatenated batch).
@@ -79,7 +85,8 @@ class VOGN(PrecisionSampler):
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(),
         ...                             torch.nn.Linear(8, 3))
         >>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
-        >>> opt = VOGN(model, lr=0.01, ess=1000, curvature="ggn", loss="cross_entropy")
+        >>> opt = VOGN(model.parameters(), lr=0.01, ess=1000, curvature="ggn",
+        ...            loss="cross_entropy", model=model)
         >>> with opt.sampled_params(train=True):
         ...     opt.zero_grad()
         ...     torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -90,7 +97,7 @@ class VOGN(PrecisionSampler):
 
     def __init__(
         self,
-        model: nn.Module,
+        params: Any,
         lr: float,
         ess: float,
         weight_decay: float = 1e-4,
@@ -103,6 +110,7 @@ class VOGN(PrecisionSampler):
         sample: bool = True,
         mc_samples: int = 1,
         *,
+        model: nn.Module | None = None,
         nonfinite: str = "raise",
         seed: int | None = None,
         missing_sample: str = "raise",
@@ -110,12 +118,26 @@ class VOGN(PrecisionSampler):
         process_group: Any = None,
         fused: bool | str = False,
     ) -> None:
+        name = type(self).__name__
+        if isinstance(params, nn.Module):
+            raise TypeError(
+                f"{name} takes params first, like every torch optimizer, and the module as the "
+                f"keyword model=: {name}(model.parameters(), lr=..., ess=..., model=model); got "
+                f"a {type(params).__name__} as params"
+            )
+        if model is None:
+            raise TypeError(
+                f"{name} needs model=, the nn.Module whose per-example curvature it collects "
+                f"(e.g. {name}(model.parameters(), lr=..., ess=..., model=model))"
+            )
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if curvature not in ("ggn", "mc_fisher", "ef"):
             raise ValueError(f"curvature must be 'ggn', 'mc_fisher' or 'ef', got {curvature!r}")
-        if curvature != "ef" and loss is None:
-            raise ValueError(f"curvature={curvature!r} needs the loss (e.g. 'cross_entropy')")
+        if curvature != "ef":
+            if loss is None:
+                raise ValueError(f"curvature={curvature!r} needs the loss (e.g. 'cross_entropy')")
+            resolve(loss, sigma2=sigma2, supported=FACTORED, arg="loss")
         if fused not in (False, True, "compile"):
             raise ValueError(f"fused must be False, True or 'compile', got {fused!r}")
         check_positive(lr, "lr", allow_zero=True)
@@ -127,7 +149,6 @@ class VOGN(PrecisionSampler):
         defaults = dict(
             lr=lr, ess=ess, weight_decay=weight_decay, beta1=beta1, beta2=beta2, hess_init=hess_init
         )
-        params = [p for p in model.parameters() if p.requires_grad]
         super().__init__(
             params,
             defaults,
@@ -138,6 +159,14 @@ class VOGN(PrecisionSampler):
             sync=sync,
             process_group=process_group,
         )
+        owned = {id(p) for p in model.parameters()}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad and id(p) not in owned:
+                    raise ValueError(
+                        f"params: a parameter of shape {tuple(p.shape)} is not a parameter of "
+                        f"model; {name}'s curvature comes from the model's layers"
+                    )
         self.model, self.curvature, self.loss, self.sigma2 = model, curvature, loss, sigma2
         self.sample = bool(sample)
         self.fused = fused
@@ -298,13 +327,13 @@ class OGN(VOGN):
         >>> import torch
         >>> from blr.optim import OGN
         >>> model = torch.nn.Linear(3, 1)
-        >>> opt = OGN(model, lr=0.1, ess=100, curvature="ef")
+        >>> opt = OGN(model.parameters(), lr=0.1, ess=100, curvature="ef", model=model)
         >>> with opt.sampled_params(train=True):
         ...     model(torch.randn(8, 3)).pow(2).mean().backward()
         >>> opt.step()
     """
 
-    def __init__(self, model: nn.Module, lr: float, ess: float, **kwargs) -> None:
+    def __init__(self, params: Any, lr: float, ess: float, **kwargs: Any) -> None:
         if "sample" in kwargs:
             raise TypeError("OGN evaluates at the mean; use VOGN for sampling")
-        super().__init__(model, lr, ess, sample=False, **kwargs)
+        super().__init__(params, lr, ess, sample=False, **kwargs)

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from blr import demo
+from blr.apps import demo
+from blr.apps.report import mean_se
 
 try:
     import matplotlib  # noqa: F401  (the `examples` extra: the PNG is written only with it)
@@ -108,7 +109,7 @@ def test_json_has_the_keys_and_the_numbers_recompute_independently(tmp_path, cap
         assert set(result["methods"][row]) == {"accuracy", "nll", "ece", "brier", "s_per_epoch"}
         for stat in result["methods"][row].values():
             assert len(stat["values"]) == 2
-            m, se = demo.mean_se(stat["values"])
+            m, se = mean_se(stat["values"])
             assert stat["mean"] == pytest.approx(m, abs=1e-15)
             assert stat["se"] == pytest.approx(se, abs=1e-15)
     ivon = result["methods"]["IVON (4 draws)"]["ece"]["values"]
@@ -413,7 +414,7 @@ def test_verdict_line_states_the_seeds_and_the_difference_in_standard_errors():
     z = (z - z.mean()) / z.std(ddof=1)  # mean 0, sd 1: s.e. = 1/√20
     values = list(1.9 * 0.0013 + 0.0013 * math.sqrt(20) * z)  # mean 1.9 s.e., s.e. 0.0013
     line = demo._verdict_line(_result(values))
-    m, se = demo.mean_se(values)
+    m, se = mean_se(values)
     assert m / se == pytest.approx(1.9)
     assert line.startswith("calibration claim (IVON paper, ImageNet ResNet-50: ECE 0.022 IVON")
     assert "20 seeds: not resolved: the difference is within 2 s.e." in line
@@ -443,7 +444,7 @@ VERDICT_LINE = re.compile(
 @pytest.mark.parametrize("page", ["docs/demo.md", "docs/performance.md"])
 def test_the_verdicts_printed_in_the_docs_follow_the_rule(page):
     """Every calibration line in the docs has the current format, names as many seeds as its
-    run's header, gives the verdict that :func:`blr.demo.verdict` gives for those seeds and
+    run's header, gives the verdict that :func:`blr.apps.demo.verdict` gives for those seeds and
     that ratio, and a ratio consistent with the printed mean ± s.e. (rounded to 4 digits)."""
     text = (pathlib.Path(__file__).resolve().parents[2] / page).read_text(encoding="utf-8")
     claims = [line for line in text.splitlines() if line.startswith("calibration claim")]

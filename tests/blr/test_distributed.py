@@ -108,7 +108,7 @@ def _net() -> nn.Module:
 
 
 def _make(name: str, model: nn.Module, cls=None, **kw):
-    """The optimizers under test, on ``model`` (VOGN takes the module itself)."""
+    """The optimizers under test, on ``model`` (VOGN also takes the module, as ``model=``)."""
     if name.startswith("ivon"):
         hess = name.split("_")[1]
         return (cls or IVON)(
@@ -117,7 +117,15 @@ def _make(name: str, model: nn.Module, cls=None, **kw):
     if name == "von":
         return (cls or VON)(model.parameters(), lr=0.05, ess=64, hess_init=2.0, beta2=0.99, **kw)
     if name == "vogn":
-        return (cls or VOGN)(model, lr=0.05, ess=64, curvature="ggn", loss="cross_entropy", **kw)
+        return (cls or VOGN)(
+            model.parameters(),
+            lr=0.05,
+            ess=64,
+            curvature="ggn",
+            loss="cross_entropy",
+            model=model,
+            **kw,
+        )
     if name == "vadam":
         return (cls or Vadam)(model.parameters(), lr=0.02, ess=64, **kw)
     if name == "bayesbinn":
@@ -515,12 +523,13 @@ def _gn_net() -> nn.Module:
 
 
 def _make_gn(name: str, model: nn.Module):
-    kw = dict(lr=0.05, ess=64, beta2=0.99)
+    kw = dict(lr=0.05, ess=64, beta2=0.99, model=model)
+    params = model.parameters()
     if name == "vogn_ggn":
-        return _IndexNoiseVOGN(model, curvature="ggn", loss="cross_entropy", **kw)
+        return _IndexNoiseVOGN(params, curvature="ggn", loss="cross_entropy", **kw)
     if name == "vogn_ef":
-        return _IndexNoiseVOGN(model, curvature="ef", **kw)
-    return OGN(model, curvature="ggn", loss="cross_entropy", **kw)
+        return _IndexNoiseVOGN(params, curvature="ef", **kw)
+    return OGN(params, curvature="ggn", loss="cross_entropy", **kw)
 
 
 def _fsdp_gn_worker(rank: int, port: int, out_dir: str) -> None:

@@ -490,7 +490,15 @@ def test_optimizer_posterior_is_the_distribution_the_optimizer_samples(kind):
             seed=1,
         )
     else:
-        opt = VOGN(model, lr=0.05, ess=200.0, weight_decay=0.1, loss="cross_entropy", seed=1)
+        opt = VOGN(
+            model.parameters(),
+            lr=0.05,
+            ess=200.0,
+            weight_decay=0.1,
+            loss="cross_entropy",
+            seed=1,
+            model=model,
+        )
     for _ in range(5):
         with opt.sampled_params(train=True):
             opt.zero_grad()

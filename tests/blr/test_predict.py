@@ -24,8 +24,8 @@ def test_average_equals_the_manual_one_and_restores_the_parameters(make):
         post = IVON(model.parameters(), lr=0.1, ess=20, hess_init=0.3, seed=1)
         post_twin = IVON(model.parameters(), lr=0.1, ess=20, hess_init=0.3, seed=1)
     elif make == "vogn":
-        post = VOGN(model, lr=0.1, ess=20, seed=1, curvature="ef")
-        post_twin = VOGN(model, lr=0.1, ess=20, seed=1, curvature="ef")
+        post = VOGN(model.parameters(), lr=0.1, ess=20, seed=1, curvature="ef", model=model)
+        post_twin = VOGN(model.parameters(), lr=0.1, ess=20, seed=1, curvature="ef", model=model)
     else:
         fam = expfam.DiagGaussian()
         nat = fam.from_moments(_flat(model), torch.full((_flat(model).numel(),), 4.0))

@@ -1,6 +1,7 @@
 """``blr bench uci``: the dataset format and its validation, the standardization and the
-un-standardized metrics (against numpy/scipy computed independently), Bayes by backprop's KL
-(against torch.distributions), and the benchmark run end to end on tiny datasets."""
+un-standardized metrics (against numpy/scipy computed independently), the mean ± s.e. of the
+splits, and the benchmark run end to end on tiny datasets. (Bayes by backprop, the optimizer of
+its BBB rows, is tested in test_bbb.py.)"""
 
 from __future__ import annotations
 
@@ -13,17 +14,16 @@ import pytest
 import torch
 from scipy import stats
 
-from blr.predict import ParameterPosterior
-from blr.uci import (
+from blr.apps.report import mean_se
+from blr.apps.uci import (
     METHODS,
-    BayesByBackprop,
     BenchConfig,
     evaluate,
     load_uci,
     main,
     run_method,
-    summarize,
 )
+from blr.predict import ParameterPosterior
 
 REQUIRED = (
     "data.txt",
@@ -241,57 +241,14 @@ def test_evaluate_adds_the_spread_of_the_draws_to_the_noise(toy):
     assert abs(ll - wrong) > 0.1
 
 
-def test_summarize_is_the_mean_and_the_standard_error():
+def test_mean_se_is_the_mean_and_the_standard_error():
     a = [3.0, 1.0, 4.0, 1.5]
-    mean, se = summarize(a)
+    mean, se = mean_se(a)
     assert mean == pytest.approx(np.mean(a), rel=1e-15)
     assert se == pytest.approx(stats.sem(a), rel=1e-12)
-    assert math.isnan(summarize([2.0])[1])
+    assert math.isnan(mean_se([2.0])[1])
     with pytest.raises(ValueError, match="values is empty"):
-        summarize([])
-
-
-# ------------------------------------------------------------------------ Bayes by backprop
-def test_bbb_kl_matches_torch_distributions():
-    torch.manual_seed(0)
-    model = torch.nn.Linear(3, 2).double()
-    bbb = BayesByBackprop(model, ess=10, prior_prec=2.5, init_std=0.3, seed=0)
-    with torch.no_grad():
-        for r in bbb.rho:
-            r.add_(torch.randn_like(r))
-    zero = torch.zeros((), dtype=torch.float64)
-    prior = torch.distributions.Normal(zero, zero + 2.5**-0.5)
-    want = sum(
-        torch.distributions.kl_divergence(torch.distributions.Normal(m, s), prior).sum()
-        for m, s in zip(bbb.means, bbb.std())
-    )
-    assert float(bbb.kl().detach()) == pytest.approx(float(want.detach()), rel=1e-12)
-
-
-def test_bbb_starts_at_init_std_and_its_posterior_draws_have_that_spread():
-    model = torch.nn.Linear(50, 40).double()
-    bbb = BayesByBackprop(model, ess=10, prior_prec=1.0, init_std=0.05, seed=1)
-    assert all(torch.allclose(s, torch.full_like(s, 0.05), rtol=1e-12) for s in bbb.std())
-    q = bbb.posterior()
-    before = model.weight.detach().clone()
-    with q.sampled_params():
-        spread = (model.weight - before).std().item()
-    assert torch.equal(model.weight, before)
-    assert spread == pytest.approx(0.05, rel=0.05)  # 2000 draws: s.e. of the s.d. ≈ 1.6%
-
-
-def test_bbb_refuses_bad_arguments():
-    model = torch.nn.Linear(2, 1)
-    with pytest.raises(ValueError, match="init_std must be > 0"):
-        BayesByBackprop(model, ess=10, init_std=0.0)
-    with pytest.raises(ValueError, match="prior_prec must be > 0"):
-        BayesByBackprop(model, ess=10, prior_prec=-1.0)
-    frozen = torch.nn.Linear(2, 1)
-    frozen.bias.requires_grad_(False)
-    with pytest.raises(ValueError, match="all trainable"):
-        BayesByBackprop(frozen, ess=10)
-    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
-        BayesByBackprop("net", ess=10)  # type: ignore[arg-type]
+        mean_se([])
 
 
 # ------------------------------------------------------------------------ the benchmark

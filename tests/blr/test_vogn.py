@@ -35,7 +35,7 @@ def test_ogn_converges_to_the_mean_field_optimum_of_bayesian_linear_regression(c
     n, sigma2, delta = 20, 0.25, 1.0
     model = _model()
     opt = OGN(
-        model,
+        model.parameters(),
         lr=0.5,
         ess=n,
         weight_decay=delta / n,
@@ -44,6 +44,7 @@ def test_ogn_converges_to_the_mean_field_optimum_of_bayesian_linear_regression(c
         curvature=curvature,
         loss="gaussian",
         sigma2=sigma2,
+        model=model,
     )
     for _ in range(300):
         with opt.sampled_params(train=True):
@@ -67,7 +68,7 @@ def test_vogn_equals_a_hand_coded_vogn_given_the_same_draws(fused):
     n, sigma2, wd, lr, b1, b2, h0 = 20, 0.25, 0.05, 0.1, 0.9, 0.95, 2.0
     model = _model()
     opt = VOGN(
-        model,
+        model.parameters(),
         lr=lr,
         ess=n,
         weight_decay=wd,
@@ -79,6 +80,7 @@ def test_vogn_equals_a_hand_coded_vogn_given_the_same_draws(fused):
         sigma2=sigma2,
         seed=11,
         fused=fused,
+        model=model,
     )
     gen = torch.Generator().manual_seed(11)
     m, mom, h = (
@@ -104,7 +106,7 @@ def test_vogn_equals_a_hand_coded_vogn_given_the_same_draws(fused):
 @pytest.mark.parametrize("fused", [False, True])
 def test_ogn_evaluates_at_the_mean_and_arguments_are_checked(fused):
     model = _model()
-    opt = OGN(model, lr=0.1, ess=10, curvature="ef", fused=fused)
+    opt = OGN(model.parameters(), lr=0.1, ess=10, curvature="ef", fused=fused, model=model)
     w = model.weight.detach().clone()
     for train in (True, False):
         with opt.sampled_params(train=train):
@@ -114,14 +116,28 @@ def test_ogn_evaluates_at_the_mean_and_arguments_are_checked(fused):
         assert torch.equal(model.weight, w)
     opt.step()
     assert not torch.equal(model.weight, w)
+    params = list(model.parameters())
     with pytest.raises(ValueError, match="fused must be"):
-        VOGN(model, lr=0.1, ess=10, curvature="ef", fused="triton")
+        VOGN(params, lr=0.1, ess=10, curvature="ef", fused="triton", model=model)
     with pytest.raises(ValueError, match="needs the loss"):
-        VOGN(model, lr=0.1, ess=10, curvature="ggn")
+        VOGN(params, lr=0.1, ess=10, curvature="ggn", model=model)
     with pytest.raises(ValueError, match="curvature must be"):
-        VOGN(model, lr=0.1, ess=10, curvature="hessian")
+        VOGN(params, lr=0.1, ess=10, curvature="hessian", model=model)
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
-        VOGN(list(model.parameters()), lr=0.1, ess=10, curvature="ef")
+        VOGN(params, lr=0.1, ess=10, curvature="ef", model=params)
+    # params first, like every torch optimizer; the module is the keyword model=
+    with pytest.raises(TypeError, match=r"VOGN takes params first.*model=model"):
+        VOGN(model, lr=0.1, ess=10, curvature="ef")
+    with pytest.raises(TypeError, match=r"OGN takes params first"):
+        OGN(model, lr=0.1, ess=10, curvature="ef", model=model)
+    with pytest.raises(TypeError, match=r"VOGN needs model="):
+        VOGN(params, lr=0.1, ess=10, curvature="ef")
+    with pytest.raises(
+        ValueError, match=r"params: a parameter of shape \(3\,\) is not a parameter"
+    ):
+        VOGN([torch.nn.Parameter(torch.zeros(3))], lr=0.1, ess=10, curvature="ef", model=model)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        VOGN(params, lr=0.1, ess=10, curvature="ggn", loss="hinge", model=model)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -138,7 +154,7 @@ def test_fused_vogn_follows_the_vectorized_one_and_resumes_bit_exactly(dtype):
             torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
         ).to(dtype)
         kw = dict(lr=0.05, ess=100, curvature="ggn", loss="cross_entropy", seed=3, fused=fused)
-        return model, VOGN(model, **kw)
+        return model, VOGN(model.parameters(), model=model, **kw)
 
     def train(model, opt, steps):
         for _ in range(steps):

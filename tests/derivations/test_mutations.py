@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from blr.apps.table import format_margins
 from derivations import ROWS, mutations, table
 from derivations.mutations import MIN_MARGIN, Mutation, MutationError, run_mutation
 
@@ -39,7 +40,7 @@ def all_results() -> list[mutations.MutationResult]:
 @pytest.mark.parametrize(("key", "i"), CASES)
 def test_mutation_is_caught_with_margin(key, i):
     r = result(key, i)
-    print(f"\n{mutations.format_margins([r])}")
+    print(f"\n{format_margins([r])}")
     assert r.error is None, f"the mutated check raised instead of measuring: {r.error}"
     assert r.caught, f"{key}: mutation {r.mutation.description!r} was not caught"
     assert r.margin >= MIN_MARGIN, (

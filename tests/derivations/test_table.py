@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 
-from blr.cli import main
+from blr.apps.cli import main
 from derivations import ROWS, table
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

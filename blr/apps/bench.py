@@ -221,7 +221,10 @@ def train_step_table(repeats: int = 20, device: str | torch.device = "cpu") -> l
 
     def vogn(curvature: str, **kw: Any) -> Callable[[nn.Module], torch.optim.Optimizer]:
         loss = None if curvature == "ef" else "cross_entropy"
-        return lambda m: VOGN(m, lr=1e-3, ess=50_000, curvature=curvature, loss=loss, seed=0, **kw)
+        return lambda m: VOGN(
+            m.parameters(), lr=1e-3, ess=50_000, curvature=curvature, loss=loss, seed=0, model=m,
+            **kw,
+        )  # fmt: skip
 
     makers = {
         "adamw-foreach": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, foreach=True),

@@ -10,8 +10,9 @@ returns, for every trainable parameter tensor θ_j (elementwise, a tensor of θ_
                  Fisher", called Gauss–Newton in Khan et al. 2018 and Osawa et al. 2019)
 ``"ggn"``        h_j = Σ_{i∈B} [J_iᵀ Λ_i J_i]_jj  (diagonal of the generalized Gauss–Newton)
 ``"mc_fisher"``  h_j = (1/K) Σ_{i∈B} Σ_{k=1}^K [J_iᵀ ∇_f ℓ(ŷ_ik, f_i)]_j², ŷ_ik ~ p(y | f_i): a
-                 K-sample Monte Carlo estimate of ``"ggn"``, unbiased for the likelihood losses
-                 below because E_ŷ[∇_f ℓ ∇_f ℓᵀ] = Λ_i (Fisher = Hessian in the natural parameter)
+                 K-sample Monte Carlo estimate of ``"ggn"``, unbiased for the likelihoods of
+                 :mod:`blr.curvature` because E_ŷ[∇_f ℓ ∇_f ℓᵀ] = Λ_i (Fisher = Hessian in the
+                 natural parameter)
 ==============  =================================================================================
 
 i.e. SUMS over the examples of the minibatch. An optimizer following Table 1 row 8 uses the mean
@@ -21,40 +22,31 @@ How it is computed (never one backward pass per example). Forward hooks save eac
 a_i; the gradient b_i of a seed with respect to the layer's output is then captured (a tensor hook
 during the user's own ``backward()`` for ``"ef"``; a batched ``torch.autograd.grad`` with respect to
 the layer outputs, right after the model's forward, for ``"ggn"``/``"mc_fisher"``) and the
-per-example gradients follow in closed form:
+per-example gradients follow in closed form, layer by layer (:mod:`blr.curvature.layers`:
+``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d``, ``nn.Embedding``, ``nn.LayerNorm``, ``nn.GroupNorm``,
+``nn.BatchNorm{1,2,3}d`` in eval mode; any other module with parameters through ``torch.func``
+with ``method="auto"``). BatchNorm with batch statistics (training mode) couples the examples and
+no per-example gradient of ℓ_i exists in this form: an error, unless
+``allow_batch_coupling=True``, which treats the batch statistics as constants — every layer then
+gets the per-example CONTRIBUTIONS b_i a_iᵀ to the minibatch gradient (what BackPACK and most VOGN
+code compute), not the gradients of ℓ_i. The torch.func fallback runs the module on one example
+at a time (it must be deterministic and free of batch coupling; its buffers are copied, never
+updated).
 
-- ``nn.Linear``: (∇W)_i = Σ_t b_it a_itᵀ (t runs over the extra "sequence" dimensions of an input
-  ``(M, *S, in)``, summed INSIDE example i before squaring); without extra dimensions
-  Σ_i (b_i a_iᵀ)² = (b²)ᵀ(a²), a single matrix product; (∇bias)_i = Σ_t b_it;
-- ``nn.Conv1d``/``nn.Conv2d`` (any stride, padding incl. ``"same"`` and non-zero padding modes,
-  dilation, groups): (∇W)_i = b_i · unfold(a_i)ᵀ summed over the output positions, then squared;
-- ``nn.Embedding``: the rows b_it are scatter-added into the per-example gradient of the table (a
-  token repeated inside an example adds up before squaring); ``padding_idx`` rows stay zero;
-- ``nn.LayerNorm``, ``nn.GroupNorm``: (∇γ)_i = Σ b_i ⊙ x̂_i, (∇β)_i = Σ b_i over the positions;
-- ``nn.BatchNorm{1,2,3}d`` in eval mode (running statistics: an elementwise affine map, exact).
-  With batch statistics (training mode) the examples are coupled and no per-example gradient of
-  ℓ_i exists in this form: an error, unless ``allow_batch_coupling=True``, which treats the batch
-  statistics as constants — every layer then gets the per-example CONTRIBUTIONS b_i a_iᵀ to the
-  minibatch gradient (what BackPACK and most VOGN code compute), not the gradients of ℓ_i;
-- any other module with parameters: ``method="auto"`` (or ``"func"`` for every module) uses
-  ``torch.func``: vmap over the examples of grad_θ <b_i, module(a_i)> through
-  ``torch.func.functional_call``, the module run on one example at a time (it must be
-  deterministic and free of batch coupling; its buffers are copied, never updated).
+GGN: Λ_i is factorized as Σ_c v_ic v_icᵀ (:meth:`~blr.curvature.Likelihood.hessian_factors`),
+each column v_c is back-propagated as an output gradient and the per-example squared gradients
+are accumulated: D backward passes for D output entries per example (C for a C-class classifier;
+vectorized into one ``is_grads_batched`` call), never one per example. The Monte Carlo variant
+back-propagates K sampled output gradients (:meth:`~blr.curvature.Likelihood.sample_grads`),
+K = 1 by default.
 
-GGN: Λ_i is factorized as Σ_c v_ic v_icᵀ (:func:`loss_hessian_factors`), each column v_c is
-back-propagated as an output gradient and the per-example squared gradients are accumulated:
-D backward passes for D output entries per example (C for a C-class classifier; vectorized into
-one ``is_grads_batched`` call), never one per example. The Monte Carlo variant back-propagates
-K sampled output gradients (:func:`sampled_output_grads`), K = 1 by default.
-
-Losses for ``"ggn"``/``"mc_fisher"`` (the per-example loss ℓ_i sums over all output entries of
-example i; the GGN does not depend on the labels):
-
-- ``"cross_entropy"``: logits ``(M, C)`` or ``(M, C, *S)`` (class dimension 1, as
-  ``F.cross_entropy``), Λ = diag(p) − ppᵀ per position, v_c = √p_c (e_c − p);
-- ``"bce_with_logits"``: Λ = diag(σ(f)(1 − σ(f)));
-- ``"gaussian"``: ℓ_i = ‖f_i − y_i‖² / (2σ²), Λ = I/σ² (``sigma2`` = σ²);
-- ``"mse"``: ℓ_i = ‖f_i − y_i‖² (``F.mse_loss(reduction="sum")`` per example), Λ = 2I.
+Losses for ``"ggn"``/``"mc_fisher"``: a likelihood of :mod:`blr.curvature` by name (the
+per-example loss ℓ_i sums over all output entries of example i; the GGN does not depend on the
+labels): ``"cross_entropy"`` (logits ``(M, C)`` or ``(M, C, *S)``, class dimension 1, as
+``F.cross_entropy``; Λ = diag(p) − ppᵀ per position), ``"bce_with_logits"``
+(Λ = diag(σ(f)(1 − σ(f)))), ``"gaussian"`` (ℓ_i = ‖f_i − y_i‖² / (2σ²), Λ = I/σ², ``sigma2`` = σ²),
+``"mse"`` (ℓ_i = ‖f_i − y_i‖², ``F.mse_loss(reduction="sum")`` per example, Λ = 2I),
+``"poisson"`` (log link, Λ = diag(eᶠ)) or any other name of :data:`blr.curvature.NAMES`.
 
 Scale of the loss for ``"ef"``: the hooks see gradients of the loss that is back-propagated. With
 ``reduction="sum"`` it is Σ_i ℓ_i; with ``reduction="mean"`` it is (1/M) Σ_i ℓ_i, M the leading
@@ -72,7 +64,7 @@ convolutions and shared parameters); ``"ggn"`` adds D output-gradient backward p
 gradients) inside the model's forward call; ``"mc_fisher"`` adds K of them.
 
 >>> import torch
->>> from blr.optim.curvature import PerExample
+>>> from blr.curvature import PerExample
 >>> model = torch.nn.Linear(2, 1, bias=False)
 >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
 >>> with PerExample(model, mode="ggn", loss="mse") as pe:   # Λ_i = 2 for (y − f)²
@@ -90,458 +82,18 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
-from torch.func import functional_call, grad, vmap
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten
 
-__all__ = ["PerExample", "loss_hessian_factors", "sampled_output_grads"]
+from blr.curvature.layers import FUNC, RULES, Rule, rule_for
+from blr.curvature.likelihoods import FACTORED, Likelihood, resolve
+
+__all__ = ["PerExample"]
 
 Mode = Literal["ef", "ggn", "mc_fisher"]
-LossName = Literal["cross_entropy", "bce_with_logits", "gaussian", "mse"]
-_LOSSES = ("cross_entropy", "bce_with_logits", "gaussian", "mse")
 
 
-# ------------------------------------------------------------------------- output Hessians
-def _gauss_scale(loss: str, sigma2: float) -> float:
-    """1/σ for the Gaussian losses: Λ = I/σ² (``"mse"``: σ² = 1/2)."""
-    return math.sqrt(2.0) if loss == "mse" else 1.0 / math.sqrt(sigma2)
-
-
-def loss_hessian_factors(output: Tensor, loss: LossName, *, sigma2: float = 1.0) -> Tensor:
-    r"""Factors V of the output Hessians: Σ_c V[c, i] V[c, i]ᵀ = Λ_i = ∂²ℓ_i/∂f_i² for every
-    example i, each V[c, i] flattened over the entries of example i.
-
-    Λ_i is block diagonal over the positions of a multi-position output, so V has one column per
-    output entry of an example: D = prod(output.shape[1:]) columns (C·prod(S) for cross-entropy
-    over logits ``(M, C, *S)``), each nonzero at one position only.
-
-    Args:
-        output: model outputs f, shape ``(M, ...)`` (logits for the classification losses).
-        loss: ``"cross_entropy"`` (v_c = √p_c (e_c − p), class dimension 1),
-            ``"bce_with_logits"`` (√(σ(1−σ)) e_d), ``"gaussian"`` (e_d/σ) or ``"mse"`` (√2 e_d).
-        sigma2: σ² of ``"gaussian"``.
-
-    Returns:
-        V of shape ``(D, *output.shape)``.
-
-    Example:
-        >>> import torch
-        >>> f = torch.tensor([[0.3, -1.0, 2.0]], dtype=torch.float64)
-        >>> V = loss_hessian_factors(f, "cross_entropy")          # (3, 1, 3)
-        >>> p = f.softmax(-1)[0]
-        >>> torch.allclose(torch.einsum("ca,cb->ab", V[:, 0], V[:, 0]),
-        ...                torch.diag(p) - torch.outer(p, p))
-        True
-    """
-    f = output.detach()
-    if f.dim() < 1:
-        raise ValueError("output must have a batch dimension")
-    M = f.shape[0]
-    if loss == "cross_entropy":
-        if f.dim() < 2:
-            raise ValueError("cross_entropy needs logits of shape (M, C) or (M, C, *S)")
-        C = f.shape[1]
-        p = f.softmax(1).reshape(M, C, -1)  # (M, C, S)
-        S = p.shape[-1]
-        eye = torch.eye(C, dtype=f.dtype, device=f.device)
-        # W[c, m, c', s] = √p[m, c, s] (δ_cc' − p[m, c', s])
-        W = p.sqrt().permute(1, 0, 2)[:, :, None, :] * (eye[:, None, :, None] - p[None])
-        if S == 1:
-            return W.reshape(C, *f.shape)
-        V = f.new_zeros(C, S, M, C, S)
-        s = torch.arange(S, device=f.device)
-        V[:, s, :, :, s] = W.permute(3, 0, 1, 2)
-        return V.reshape(C * S, *f.shape)
-    flat = f.reshape(M, -1)
-    D = flat.shape[1]
-    if loss == "bce_with_logits":
-        sig = flat.sigmoid()
-        w = (sig * (1 - sig)).sqrt()  # (M, D)
-        return torch.diag_embed(w).permute(1, 0, 2).reshape(D, *f.shape)
-    if loss in ("gaussian", "mse"):
-        eye = torch.eye(D, dtype=f.dtype, device=f.device) * _gauss_scale(loss, sigma2)
-        return eye[:, None, :].expand(D, M, D).reshape(D, *f.shape)
-    raise ValueError(f"unknown loss {loss!r}; expected one of {_LOSSES}")
-
-
-def sampled_output_grads(
-    output: Tensor,
-    loss: LossName,
-    *,
-    samples: int = 1,
-    sigma2: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    r"""Output gradients g_k = ∇_f ℓ(ŷ_k, f) at labels sampled from the model, ŷ_k ~ p(y | f),
-    so that E[g_k g_kᵀ] = Λ_i example by example (the Fisher of the likelihood in its natural
-    parameter equals the Hessian of the negative log-likelihood):
-
-    - ``"cross_entropy"``: ŷ ~ Categorical(softmax(f)) per position, g = p − e_ŷ;
-    - ``"bce_with_logits"``: ŷ ~ Bernoulli(σ(f)), g = σ(f) − ŷ;
-    - ``"gaussian"``: g = ε/σ, ε ~ N(0, I) (``"mse"``: σ² = 1/2).
-
-    Args:
-        output: model outputs f ``(M, ...)``.
-        loss: as in :func:`loss_hessian_factors`.
-        samples: K, the number of sampled gradients.
-        sigma2: σ² of ``"gaussian"``.
-        generator: random generator for the labels.
-
-    Returns:
-        g of shape ``(K, *output.shape)``.
-
-    Example:
-        >>> import torch
-        >>> f = torch.tensor([[0.5, -0.5, 1.0]], dtype=torch.float64)
-        >>> gen = torch.Generator().manual_seed(0)
-        >>> g = sampled_output_grads(f, "cross_entropy", samples=20000, generator=gen)[:, 0]
-        >>> V = loss_hessian_factors(f, "cross_entropy")[:, 0]
-        >>> torch.allclose(g.T @ g / 20000, V.T @ V, atol=0.01)   # E[g gᵀ] = Λ
-        True
-    """
-    f = output.detach()
-    K = int(samples)
-    if K < 1:
-        raise ValueError("samples must be >= 1")
-    if loss == "cross_entropy":
-        if f.dim() < 2:
-            raise ValueError("cross_entropy needs logits of shape (M, C) or (M, C, *S)")
-        C = f.shape[1]
-        p = f.softmax(1)
-        pm = p.movedim(1, -1)  # (M, *S, C)
-        idx = torch.multinomial(pm.reshape(-1, C), K, replacement=True, generator=generator)
-        onehot = F.one_hot(idx.T, C).to(f.dtype)  # (K, N, C)
-        onehot = onehot.reshape(K, *pm.shape).movedim(-1, 2)  # (K, M, C, *S)
-        return p[None] - onehot
-    if loss == "bce_with_logits":
-        sig = f.sigmoid()
-        u = torch.rand((K, *f.shape), dtype=f.dtype, device=f.device, generator=generator)
-        return sig[None] - (u < sig[None]).to(f.dtype)
-    if loss in ("gaussian", "mse"):
-        eps = torch.randn((K, *f.shape), dtype=f.dtype, device=f.device, generator=generator)
-        return eps * _gauss_scale(loss, sigma2)
-    raise ValueError(f"unknown loss {loss!r}; expected one of {_LOSSES}")
-
-
-# ------------------------------------------------------------------------- layer rules
-def _first_input(args: tuple, kwargs: dict, name: str = "input") -> Any:
-    if args:
-        return args[0]
-    if name in kwargs:
-        return kwargs[name]
-    raise TypeError("could not find the module's input tensor")
-
-
-def _chunked_sum_sq(rule, module, saved, b: Tensor, names, budget: int) -> dict[str, Tensor]:
-    """Σ_{passes, examples} g² from the per-example gradients g of chunks of examples, at most
-    ``budget`` elements of per-example gradients at a time."""
-    P, M = b.shape[:2]
-    per = P * sum(getattr(module, n).numel() for n in names)
-    step = max(1, budget // max(per, 1))
-    total: dict[str, Tensor] = {}
-    for s in range(0, M, step):
-        sl = slice(s, s + step)
-        g = rule.per_example(module, rule.take(saved, sl), b[:, sl], names)
-        for n, t in g.items():
-            sq = t.square().sum((0, 1))
-            total[n] = sq if n not in total else total[n] + sq
-    return total
-
-
-class _Rule:
-    """Per-example gradients of one module type from its saved input and output gradients b of
-    shape ``(P, M, *output.shape[1:])`` (P seeds: 1 for "ef", one per factor for "ggn")."""
-
-    name = "module"
-
-    def check(self, pe: PerExample, module: nn.Module, args, kwargs, output: Tensor) -> None:
-        pass
-
-    def save(self, module: nn.Module, args, kwargs, output: Tensor) -> tuple:
-        return (_first_input(args, kwargs).detach(),)
-
-    def batch_size(self, saved) -> int:
-        return saved[0].shape[0]
-
-    def tensors(self, saved) -> tuple:
-        return tuple(t for t in saved if isinstance(t, Tensor))
-
-    def take(self, saved, sl: slice):
-        return tuple(t[sl] for t in saved)
-
-    def per_example(self, module, saved, b: Tensor, names) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-    def sum_sq(self, module, saved, b: Tensor, names, budget: int) -> dict[str, Tensor]:
-        return _chunked_sum_sq(self, module, saved, b, names, budget)
-
-
-class _LinearRule(_Rule):
-    name = "Linear"
-
-    def check(self, pe, module, args, kwargs, output):
-        if _first_input(args, kwargs).dim() < 2:
-            raise ValueError("PerExample needs batched inputs (M, ..., in) for nn.Linear")
-
-    def per_example(self, module, saved, b, names):
-        (a,) = saved
-        P, m = b.shape[:2]
-        a3 = a.to(b.dtype).reshape(m, -1, a.shape[-1])
-        b4 = b.reshape(P, m, -1, b.shape[-1])
-        out = {}
-        if "weight" in names:
-            out["weight"] = torch.einsum("pmto,mti->pmoi", b4, a3)
-        if "bias" in names:
-            out["bias"] = b4.sum(2)
-        return out
-
-    def sum_sq(self, module, saved, b, names, budget):
-        (a,) = saved
-        P, m = b.shape[:2]
-        if a.numel() != m * a.shape[-1]:  # a sequence inside each example
-            return super().sum_sq(module, saved, b, names, budget)
-        b2 = b.reshape(P, m, -1).square().sum(0)  # (m, out): Σ over the seeds
-        out = {}
-        if "weight" in names:
-            out["weight"] = b2.T @ a.to(b.dtype).reshape(m, -1).square()
-        if "bias" in names:
-            out["bias"] = b2.sum(0)
-        return out
-
-
-class _ConvRule(_Rule):
-    name = "Conv"
-
-    def __init__(self, nd: int):
-        self.nd = nd
-
-    def check(self, pe, module, args, kwargs, output):
-        if _first_input(args, kwargs).dim() != self.nd + 2:
-            raise ValueError(
-                f"PerExample needs batched inputs (M, C, ...) for {type(module).__name__}"
-            )
-
-    def unfold(self, module, a: Tensor) -> Tensor:
-        """Patches ``(m, C_in·prod(kernel), L)`` as the convolution sees them."""
-        k, s, d = module.kernel_size, module.stride, module.dilation
-        if isinstance(module.padding, str) or module.padding_mode != "zeros":
-            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-            a = F.pad(a, module._reversed_padding_repeated_twice, mode=mode)
-            p = (0,) * self.nd
-        else:
-            p = module.padding
-        if self.nd == 1:
-            a = a.unsqueeze(2)
-            k, s, d, p = (1, k[0]), (1, s[0]), (1, d[0]), (0, p[0])
-        return F.unfold(a, k, dilation=d, padding=p, stride=s)
-
-    def per_example(self, module, saved, b, names):
-        (a,) = saved
-        P, m = b.shape[:2]
-        G, Cout = module.groups, module.out_channels
-        bL = b.reshape(P, m, Cout, -1)
-        out = {}
-        if "weight" in names:
-            U = self.unfold(module, a.to(b.dtype))
-            if U.shape[-1] != bL.shape[-1]:  # pragma: no cover - defensive
-                raise RuntimeError(f"{type(module).__name__}: unfold does not match the output")
-            U = U.reshape(m, G, -1, U.shape[-1])
-            W = torch.einsum("pmgol,mgkl->pmgok", bL.reshape(P, m, G, Cout // G, -1), U)
-            out["weight"] = W.reshape(P, m, *module.weight.shape)
-        if "bias" in names:
-            out["bias"] = bL.sum(-1)
-        return out
-
-
-class _EmbeddingRule(_Rule):
-    name = "Embedding"
-
-    def check(self, pe, module, args, kwargs, output):
-        if module.scale_grad_by_freq:
-            raise ValueError(
-                "nn.Embedding(scale_grad_by_freq=True) scales gradients by minibatch counts, "
-                "which couples the examples: not supported by PerExample"
-            )
-        if _first_input(args, kwargs).dim() < 1:
-            raise ValueError("PerExample needs batched indices (M, ...) for nn.Embedding")
-
-    def _rows(self, module, saved, b):
-        (idx,) = saved
-        P, m = b.shape[:2]
-        flat = idx.reshape(m, -1)
-        bb = b.reshape(P, flat.numel(), b.shape[-1])
-        if module.padding_idx is not None:
-            bb = bb * (flat.reshape(-1) != module.padding_idx).to(b.dtype)[None, :, None]
-        V = module.num_embeddings
-        key = (torch.arange(m, device=idx.device)[:, None] * V + flat).reshape(-1)
-        return bb, key, V
-
-    def per_example(self, module, saved, b, names):
-        bb, key, V = self._rows(module, saved, b)
-        P, m, D = b.shape[0], b.shape[1], b.shape[-1]
-        g = bb.new_zeros(P, m * V, D).index_add_(1, key, bb)
-        return {"weight": g.reshape(P, m, V, D)}
-
-    def sum_sq(self, module, saved, b, names, budget):
-        bb, key, V = self._rows(module, saved, b)
-        uniq, inv = torch.unique(key, return_inverse=True)
-        rows = bb.new_zeros(bb.shape[0], uniq.numel(), bb.shape[-1]).index_add_(1, inv, bb)
-        sq = rows.square().sum(0)
-        return {"weight": sq.new_zeros(V, sq.shape[-1]).index_add_(0, uniq % V, sq)}
-
-
-def _affine(b: Tensor, xh: Tensor, red: tuple, names) -> dict[str, Tensor]:
-    out = {}
-    if "weight" in names:
-        prod = b * xh.to(b.dtype)
-        out["weight"] = prod.sum(red) if red else prod
-    if "bias" in names:
-        out["bias"] = b.sum(red) if red else b
-    return out
-
-
-class _LayerNormRule(_Rule):
-    name = "LayerNorm"
-
-    def per_example(self, module, saved, b, names):
-        (a,) = saved
-        ns = module.normalized_shape
-        xh = F.layer_norm(a, ns, eps=module.eps)
-        return _affine(b, xh, tuple(range(2, b.dim() - len(ns))), names)
-
-
-class _GroupNormRule(_Rule):
-    name = "GroupNorm"
-
-    def per_example(self, module, saved, b, names):
-        (a,) = saved
-        xh = F.group_norm(a, module.num_groups, eps=module.eps)
-        return _affine(b, xh, tuple(range(3, b.dim())), names)
-
-
-def _uses_batch_stats(m: _BatchNorm) -> bool:
-    return m.training or m.running_mean is None
-
-
-class _BatchNormRule(_Rule):
-    name = "BatchNorm"
-
-    def check(self, pe, module, args, kwargs, output):
-        if _uses_batch_stats(module) and not pe.allow_batch_coupling:
-            raise RuntimeError(
-                f"{type(module).__name__} normalizes with batch statistics (training mode or "
-                "track_running_stats=False), which couples the examples: per-example gradients "
-                "of ℓ_i do not exist in closed form. Use model.eval() for the curvature pass, or "
-                "PerExample(..., allow_batch_coupling=True) to treat the batch statistics as "
-                "constants (per-example contributions to the minibatch gradient)"
-            )
-
-    def save(self, module, args, kwargs, output):
-        a = _first_input(args, kwargs).detach()
-        shape = (1, a.shape[1]) + (1,) * (a.dim() - 2)
-        if _uses_batch_stats(module):
-            dims = (0, *range(2, a.dim()))
-            mean, var = a.mean(dims), a.var(dims, unbiased=False)
-        else:
-            mean, var = module.running_mean, module.running_var
-        return ((a - mean.view(shape)) * torch.rsqrt(var.view(shape) + module.eps),)
-
-    def per_example(self, module, saved, b, names):
-        (xh,) = saved
-        return _affine(b, xh, tuple(range(3, b.dim())), names)
-
-
-class _FuncSaved:
-    def __init__(self, leaves, spec, tidx, dims, m, buffers):
-        self.leaves, self.spec, self.tidx, self.dims = leaves, spec, tidx, dims
-        self.m, self.buffers = m, buffers
-
-
-class _FuncRule(_Rule):
-    """torch.func fallback: vmap over examples of grad_θ <b_i, module(a_i)>."""
-
-    name = "torch.func"
-
-    def check(self, pe, module, args, kwargs, output):
-        for sub in module.modules():
-            if isinstance(sub, _BatchNorm) and _uses_batch_stats(sub):
-                raise RuntimeError(
-                    f"the torch.func fallback of {type(module).__name__} would run "
-                    f"{type(sub).__name__} with batch statistics on single examples; use "
-                    "model.eval() for the curvature pass"
-                )
-
-    def save(self, module, args, kwargs, output):
-        leaves, spec = tree_flatten((tuple(args), dict(kwargs)))
-        tidx = [k for k, x in enumerate(leaves) if isinstance(x, Tensor)]
-        if not tidx:
-            raise ValueError(f"{type(module).__name__} was called without tensor inputs")
-        leaves = [x.detach() if isinstance(x, Tensor) else x for x in leaves]
-        first = next((leaves[k] for k in tidx if leaves[k].dim() > 0), None)
-        m = first.shape[0] if first is not None else -1
-        if output.dim() == 0 or output.shape[0] != m:
-            raise ValueError(
-                f"the torch.func fallback needs {type(module).__name__}'s input and output to "
-                f"share the batch dimension 0 (input {m}, output {tuple(output.shape)})"
-            )
-        dims = [0 if leaves[k].dim() > 0 and leaves[k].shape[0] == m else None for k in tidx]
-        buffers = {n: x.detach().clone() for n, x in module.named_buffers()}
-        return _FuncSaved(leaves, spec, tidx, dims, m, buffers)
-
-    def batch_size(self, saved):
-        return saved.m
-
-    def tensors(self, saved):
-        return tuple(saved.leaves[k] for k in saved.tidx)
-
-    def take(self, saved, sl):
-        leaves = list(saved.leaves)
-        for k, d in zip(saved.tidx, saved.dims):
-            if d == 0:
-                leaves[k] = leaves[k][sl]
-        return _FuncSaved(leaves, saved.spec, saved.tidx, saved.dims, saved.m, saved.buffers)
-
-    def per_example(self, module, saved, b, names):
-        params = {n: getattr(module, n).detach().to(b.dtype) for n in names}
-
-        def f(params, tens, b_i):
-            leaves = list(saved.leaves)
-            for k, t, d in zip(saved.tidx, tens, saved.dims):
-                leaves[k] = t.unsqueeze(0) if d == 0 else t
-            args, kwargs = tree_unflatten(leaves, saved.spec)
-            out = functional_call(module, {**saved.buffers, **params}, args, kwargs, strict=False)
-            return (out * b_i.unsqueeze(0)).sum()
-
-        tens = [saved.leaves[k] for k in saved.tidx]
-        inner = vmap(grad(f), in_dims=(None, saved.dims, 0))
-        return vmap(inner, in_dims=(None, None, 0))(params, tens, b)
-
-
-_FUNC = _FuncRule()
-_RULES: tuple[tuple[type, _Rule], ...] = (
-    (nn.Linear, _LinearRule()),
-    (nn.Conv1d, _ConvRule(1)),
-    (nn.Conv2d, _ConvRule(2)),
-    (nn.Embedding, _EmbeddingRule()),
-    (nn.LayerNorm, _LayerNormRule()),
-    (nn.GroupNorm, _GroupNormRule()),
-    (_BatchNorm, _BatchNormRule()),
-)
-
-
-def _rule_for(module: nn.Module) -> _Rule | None:
-    """The closed-form rule of a module whose forward is the stock one (a subclass that overrides
-    ``forward`` gets none)."""
-    for cls, rule in _RULES:
-        if isinstance(module, cls) and type(module).forward is cls.forward:
-            return rule
-    return None
-
-
-# ------------------------------------------------------------------------- the context
 class _Call:
     """One call of a tracked module inside one forward of the model."""
 
@@ -582,9 +134,11 @@ class PerExample:
             backward pass), ``"ggn"`` (D extra backward passes of the output entries of one
             example, batched, run at the end of the model's forward) or ``"mc_fisher"``
             (``mc_samples`` extra backward passes with labels sampled from the model).
-        loss: for ``"ggn"``/``"mc_fisher"``: ``"cross_entropy"``, ``"bce_with_logits"``,
-            ``"gaussian"`` (with ``sigma2``) or ``"mse"``, applied to the model's output (see
-            :func:`loss_hessian_factors`); ignored by ``"ef"``.
+        loss: for ``"ggn"``/``"mc_fisher"``: the likelihood applied to the model's output, a
+            name of :data:`blr.curvature.NAMES` (``"cross_entropy"``, ``"bce_with_logits"``,
+            ``"gaussian"`` with ``sigma2``, ``"mse"``, ...) or a
+            :class:`~blr.curvature.Likelihood` (see its
+            :meth:`~blr.curvature.Likelihood.hessian_factors`); ignored by ``"ef"``.
         reduction: for ``"ef"``: the back-propagated loss is ``"sum"`` Σ_i ℓ_i, ``"mean"``
             (1/M) Σ_i ℓ_i (M = dimension 0 of each layer's input), or a float c: c·Σ_i ℓ_i.
             The factor is undone: the result is always Σ_i [∇ℓ_i]².
@@ -631,7 +185,7 @@ class PerExample:
         model: nn.Module,
         mode: Mode = "ef",
         *,
-        loss: LossName | None = None,
+        loss: str | Likelihood | None = None,
         reduction: Literal["sum", "mean"] | float = "sum",
         sigma2: float = 1.0,
         mc_samples: int = 1,
@@ -645,8 +199,10 @@ class PerExample:
     ):
         if mode not in ("ef", "ggn", "mc_fisher"):
             raise ValueError(f"mode must be 'ef', 'ggn' or 'mc_fisher', got {mode!r}")
-        if mode != "ef" and loss not in _LOSSES:
-            raise ValueError(f"mode={mode!r} needs loss= one of {_LOSSES}, got {loss!r}")
+        if mode != "ef" and loss is None:
+            raise ValueError(
+                f"mode={mode!r} needs loss= (the likelihood, e.g. 'cross_entropy'), got None"
+            )
         if method not in ("hooks", "auto", "func"):
             raise ValueError(f"method must be 'hooks', 'auto' or 'func', got {method!r}")
         if isinstance(reduction, str):
@@ -658,6 +214,10 @@ class PerExample:
             raise ValueError("mc_samples and pass_chunk must be >= 1")
         if sigma2 <= 0:
             raise ValueError("sigma2 must be positive")
+        self.likelihood = (
+            None if mode == "ef" else resolve(loss, sigma2=sigma2, supported=FACTORED, arg="loss")
+        )
+        """The :class:`~blr.curvature.Likelihood` of ``loss`` (None for ``"ef"``)."""
         self.model, self.mode, self.loss, self.reduction = model, mode, loss, reduction
         self.sigma2, self.mc_samples, self.generator = float(sigma2), int(mc_samples), generator
         self.method, self.output_fn = method, output_fn
@@ -675,22 +235,22 @@ class PerExample:
         self.reset()
 
     # ---------------------------------------------------------------- setup
-    def _make_plan(self) -> list[tuple[nn.Module, _Rule, list[tuple[str, nn.Parameter]]]]:
+    def _make_plan(self) -> list[tuple[nn.Module, Rule, list[tuple[str, nn.Parameter]]]]:
         plan, missing = [], []
         for name, m in self.model.named_modules():
             direct = [(n, p) for n, p in m._parameters.items() if p is not None and p.requires_grad]
             if not direct:
                 continue
-            rule = _FUNC if self.method == "func" else _rule_for(m)
+            rule = FUNC if self.method == "func" else rule_for(m)
             if rule is None:
                 if self.method == "auto":
-                    rule = _FUNC
+                    rule = FUNC
                 else:
                     missing.append(f"{name or '<model>'} ({type(m).__name__})")
                     continue
             plan.append((m, rule, direct))
         if missing:
-            known = ", ".join(c.__name__.lstrip("_") for c, _ in _RULES)
+            known = ", ".join(c.__name__.lstrip("_") for c, _ in RULES)
             raise TypeError(
                 "PerExample has no per-example rule for module(s) with trainable parameters: "
                 f"{', '.join(missing)}. Rules exist for {known} (stock forward only); pass "
@@ -703,7 +263,7 @@ class PerExample:
 
         Example:
             >>> import torch
-            >>> from blr.optim import PerExample
+            >>> from blr.curvature import PerExample
             >>> model = torch.nn.Linear(3, 1)
             >>> with PerExample(model) as pe:
             ...     model(torch.ones(4, 3)).sum().backward()
@@ -766,7 +326,7 @@ class PerExample:
             if first is not None:
                 self.num_examples += first.shape[0]
 
-    def _forward_hook(self, rule: _Rule, params, module, args, kwargs, output) -> None:
+    def _forward_hook(self, rule: Rule, params, module, args, kwargs, output) -> None:
         if self._suspended or not self._active or not torch.is_grad_enabled():
             return
         if not isinstance(output, Tensor):
@@ -820,12 +380,10 @@ class PerExample:
             return
         with torch.no_grad():
             if self.mode == "ggn":
-                V = loss_hessian_factors(out, self.loss, sigma2=self.sigma2)
+                V = self.likelihood.hessian_factors(out)
             else:
                 K = self.mc_samples
-                V = sampled_output_grads(
-                    out, self.loss, samples=K, sigma2=self.sigma2, generator=self.generator
-                )
+                V = self.likelihood.sample_grads(out, K, generator=self.generator)
                 V = V / math.sqrt(K)
         edges = [c.edge for c in calls]
         for s in range(0, V.shape[0], self.pass_chunk):
@@ -918,7 +476,7 @@ class PerExample:
 
         Example:
             >>> import torch
-            >>> from blr.optim import PerExample
+            >>> from blr.curvature import PerExample
             >>> model = torch.nn.Linear(3, 1)
             >>> x = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 1.0]])
             >>> with PerExample(model, mode="ef") as pe:
@@ -954,7 +512,7 @@ class PerExample:
 
         Example:
             >>> import torch
-            >>> from blr.optim import PerExample
+            >>> from blr.curvature import PerExample
             >>> model = torch.nn.Linear(3, 1)
             >>> x = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 1.0]])
             >>> with PerExample(model, mode="ef") as pe:
@@ -969,7 +527,7 @@ class PerExample:
 
         Example:
             >>> import torch
-            >>> from blr.optim import PerExample
+            >>> from blr.curvature import PerExample
             >>> shared = torch.nn.Linear(2, 2)
             >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2), shared, shared)
             >>> _ = model[0].requires_grad_(False)  # frozen: no curvature

@@ -26,14 +26,14 @@ with its own 10 000 test images. The hyperparameters (:data:`SETTINGS`, one set 
 were chosen by a grid search on the validation split (:func:`tune`, ``blr demo --tune``), never
 on the test split; see ``docs/demo.md``.
 
-Run ``blr demo`` (or ``python -m blr.demo``); ``--help`` lists the options.
+Run ``blr demo`` (or ``python -m blr.apps.demo``); ``--help`` lists the options.
 
 Example:
-    >>> m, se = mean_se([1.0, 2.0, 3.0])   # sd 1, n 3
-    >>> m, round(se, 6)
-    (2.0, 0.57735)
-    >>> print(format_cell(0.97531, 0.0012))
-    0.9753 ± 0.0012
+    >>> print(verdict({"mean": 0.0025, "se": 0.0010, "values": [0.0] * 20}))  # 2.5 s.e., 20 seeds
+    holds
+    >>> rows = {"IVON": {m: {"mean": 0.5, "se": 0.01} for m in METRICS}}
+    >>> print(format_table(rows).splitlines()[0])
+    method |        accuracy |             NLL |             ECE |           Brier |         s/epoch
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from blr.apps.report import format_mean_se, mean_se, text_table
+
 __all__ = [
     "DEFAULT_EPOCHS",
     "DESCRIPTION",
@@ -67,13 +69,11 @@ __all__ = [
     "Split",
     "build_parser",
     "fashion_mnist_missing",
-    "format_cell",
     "format_table",
     "load_digits",
     "load_fashion_mnist",
     "main",
     "make_mlp",
-    "mean_se",
     "read_idx",
     "run",
     "run_cli",
@@ -372,38 +372,18 @@ def train(
 
 
 # --------------------------------------------------------------------------------- summary
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error sd/√n (sample sd, n − 1; NaN for a single value)."""
-    v = [float(x) for x in values]
-    if not v:
-        raise ValueError("values is empty")
-    m = sum(v) / len(v)
-    if len(v) < 2:
-        return m, math.nan
-    return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v))
-
-
-def format_cell(mean: float, se: float, digits: int = 4) -> str:
-    """``mean ± se`` (``n/a`` for the s.e. of a single seed)."""
-    err = "n/a" if math.isnan(se) else f"{se:.{digits}f}"
-    return f"{mean:.{digits}f} ± {err}"
-
-
 METRICS = ("accuracy", "nll", "ece", "brier", "s_per_epoch")
 _HEADERS = ("accuracy", "NLL", "ECE", "Brier", "s/epoch")
 
 
 def format_table(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
     """The table: one row per method, one ``mean ± s.e.`` column per metric (``rows`` as in the
-    ``methods`` entry of :func:`run`'s result)."""
-    name_w = max(len("method"), *(len(k) for k in rows))
-    cells = {k: [format_cell(r[m]["mean"], r[m]["se"]) for m in METRICS] for k, r in rows.items()}
-    widths = [max(len(h), *(len(c[i]) for c in cells.values())) for i, h in enumerate(_HEADERS)]
-    line = " | ".join([f"{'method':<{name_w}}", *(f"{h:>{w}}" for h, w in zip(_HEADERS, widths))])
-    out = [line, "-" * len(line)]
-    for k, c in cells.items():
-        out.append(" | ".join([f"{k:<{name_w}}", *(f"{x:>{w}}" for x, w in zip(c, widths))]))
-    return "\n".join(out)
+    ``methods`` entry of :func:`run`'s result; ``n/a`` for the s.e. of a single seed)."""
+    cells = [
+        [k, *(format_mean_se(r[m]["mean"], r[m]["se"]) for m in METRICS)] for k, r in rows.items()
+    ]
+    align = "l" + "r" * len(_HEADERS)
+    return text_table(["method", *_HEADERS], cells, align=align, sep=" | ", full_rule=True)
 
 
 # ---------------------------------------------------------------------------------- progress
@@ -753,7 +733,7 @@ def _verdict_line(result: dict[str, Any]) -> str:
     return (
         "calibration claim (IVON paper, ImageNet ResNet-50: ECE 0.022 IVON vs 0.066 AdamW), "
         f"{n} seed{'s' * (n != 1)}: {what} Paired AdamW − IVON "
-        f"{format_cell(d['mean'], d['se'])} ({size}); ECE {bma} {ivon:.4f}, AdamW {adamw:.4f}."
+        f"{format_mean_se(d['mean'], d['se'])} ({size}); ECE {bma} {ivon:.4f}, AdamW {adamw:.4f}."
     )
 
 
@@ -796,7 +776,7 @@ def _at_least_two(text: str) -> int:
 
 def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The options of ``blr demo`` (``add_help=False`` to use it as a parent of the ``demo``
-    sub-parser of :mod:`blr.cli`)."""
+    sub-parser of :mod:`blr.apps.cli`)."""
     parser = argparse.ArgumentParser(prog="blr demo", description=DESCRIPTION, add_help=add_help)
     parser.add_argument(
         "--dataset",

@@ -1,7 +1,19 @@
 """The ``blr`` command line: ``blr table`` (the paper's table, derived and verified), ``blr demo``
 (IVON vs AdamW vs SGD: accuracy and calibration), ``blr bench optim`` (optimizer time and memory)
 and ``blr bench uci --data DIR`` (the UCI regression protocol); without a subcommand, ``blr``
-prints its help."""
+prints its help.
+
+The console script ``blr`` and ``python -m blr`` both call :func:`main`. The subcommands load
+their modules lazily: :mod:`derivations` and the benchmarks only when asked for.
+
+Example:
+    >>> main(["table", "--list"])   # doctest: +ELLIPSIS
+    gradient_descent
+    newton
+    ...
+    bsam
+    0
+"""
 
 from __future__ import annotations
 
@@ -61,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "which must make the row fail; prints the margins (value/tolerance)",
     )
     table.add_argument("--list", action="store_true", help="list the rows' names and exit")
-    from blr import demo  # numpy and torch only at module level; the extras load lazily
+    from blr.apps import demo  # numpy and torch only at module level; the extras load lazily
 
     sub.add_parser(
         "demo",
@@ -90,22 +102,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "table":
         return _table(args)
     if args.command == "demo":
-        from blr import demo
+        from blr.apps import demo
 
         return demo.run_cli(args)
     if args.command == "bench" and args.target == "uci":
-        from blr import uci
+        from blr.apps import uci
 
         return uci.main(args.rest)
     if args.command == "bench":
-        from blr import bench  # lazily: the benchmark code is only needed here
+        from blr.apps import bench  # lazily: the benchmark code is only needed here
 
         return bench.main(args.rest)
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
 
 
 def _table(args: argparse.Namespace) -> int:
-    # lazily: blr never imports derivations at module level
+    # lazily: derivations (and sympy) load only for `blr table`
+    from blr.apps.table import format_table, to_json
     from derivations import ROWS, table
 
     if args.list:
@@ -119,13 +132,14 @@ def _table(args: argparse.Namespace) -> int:
         print(f"blr table: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(table.to_json(results))
+        print(to_json(results))
     else:
-        print(table.format_table(results, markdown=args.markdown, verbose=args.verbose))
+        print(format_table(results, markdown=args.markdown, verbose=args.verbose))
     return 0 if all(r.passed for r in results) else 1
 
 
 def _mutations(args: argparse.Namespace) -> int:
+    from blr.apps.table import format_margins
     from derivations import mutations
 
     try:
@@ -133,7 +147,7 @@ def _mutations(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"blr table: error: {exc}", file=sys.stderr)
         return 2
-    print(mutations.format_margins(results, markdown=args.markdown))
+    print(format_margins(results, markdown=args.markdown))
     weak = [r for r in results if not (r.caught and r.margin >= mutations.MIN_MARGIN)]
     print(
         f"\n{len(results) - len(weak)}/{len(results)} mutations caught with a margin of at least "

@@ -66,15 +66,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from blr.apps.report import format_mean_se, markdown_table, mean_se, text_table
 from blr.metrics import gaussian_log_likelihood, rmse
-from blr.optim import IVON, VOGN, Vadam
-from blr.predict import ParameterPosterior, predict_regression
-from expfam import DiagGaussian
+from blr.optim import IVON, VOGN, BayesByBackprop, Vadam
+from blr.predict import predict_regression
 
 __all__ = [
     "METHODS",
     "PUBLISHED_RMSE",
-    "BayesByBackprop",
     "BenchConfig",
     "Split",
     "UCIDataset",
@@ -85,7 +84,6 @@ __all__ = [
     "mlp",
     "run_benchmark",
     "run_method",
-    "summarize",
 ]
 
 METHODS = ("vogn", "vadam", "ivon", "bbb")
@@ -341,121 +339,6 @@ def _gaussian_nll(f: Tensor, y: Tensor, log_noise: Tensor) -> Tensor:
     return 0.5 * (math.log(2 * math.pi) + log_noise + (y - f) ** 2 * torch.exp(-log_noise))
 
 
-def _inv_softplus(x: float) -> float:
-    return x + math.log(-math.expm1(-x))
-
-
-class BayesByBackprop:
-    r"""Bayes by backprop (Blundell et al., 2015): a mean-field Gaussian q(θ) = N(m, diag σ²),
-    σ = softplus(ρ), over a model's parameters, trained with Adam on the negative ELBO per
-    example, the expectation by one reparameterized draw θ = m + σ⊙z, z ~ N(0, I):
-
-    .. math::
-        \mathcal L(m, \rho) = \frac1M\sum_{i\in B}\ell_i(m + \sigma\odot z)
-        + \frac1N\,\mathrm{KL}\big(\mathcal N(m, \sigma^2)\,\|\,\mathcal N(0, \delta^{-1})\big),
-        \quad \mathrm{KL} = \tfrac12\sum_j\big(\delta\sigma_j^2 + \delta m_j^2 - 1
-        - \log\delta\sigma_j^2\big).
-
-    The model's own parameters hold m; ρ lives here. :meth:`loss` returns 𝓛 for a minibatch
-    loss function, :meth:`step` takes an Adam step, :meth:`posterior` gives q as a
-    :class:`~blr.predict.ParameterPosterior` for :mod:`blr.predict`.
-
-    Args:
-        model: the network (all its parameters are variational means).
-        ess: N, the training-set size.
-        prior_prec: δ.
-        init_std: σ at the start (> 0).
-        lr: Adam's learning rate.
-        betas: Adam's (β₁, β₂).
-        seed: seed of the draws.
-
-    Example:
-        >>> import torch
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
-        >>> model = torch.nn.Linear(2, 1)
-        >>> bbb = BayesByBackprop(model, ess=100, prior_prec=1.0, init_std=0.1, lr=0.01, seed=0)
-        >>> x, y = torch.randn(8, 2), torch.randn(8, 1)
-        >>> [round(s, 6) for s in bbb.std()[0].flatten().tolist()]   # σ starts at init_std
-        [0.1, 0.1]
-        >>> loss = bbb.loss(lambda out: ((out - y) ** 2).mean(), x)
-        >>> bbb.zero_grad(); loss.backward(); bbb.step()
-        >>> all(abs(s - 0.1) < 0.0011 for s in bbb.std()[0].flatten().tolist())  # one Adam step
-        True
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        ess: float,
-        prior_prec: float = 1.0,
-        init_std: float = 0.05,
-        lr: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        seed: int | None = None,
-    ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        for value, name in ((ess, "ess"), (prior_prec, "prior_prec"), (init_std, "init_std")):
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be > 0, got {value}")
-        self.model, self.ess, self.prior_prec = model, float(ess), float(prior_prec)
-        named = list(model.named_parameters())
-        if not named or not all(p.requires_grad for _, p in named):
-            raise ValueError(
-                "model must have parameters, all trainable (each is a variational mean)"
-            )
-        self.names = [n for n, _ in named]
-        self.means = [p for _, p in named]
-        rho0 = _inv_softplus(float(init_std))
-        self.rho = [torch.full_like(p, rho0).requires_grad_() for p in self.means]
-        self.optimizer = torch.optim.Adam([*self.means, *self.rho], lr=lr, betas=betas)
-        self.generator = torch.Generator().manual_seed(
-            int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
-        )
-
-    def std(self) -> list[Tensor]:
-        """σ = softplus(ρ), one tensor per parameter (differentiable)."""
-        return [nn.functional.softplus(r) for r in self.rho]
-
-    def kl(self) -> Tensor:
-        """KL(q ‖ N(0, δ⁻¹I)), summed over all parameters (differentiable)."""
-        delta = self.prior_prec
-        terms = []
-        for m, s in zip(self.means, self.std()):
-            var = delta * s * s
-            terms.append(0.5 * (var + delta * m * m - 1 - torch.log(var)).sum())
-        return torch.stack(terms).sum()
-
-    def loss(self, data_loss: Any, *inputs: Any) -> Tensor:
-        """𝓛 = data_loss(f_θ(inputs)) + KL/N at one draw θ = m + σ⊙z (``data_loss`` maps the
-        model's output to the minibatch MEAN loss)."""
-        draws = {}
-        for name, m, s in zip(self.names, self.means, self.std()):
-            z = torch.randn(m.shape, dtype=m.dtype, generator=self.generator)
-            draws[name] = m + s * z
-        out = torch.func.functional_call(self.model, draws, inputs)
-        return data_loss(out) + self.kl() / self.ess
-
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad()
-
-    def step(self) -> None:
-        """One Adam step on (m, ρ) with the gradients of the last :meth:`loss`."""
-        self.optimizer.step()
-
-    def posterior(self) -> ParameterPosterior:
-        """q as a :class:`~blr.predict.ParameterPosterior` (draws written into the model)."""
-        fam = DiagGaussian()
-        with torch.no_grad():
-            m = torch.cat([p.detach().reshape(-1) for p in self.means])
-            s = torch.cat([s.reshape(-1) for s in self.std()])
-        return ParameterPosterior(
-            self.model, fam, fam.from_moments(m, 1.0 / (s * s)), generator=self.generator
-        )
-
-
 # ------------------------------------------------------------------------------------ training
 @dataclass(frozen=True)
 class BenchConfig:
@@ -544,8 +427,9 @@ def run_method(method: str, split: Split, config: BenchConfig) -> dict[str, floa
     opt: Any
     if method == "vogn":
         opt = VOGN(
-            model, lr=lr, ess=n, weight_decay=delta / n, beta2=config.beta2, hess_init=h0,
-            curvature="ggn", loss="gaussian", sigma2=config.noise_var_init, seed=seed,
+            model.parameters(), lr=lr, ess=n, weight_decay=delta / n, beta2=config.beta2,
+            hess_init=h0, curvature="ggn", loss="gaussian", sigma2=config.noise_var_init,
+            seed=seed, model=model,
         )  # fmt: skip
     elif method == "vadam":
         opt = Vadam(model.parameters(), lr=lr, ess=n, prior_prec=delta, prec_init=h0, seed=seed)
@@ -556,8 +440,9 @@ def run_method(method: str, split: Split, config: BenchConfig) -> dict[str, floa
         )  # fmt: skip
     else:
         opt = BayesByBackprop(
-            model, ess=n, prior_prec=delta, init_std=(n * h0 + delta) ** -0.5, lr=lr, seed=seed
-        )
+            model.parameters(), lr=lr, ess=n, prior_prec=delta,
+            init_std=(n * h0 + delta) ** -0.5, seed=seed,
+        )  # fmt: skip
     shuffle = torch.Generator().manual_seed(seed + 1)
     try:
         for _ in range(int(config.epochs)):
@@ -565,17 +450,13 @@ def run_method(method: str, split: Split, config: BenchConfig) -> dict[str, floa
                 xb, yb = x[idx], y[idx]
                 opt.zero_grad()
                 noise_opt.zero_grad()
-                if method == "bbb":
-                    loss = opt.loss(lambda out, yb=yb: _gaussian_nll(out, yb, log_noise).mean(), xb)
-                    loss.backward()
-                else:
-                    if method == "vogn":
-                        opt.sigma2 = float(log_noise.detach().exp())  # the GGN's Λ = 1/σ²
-                    with opt.sampled_params(train=True):
-                        _gaussian_nll(model(xb), yb, log_noise).mean().backward()
+                if method == "vogn":
+                    opt.sigma2 = float(log_noise.detach().exp())  # the GGN's Λ = 1/σ²
+                with opt.sampled_params(train=True):
+                    _gaussian_nll(model(xb), yb, log_noise).mean().backward()
                 opt.step()
                 noise_opt.step()
-        state = [*model.parameters(), log_noise, *(opt.rho if method == "bbb" else [])]
+        state = [*model.parameters(), log_noise, *(opt.std() if method == "bbb" else [])]
         finite = all(bool(torch.isfinite(p).all()) for p in state)
         if not finite:
             raise FloatingPointError("NaN/Inf in the parameters")
@@ -585,7 +466,7 @@ def run_method(method: str, split: Split, config: BenchConfig) -> dict[str, floa
             f"(now {lr}: --lr {method}=...)"
         ) from exc
     noise_var = float(log_noise.detach().exp())
-    posterior = opt.posterior() if method == "bbb" else opt
+    posterior = opt.posterior(model) if method == "bbb" else opt
     test_rmse, test_ll = evaluate(model, posterior, split, noise_var, samples=config.samples)
     return {
         "rmse": test_rmse,
@@ -596,21 +477,6 @@ def run_method(method: str, split: Split, config: BenchConfig) -> dict[str, floa
 
 
 # ------------------------------------------------------------------------------------ summary
-def summarize(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, standard error) = (x̄, s/√n) with the sample standard deviation s (ddof = 1);
-    the standard error of a single value is NaN.
-
-    Example:
-        >>> [round(v, 6) for v in summarize([1.0, 2.0, 3.0])]   # s = 1, s.e. = 1/√3
-        [2.0, 0.57735]
-    """
-    a = np.asarray(values, dtype=np.float64)
-    if a.size == 0:
-        raise ValueError("values is empty")
-    se = float(a.std(ddof=1) / math.sqrt(a.size)) if a.size > 1 else math.nan
-    return float(a.mean()), se
-
-
 def run_benchmark(
     data: UCIDataset,
     methods: Sequence[str] = METHODS,
@@ -692,7 +558,7 @@ def _summary(values: list[float]) -> list[float | None] | None:
     """[mean, s.e.] with None for an undefined s.e. (JSON has no NaN); None without values."""
     if not values:
         return None
-    mean, se = summarize(values)
+    mean, se = mean_se(values)
     return [mean, se if math.isfinite(se) else None]
 
 
@@ -705,11 +571,8 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
 
 
 def _pm(pair: Sequence[float | None] | None, digits: int, empty: str = "—") -> str:
-    if pair is None:
-        return empty
-    mean, se = pair
-    se_text = "—" if se is None or not math.isfinite(se) else f"{se:.{digits}f}"
-    return f"{mean:.{digits}f} ± {se_text}"
+    """``mean ± se`` of a ``[mean, se]`` pair (``—`` for an undefined s.e.), ``empty`` for None."""
+    return empty if pair is None else format_mean_se(pair[0], pair[1], digits, missing="—")
 
 
 def format_table(report: dict[str, Any], *, markdown: bool = False) -> str:
@@ -744,18 +607,9 @@ def format_table(report: dict[str, Any], *, markdown: bool = False) -> str:
         if r.get("diverged_splits")
     ]
     if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines + (["", *notes] if notes else []))
-    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-    fmt = "  ".join(f"{{:{w}}}" for w in widths)
-    lines = [
-        f"{report['dataset']}: {report['splits']} split(s), mean ± s.e.; original units",
-        fmt.format(*head),
-        fmt.format(*("-" * w for w in widths)),
-    ]
-    lines += [fmt.format(*row) for row in rows]
-    return "\n".join([line.rstrip() for line in lines] + notes)
+        return "\n".join([markdown_table(head, rows), *(["", *notes] if notes else [])])
+    title = f"{report['dataset']}: {report['splits']} split(s), mean ± s.e.; original units"
+    return "\n".join([title.rstrip(), text_table(head, rows), *notes])
 
 
 # ------------------------------------------------------------------------------------ CLI

@@ -1,0 +1,580 @@
+r"""Bayes by backprop (Blundell, Cornebise, Kavukcuoglu & Wierstra, ICML 2015) as a
+``torch.optim`` optimizer: a mean-field Gaussian over the parameters, trained by Adam on the
+negative ELBO, the expectation by one reparameterized draw per sample."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.optim.adam import adam
+
+from blr.optim._base import check_beta, check_positive
+from blr.predict import ParameterPosterior
+from expfam import DiagGaussian
+
+__all__ = ["BayesByBackprop"]
+
+_FORMAT = 1
+_STATE = ("step", "rho", "exp_avg", "exp_avg_sq", "rho_exp_avg", "rho_exp_avg_sq")
+
+
+def _inv_softplus(x: float) -> float:
+    """ρ with softplus(ρ) = x (x > 0)."""
+    return x + math.log(-math.expm1(-x))
+
+
+def _kl_terms(means: list[Tensor], stds: list[Tensor], prior_prec: float) -> list[Tensor]:
+    """KL(N(m, σ²) ‖ N(0, δ⁻¹)) of each tensor, summed over its elements:
+    ½Σ(δσ² + δm² − 1 − log δσ²)."""
+    terms = []
+    for m, s in zip(means, stds):
+        var = prior_prec * s * s
+        terms.append(0.5 * (var + prior_prec * m * m - 1 - torch.log(var)).sum())
+    return terms
+
+
+class BayesByBackprop(torch.optim.Optimizer):
+    r"""Bayes by backprop (Blundell et al., ICML 2015): a mean-field Gaussian
+    q(θ) = N(m, diag σ²), σ = softplus(ρ), over the parameters, with prior N(0, δ⁻¹I), trained
+    by Adam on (m, ρ) to minimize the negative ELBO per example,
+
+    .. math::
+        \mathcal L(m, \rho) = \mathbb E_{z\sim\mathcal N(0, I)}\Big[\frac1M\sum_{i\in B}
+        \ell_i(m + \sigma\odot z)\Big] + \frac1N\,\mathrm{KL}\big(\mathcal N(m, \sigma^2)\,\|\,
+        \mathcal N(0, \delta^{-1}I)\big),\qquad
+        \mathrm{KL} = \tfrac12\sum_j\big(\delta\sigma_j^2 + \delta m_j^2 - 1
+        - \log\delta\sigma_j^2\big),
+
+    the expectation by reparameterized draws θ = m + σ⊙z. With ĝ = ∇ℓ(θ) (the minibatch MEAN
+    loss, what ``backward`` leaves in ``.grad`` inside :meth:`sampled_params`), the gradients
+    Adam receives are
+
+    .. math::
+        \nabla_m\mathcal L = \hat g + \nabla_m\mathrm{KL}/N,\qquad
+        \nabla_\rho\mathcal L = \operatorname{sigmoid}(\rho)\odot\hat g\odot z
+        + \nabla_\rho\mathrm{KL}/N,
+
+    averaged over the Monte Carlo samples of the step; the KL gradients are taken by autograd
+    of the closed form above. Unlike the BLR optimizers (:class:`~blr.optim.Vadam`,
+    :class:`~blr.optim.IVON`), this is ordinary (Euclidean) gradient descent on the ELBO: the
+    baseline of the UCI benchmark (docs/uci.md).
+
+    The interface is that of the library's other optimizers: forward and backward inside
+    ``with opt.sampled_params(train=True):`` (the parameters hold θ = m + σ⊙z there and the
+    mean m again on exit, exactly), then :meth:`step`; or ``step(closure)``, which draws
+    ``mc_samples`` samples itself. Outside the context the parameters ARE the means m, so
+    ``model.state_dict()`` saves m and the optimizer's :meth:`state_dict` saves ρ, Adam's
+    moments, the step counters and the random generators (resume: load both). The optimizer is
+    a posterior for :mod:`blr.predict` (``predict_regression(model, opt, x, n_samples=S)``);
+    :meth:`posterior` gives q as a :class:`~blr.predict.ParameterPosterior`. State is kept in
+    each parameter's dtype (as ``torch.optim.Adam`` does).
+
+    Args:
+        params: parameters or param groups (groups may set their own ``lr``, ``ess``,
+            ``prior_prec``, ``init_std``, ``betas``, ``eps``). Parameters that do not require
+            a gradient are left alone.
+        lr: Adam's learning rate α, for m and ρ alike.
+        ess: N, the training-set size (the KL is divided by it).
+        prior_prec: δ, the prior precision.
+        init_std: σ at the start (ρ₀ = softplus⁻¹(init_std)).
+        betas: Adam's (β₁, β₂).
+        mc_samples: draws per ``step(closure)``.
+        eps: Adam's ε.
+        nonfinite: ``"raise"`` (a FloatingPointError) or ``"skip"`` (count the step in
+            ``skipped_steps`` and leave the state alone) when the ELBO gradient has a NaN/Inf.
+        seed: seed of the optimizer's own generators (default: drawn from torch's global RNG).
+        missing_sample: ``step()`` without a collected sample: ``"raise"`` or ``"skip"``.
+
+    Example:
+        >>> import torch
+        >>> from blr.optim import BayesByBackprop
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = BayesByBackprop(model.parameters(), lr=0.01, ess=100, init_std=0.1, seed=0)
+        >>> x, y = torch.randn(8, 2), torch.randn(8, 1)
+        >>> [round(s, 6) for s in opt.std()[0].flatten().tolist()]   # σ starts at init_std
+        [0.1, 0.1]
+        >>> with opt.sampled_params(train=True):   # θ = m + σ⊙z in the parameters
+        ...     opt.zero_grad()
+        ...     torch.nn.functional.mse_loss(model(x), y).backward()
+        >>> opt.step()                             # one Adam step on (m, ρ)
+        >>> all(abs(s - 0.1) < 0.0011 for s in opt.std()[0].flatten().tolist())
+        True
+
+    References:
+        Blundell, Cornebise, Kavukcuoglu & Wierstra, "Weight Uncertainty in Neural Networks",
+        ICML 2015.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float,
+        ess: float,
+        prior_prec: float = 1.0,
+        init_std: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        mc_samples: int = 1,
+        *,
+        eps: float = 1e-8,
+        nonfinite: str = "raise",
+        seed: int | None = None,
+        missing_sample: str = "raise",
+    ) -> None:
+        if int(mc_samples) != mc_samples or mc_samples < 1:
+            raise ValueError(f"mc_samples must be an integer ≥ 1, got {mc_samples}")
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        if missing_sample not in ("raise", "skip"):
+            raise ValueError(f"missing_sample must be 'raise' or 'skip', got {missing_sample!r}")
+        defaults = dict(
+            lr=lr, ess=ess, prior_prec=prior_prec, init_std=init_std, betas=betas, eps=eps
+        )
+        self._check_hyper(defaults)
+        defaults["betas"] = tuple(float(b) for b in betas)
+        super().__init__(params, defaults)
+        self.mc_samples = int(mc_samples)
+        self.nonfinite = nonfinite
+        self.missing_sample = missing_sample
+        self._seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._draws = 0
+        self._inside = False
+        self._count = 0  # Monte Carlo samples collected for the next step
+        self._acc: dict[int, tuple[Tensor, Tensor]] = {}  # id(p) → averaged data gradients
+        self.skipped_steps = 0
+        for group in self.param_groups:  # groups given as dicts may set their own values
+            self._check_hyper(group)
+            self._init_group(group)
+
+    # ------------------------------------------------------------------ set-up
+    @staticmethod
+    def _check_hyper(group: dict[str, Any]) -> None:
+        check_positive(group["lr"], "lr", allow_zero=True)
+        check_positive(group["ess"], "ess")
+        check_positive(group["prior_prec"], "prior_prec")
+        check_positive(group["init_std"], "init_std")
+        check_positive(group["eps"], "eps", allow_zero=True)
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (β₁, β₂), got {betas!r}")
+        check_beta(betas[0], "betas[0]")
+        check_beta(betas[1], "betas[1]")
+
+    def _init_group(self, group: dict[str, Any]) -> None:
+        for p in self._trainable(group):
+            if not p.is_floating_point():
+                raise TypeError(
+                    f"params must be floating-point tensors, got one of dtype {p.dtype}"
+                )
+            self._init_state(p, group)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)  # as torch.optim.Adam's
+            state["rho"] = torch.full_like(p, _inv_softplus(float(group["init_std"])))
+            for name in ("exp_avg", "exp_avg_sq", "rho_exp_avg", "rho_exp_avg_sq"):
+                state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    @staticmethod
+    def _trainable(group: dict[str, Any]) -> list[Tensor]:
+        return [p for p in group["params"] if p.requires_grad]
+
+    def _params(self, group: dict[str, Any]) -> list[Tensor]:
+        """The group's trainable parameters, each with its state (a parameter unfrozen after
+        the optimizer was made gets its state now)."""
+        params = self._trainable(group)
+        for p in params:
+            self._init_state(p, group)
+        return params
+
+    def _all_params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in self._params(group)]
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self._seed + 7919 * len(self._generators))
+            self._generators[device] = gen
+        return gen
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group (a dict with ``"params"`` and, optionally, its own ``lr``, ``ess``,
+        ``prior_prec``, ``init_std``, ``betas``, ``eps``); its ρ starts at its ``init_std``.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import BayesByBackprop
+            >>> body, head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 1)
+            >>> opt = BayesByBackprop(body.parameters(), lr=0.01, ess=10, seed=0)
+            >>> opt.add_param_group({"params": head.parameters(), "init_std": 0.2})
+            >>> [round(float(s.max()), 6) for s in opt.std()]
+            [0.05, 0.05, 0.2, 0.2]
+        """
+        if hasattr(self, "_acc"):  # (torch.optim's __init__ adds the first groups: see ours)
+            self._check_hyper({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if hasattr(self, "_acc"):  # torch.optim's __init__ adds the first groups: see ours
+            self._init_group(group)
+
+    # ------------------------------------------------------------------ q
+    @torch.no_grad()
+    def std(self) -> list[Tensor]:
+        """σ = softplus(ρ), one tensor per trainable parameter (param-group order).
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import BayesByBackprop
+            >>> opt = BayesByBackprop(torch.nn.Linear(2, 1).parameters(), lr=0.01, ess=10,
+            ...                       init_std=0.3)
+            >>> [tuple(s.shape) for s in opt.std()], round(float(opt.std()[1]), 6)
+            ([(1, 2), (1,)], 0.3)
+        """
+        return [F.softplus(self.state[p]["rho"]) for p in self._all_params()]
+
+    @torch.no_grad()
+    def kl(self) -> Tensor:
+        """KL(q ‖ N(0, δ⁻¹I)) over all trainable parameters (each group with its δ).
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import BayesByBackprop
+            >>> p = torch.nn.Parameter(torch.zeros(3))
+            >>> opt = BayesByBackprop([p], lr=0.01, ess=10, prior_prec=1.0, init_std=1.0)
+            >>> float(opt.kl())   # q = p = N(0, I)
+            0.0
+        """
+        terms = []
+        for group in self.param_groups:
+            ps = self._params(group)
+            stds = [F.softplus(self.state[p]["rho"]) for p in ps]
+            terms += [t.double() for t in _kl_terms(ps, stds, group["prior_prec"])]
+        return torch.stack(terms).sum() if terms else torch.zeros((), dtype=torch.float64)
+
+    def posterior(self, model: nn.Module) -> ParameterPosterior:
+        """q as a :class:`~blr.predict.ParameterPosterior` over ``model``'s parameters (which
+        must be this optimizer's trainable parameters, in ``model.parameters()`` order): a
+        :class:`~expfam.DiagGaussian` with mean m and precision 1/σ², whose draws come from this
+        optimizer's generator.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import BayesByBackprop
+            >>> model = torch.nn.Linear(2, 1)
+            >>> opt = BayesByBackprop(model.parameters(), lr=0.01, ess=10, init_std=0.5)
+            >>> q = opt.posterior(model)
+            >>> q.family.nat_to_mean(q.nat)[0].shape   # weight and bias, flattened
+            torch.Size([3])
+        """
+        mine = self._all_params()
+        theirs = list(model.parameters())
+        if len(mine) != len(theirs) or any(a is not b for a, b in zip(mine, theirs)):
+            raise ValueError(
+                "model's parameters must be this optimizer's trainable parameters, in "
+                "model.parameters() order"
+            )
+        fam = DiagGaussian()
+        with torch.no_grad():
+            m = torch.cat([p.detach().reshape(-1) for p in mine])
+            s = torch.cat([s.reshape(-1) for s in self.std()])
+        return ParameterPosterior(
+            model, fam, fam.from_moments(m, 1.0 / (s * s)), generator=self._generator(m.device)
+        )
+
+    # ------------------------------------------------------------------ sampling
+    @contextlib.contextmanager
+    def sampled_params(self, train: bool = False) -> Iterator[None]:
+        """Within the context the parameters hold a posterior draw θ = m + σ⊙z, z ~ N(0, I)
+        (one ``torch.randn`` per parameter from the optimizer's generator); on exit they hold the
+        mean m again, exactly (also when the body raises). With ``train=True`` the gradients
+        ``∇ℓ(θ)`` present on exit are collected, with z, as one Monte Carlo sample for the next
+        :meth:`step` (accumulate micro-batches by calling ``backward`` several times inside).
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import BayesByBackprop
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = BayesByBackprop(model.parameters(), lr=0.01, ess=10, seed=0)
+            >>> mean = model.weight.clone()
+            >>> with opt.sampled_params():       # a posterior draw, e.g. for prediction
+            ...     torch.equal(model.weight, mean)
+            False
+            >>> torch.equal(model.weight, mean)  # the mean again on exit
+            True
+        """
+        if self._inside:
+            raise RuntimeError("BayesByBackprop.sampled_params() is already active (not nested)")
+        drawn: list[tuple[Tensor, Tensor, Tensor]] = []  # (parameter, its mean, z)
+        with torch.no_grad():
+            for p in self._all_params():
+                gen = self._generator(p.device)
+                z = torch.randn(p.shape, dtype=p.dtype, device=p.device, generator=gen)
+                mean = p.detach().clone()
+                p.copy_(mean + F.softplus(self.state[p]["rho"]) * z)
+                drawn.append((p, mean, z))
+        self._draws += 1
+        self._inside = True
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            with torch.no_grad():
+                for p, mean, _ in drawn:
+                    p.copy_(mean)
+            self._inside = False
+        if train and not failed:
+            self._collect(drawn)
+
+    def mean_params(self) -> contextlib.AbstractContextManager:
+        """Within the context the parameters hold the posterior mean m: outside
+        :meth:`sampled_params` they always do, so this is a no-op (it exists for
+        :mod:`blr.predict`, which predicts at the mean with ``n_samples=0``).
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import BayesByBackprop
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = BayesByBackprop(model.parameters(), lr=0.01, ess=10, seed=0)
+            >>> mean = model.weight.clone()
+            >>> with opt.mean_params():
+            ...     torch.equal(model.weight, mean)
+            True
+        """
+        return contextlib.nullcontext()
+
+    def _collect(self, drawn: list[tuple[Tensor, Tensor, Tensor]]) -> None:
+        """Turn the gradients ĝ at θ = m + σ⊙z into the data part of the ELBO gradient,
+        (ĝ, σ'(ρ)⊙ĝ⊙z), and fold it into the running average over samples."""
+        if not drawn:
+            return
+        with torch.no_grad():
+            grads = [
+                torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                for p, _, _ in drawn
+            ]
+        with torch.enable_grad():  # the softplus chain rule by autograd, as backprop does
+            rho = [self.state[p]["rho"].detach().requires_grad_() for p, _, _ in drawn]
+            g_rho = torch.autograd.grad(
+                [F.softplus(r) for r in rho],
+                rho,
+                grad_outputs=[g * z for g, (_, _, z) in zip(grads, drawn)],
+            )
+        self._count += 1
+        k = self._count
+        with torch.no_grad():
+            for (p, _, _), gm, gr in zip(drawn, grads, g_rho):
+                if k == 1 or id(p) not in self._acc:
+                    self._acc[id(p)] = (gm, gr)
+                else:  # Welford means
+                    am, ar = self._acc[id(p)]
+                    am.add_(gm - am, alpha=1.0 / k)
+                    ar.add_(gr - ar, alpha=1.0 / k)
+
+    def _reset_samples(self) -> None:
+        self._count = 0
+        self._acc = {}
+
+    # ------------------------------------------------------------------ the step
+    def _elbo_grads(
+        self, group: dict[str, Any], params: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """∇_m 𝓛 and ∇_ρ 𝓛 of ``params`` (their collected samples and KL/N by autograd)."""
+        with torch.enable_grad():
+            means = [p.detach().requires_grad_() for p in params]
+            rho = [self.state[p]["rho"].detach().requires_grad_() for p in params]
+            terms = _kl_terms(means, [F.softplus(r) for r in rho], group["prior_prec"])
+            kl_grads = torch.autograd.grad(
+                terms,
+                [*means, *rho],
+                grad_outputs=[torch.ones_like(t) / group["ess"] for t in terms],
+            )
+        n = len(params)
+        with torch.no_grad():
+            g_m = [kl_grads[i] + self._acc[id(p)][0] for i, p in enumerate(params)]
+            g_rho = [kl_grads[n + i] + self._acc[id(p)][1] for i, p in enumerate(params)]
+        return g_m, g_rho
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One Adam step on (m, ρ) with the ELBO gradient of the collected samples (averaged).
+
+        With a ``closure`` (which must zero the gradients, compute the loss and call
+        ``backward``), ``mc_samples`` draws are taken here. Without one, the samples collected
+        by ``sampled_params(train=True)`` are used; none is an error (or a no-op with
+        ``missing_sample="skip"``). A NaN/Inf in the gradient raises FloatingPointError (or
+        skips the step with ``nonfinite="skip"``) before anything is changed.
+
+        Returns the loss averaged over the samples (with a closure), else None.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import BayesByBackprop
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = BayesByBackprop(model.parameters(), lr=0.01, ess=10, seed=0)
+            >>> def closure():
+            ...     opt.zero_grad()
+            ...     loss = model(torch.ones(2, 3)).pow(2).mean()
+            ...     loss.backward()
+            ...     return loss
+            >>> loss = opt.step(closure)
+            >>> int(opt.state_dict()["state"][0]["step"])
+            1
+        """
+        if self._inside:
+            raise RuntimeError(
+                "BayesByBackprop.step() was called inside sampled_params(): leave the context "
+                "first (the parameters hold a draw there, not the mean)"
+            )
+        loss = None
+        if closure is not None:
+            losses = []
+            for _ in range(self.mc_samples):
+                with torch.enable_grad(), self.sampled_params(train=True):
+                    losses.append(closure())
+            loss = sum(x.detach() for x in losses) / len(losses)
+        if self._count == 0:
+            if self.missing_sample == "skip":
+                return loss
+            raise RuntimeError(
+                "BayesByBackprop.step() found no gradient sample: call step(closure), or run "
+                "forward and backward inside `with optimizer.sampled_params(train=True):`"
+            )
+        plans = []
+        for group in self.param_groups:
+            params = [p for p in self._params(group) if id(p) in self._acc]
+            if params:
+                plans.append((group, params, *self._elbo_grads(group, params)))
+        bad = any(
+            not bool(torch.isfinite(sum(g.sum() for g in (*g_m, *g_rho))))
+            for _, _, g_m, g_rho in plans
+        )
+        self._reset_samples()
+        if bad:
+            if self.nonfinite == "skip":
+                self.skipped_steps += 1
+                return loss
+            raise FloatingPointError(
+                "BayesByBackprop.step(): NaN/Inf in the ELBO gradient; the state was not "
+                "changed (pass nonfinite='skip' to skip such steps)"
+            )
+        for group, params, g_m, g_rho in plans:
+            states = [self.state[p] for p in params]
+            steps = [s["step"] for s in states]
+            beta1, beta2 = group["betas"]
+            adam(
+                [*params, *(s["rho"] for s in states)],
+                [*g_m, *g_rho],
+                [*(s["exp_avg"] for s in states), *(s["rho_exp_avg"] for s in states)],
+                [*(s["exp_avg_sq"] for s in states), *(s["rho_exp_avg_sq"] for s in states)],
+                [],
+                # one counter per parameter: ρ's Adam takes the same t from a copy
+                [*steps, *(t.clone() for t in steps)],
+                foreach=None,
+                amsgrad=False,
+                beta1=beta1,
+                beta2=beta2,
+                lr=group["lr"],
+                weight_decay=0.0,
+                eps=group["eps"],
+                maximize=False,
+            )
+        return loss
+
+    # ------------------------------------------------------------------ state_dict
+    def state_dict(self) -> dict[str, Any]:
+        """torch's optimizer state (per parameter: ``rho``, Adam's ``step``, ``exp_avg``,
+        ``exp_avg_sq`` for m and ``rho_exp_avg``, ``rho_exp_avg_sq`` for ρ; the param groups)
+        and, under ``"blr"``, the seed and the generators' states. The means m are the
+        parameters: save them with the model.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import BayesByBackprop
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = BayesByBackprop(model.parameters(), lr=0.01, ess=10, seed=0)
+            >>> sd = opt.state_dict()
+            >>> sorted(sd["state"][0]), sd["blr"]["seed"]
+            (['exp_avg', 'exp_avg_sq', 'rho', 'rho_exp_avg', 'rho_exp_avg_sq', 'step'], 0)
+        """
+        self._all_params()  # every trainable parameter has its state
+        out = super().state_dict()
+        out["blr"] = {
+            "optimizer": type(self).__name__,
+            "format": _FORMAT,
+            "seed": self._seed,
+            "draws": self._draws,
+            "generators": {str(d): g.get_state() for d, g in self._generators.items()},
+            "skipped_steps": self.skipped_steps,
+        }
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of this class for the same parameter layout (copied,
+        so the argument is not changed by later steps); a foreign or mismatched one raises
+        ValueError before anything is changed. Load the model's state (the means) too.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import BayesByBackprop
+            >>> model, other = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+            >>> opt = BayesByBackprop(model.parameters(), lr=0.01, ess=10, seed=0)
+            >>> resumed = BayesByBackprop(other.parameters(), lr=0.01, ess=10)  # another seed
+            >>> other.load_state_dict(model.state_dict()); resumed.load_state_dict(opt.state_dict())
+            <All keys matched successfully>
+            >>> with opt.sampled_params(), resumed.sampled_params():  # the same next draw
+            ...     torch.equal(model.weight, other.weight)
+            True
+        """
+        meta = state_dict.get("blr") if isinstance(state_dict, dict) else None
+        name = type(self).__name__
+        if not isinstance(meta, dict) or meta.get("optimizer") != name:
+            found = meta.get("optimizer") if isinstance(meta, dict) else "not a blr.optim one"
+            raise ValueError(f"state_dict is not from blr.optim.{name} (found: {found})")
+        groups, state = state_dict["param_groups"], state_dict["state"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(
+                f"state_dict has {len(groups)} param groups, this optimizer has "
+                f"{len(self.param_groups)}"
+            )
+        for i, (g, mine) in enumerate(zip(groups, self.param_groups)):
+            if len(g["params"]) != len(mine["params"]):
+                raise ValueError(
+                    f"param group {i} has {len(g['params'])} parameters in the state_dict and "
+                    f"{len(mine['params'])} here"
+                )
+            for k, p in zip(g["params"], mine["params"]):
+                if not p.requires_grad:
+                    continue
+                entry = state.get(k)
+                if entry is None or set(entry) != set(_STATE):
+                    raise ValueError(
+                        f"state_dict lacks the state {sorted(_STATE)} of a parameter of shape "
+                        f"{tuple(p.shape)}"
+                    )
+                for key, v in entry.items():
+                    if key != "step" and tuple(v.shape) != tuple(p.shape):
+                        raise ValueError(
+                            f"state_dict['state'][{k}]['{key}'] has shape {tuple(v.shape)}, the "
+                            f"parameter {tuple(p.shape)}"
+                        )
+        copied = {k: {n: v.clone() for n, v in e.items()} for k, e in state.items()}
+        super().load_state_dict({"state": copied, "param_groups": groups})
+        self._seed = int(meta["seed"])
+        self._draws = int(meta.get("draws", 0))
+        self._generators = {}
+        for dev, gstate in meta["generators"].items():
+            self._generator(torch.device(dev)).set_state(gstate)
+        self.skipped_steps = int(meta.get("skipped_steps", 0))
+        self._reset_samples()

@@ -1,30 +1,37 @@
 """blr: the Bayesian learning rule, λ ← λ − ρ ∇_μ(E_q[ℓ] − H(q)), over the families of
 :mod:`expfam`.
 
-- :func:`step` — the generic rule for any family (the executable spec), :class:`BLR` — the same as a
-  stateful optimizer with schedules, momentum and a running objective;
-- estimators of ∇_μE_q[ℓ]: :class:`Exact`, :class:`Reparam`, :class:`Delta`,
-  :class:`BonnetPrice`, :class:`ScoreFunction`, :class:`GumbelSoftmax` (+ :class:`ModelLoss`);
-- :class:`GLMQuadrature` (exact-in-expectation GLM losses) and :func:`laplace`;
-- the Gaussian (m, S)-form with its options: :func:`gaussian_step`, :class:`GaussianOptions`;
-- mixtures of Gaussians (Lin, Khan & Schmidt, ICML 2019): :func:`mixture_step`,
-  :func:`mixture_objective`;
-- :mod:`blr.schedules` (constant, bias correction as ρ_t);
-- predictions and their quality: :func:`predict_classification`, :func:`predict_regression`
-  (Bayesian model averaging over any optimizer's or BLR posterior's draws,
-  :class:`ParameterPosterior`) and :mod:`blr.metrics` (accuracy, NLL, ECE, Brier, reliability
-  diagrams; RMSE, Gaussian log-likelihood, interval coverage);
-- Laplace for networks (:class:`NNLaplace`: full, diagonal and last-layer GGN posteriors, GLM
-  predictive, marginal likelihood) and the memory-perturbation equation (:mod:`blr.influence`:
-  per-example sensitivities and "what if these examples were removed" without retraining);
-- :mod:`blr.curvature`: the likelihoods (one vocabulary of names), output Hessians and their
-  factors, per-example Jacobians and gradients, GGN and Fisher matrices, and the per-example
-  curvature hooks of VOGN (:class:`~blr.curvature.PerExample`);
-- :mod:`blr.kernels`: fused fast paths, each tested against :func:`step` (batched full-covariance
-  Gaussians: :func:`full_gaussian_step`).
+The top level holds the engine and what it is configured with:
 
-``__version__`` is the package version. Example: the BLR fits q = N(m, 1/s) to ℓ(θ) = ½(θ − 2)²
-(delta method, ρ = 1: one Newton step):
+- :func:`step` — the generic rule for any family (the executable spec), :func:`step_with_estimate`
+  (the same, also returning the estimate it used) and :func:`objective` (E_q[ℓ] − H(q), or
+  E_q[ℓ] + KL(q ‖ p₀) with a prior); :class:`BLR` — the same as a stateful optimizer with
+  schedules, momentum and a running objective;
+- the estimators of ∇_μE_q[ℓ]: :class:`Exact`, :class:`Reparam`, :class:`Delta`,
+  :class:`BonnetPrice`, :class:`ScoreFunction`, :class:`GumbelSoftmax` (+ :class:`ModelLoss`
+  for per-example losses), all :class:`Estimator` objects returning an :class:`Estimate`;
+- the Gaussian (m, S)-form with its options: :func:`gaussian_step`, :class:`GaussianOptions`;
+- ``__version__``, the package version.
+
+Everything else is a module of its own, imported where it is used (``import blr.predict`` or
+``from blr.predict import predict_classification``; after ``import blr`` each is also reachable
+as an attribute, loaded on first use):
+
+- :mod:`blr.optim` — torch.optim optimizers (IVON, VON, VOGN, OGN, Vadam, BayesBiNN,
+  Bayes-by-backprop);
+- :mod:`blr.glm` — GLMs: :class:`~blr.glm.GLMQuadrature` (the exact-in-expectation estimator
+  that carries its data) and Laplace's method :func:`~blr.glm.laplace`;
+- :mod:`blr.nn_laplace` — Laplace for networks (:class:`~blr.nn_laplace.NNLaplace`);
+- :mod:`blr.influence` — the memory-perturbation equation (sensitivities, removals);
+- :mod:`blr.predict` — Bayesian model averaging over posterior draws;
+- :mod:`blr.metrics` — accuracy, NLL, ECE, Brier, reliability diagrams, RMSE, coverage;
+- :mod:`blr.mixture` — the mixture-of-Gaussians BLR (Lin, Khan & Schmidt, ICML 2019);
+- :mod:`blr.curvature` — likelihoods, output Hessians, per-example Jacobians and gradients,
+  GGN and Fisher matrices;
+- :mod:`blr.kernels` — fused fast paths, each tested against :func:`step`;
+- :mod:`blr.schedules` (ρ_t, bias correction) and :mod:`blr.quadrature` (rules for N(0, I)).
+
+Example: the BLR fits q = N(m, 1/s) to ℓ(θ) = ½(θ − 2)² (delta method, ρ = 1: one Newton step):
 
 >>> import torch, expfam, blr
 >>> fam = expfam.DiagGaussian()
@@ -35,11 +42,14 @@
 (tensor([2.]), tensor([1.]))
 >>> blr.__version__ == expfam.__version__
 True
+>>> from blr.predict import predict_classification   # a posterior use: its own module
 """
 
 from __future__ import annotations
 
-from blr import curvature, influence, kernels, metrics, quadrature, schedules
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from blr.engine import objective, step, step_with_estimate
 from blr.estimators import (
     BonnetPrice,
@@ -53,33 +63,23 @@ from blr.estimators import (
     ScoreFunction,
 )
 from blr.gaussian import GaussianOptions, gaussian_step
-from blr.glm import GLMQuadrature, laplace
-from blr.influence import (
-    Removal,
-    Sensitivity,
-    glm_removal,
-    glm_sensitivity,
-    module_removal,
-    module_sensitivity,
-    mpe_removal,
-    mpe_sensitivity,
-    optimizer_posterior,
-)
-from blr.kernels import FullGaussianState, full_gaussian_step
-from blr.mixture import (
-    MixtureExpectations,
-    mixture_expectations,
-    mixture_objective,
-    mixture_step,
-)
-from blr.nn_laplace import NNLaplace
-from blr.predict import (
-    ParameterPosterior,
-    predict_classification,
-    predict_regression,
-)
 from blr.rule import BLR
 from expfam import __version__
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time they load on first use
+    from blr import (  # noqa: F401 (the lazy submodules, named for type checkers)
+        curvature,
+        glm,
+        influence,
+        kernels,
+        metrics,
+        mixture,
+        nn_laplace,
+        optim,
+        predict,
+        quadrature,
+        schedules,
+    )
 
 __all__ = [
     "BLR",
@@ -88,41 +88,79 @@ __all__ = [
     "Estimate",
     "Estimator",
     "Exact",
-    "FullGaussianState",
-    "GLMQuadrature",
     "GaussianOptions",
     "GumbelSoftmax",
-    "MixtureExpectations",
     "ModelLoss",
-    "NNLaplace",
-    "ParameterPosterior",
-    "Removal",
     "Reparam",
     "ScoreFunction",
-    "Sensitivity",
     "__version__",
-    "curvature",
-    "full_gaussian_step",
     "gaussian_step",
-    "glm_removal",
-    "glm_sensitivity",
-    "influence",
-    "kernels",
-    "laplace",
-    "metrics",
-    "mixture_expectations",
-    "mixture_objective",
-    "mixture_step",
-    "module_removal",
-    "module_sensitivity",
-    "mpe_removal",
-    "mpe_sensitivity",
     "objective",
-    "optimizer_posterior",
-    "predict_classification",
-    "predict_regression",
-    "quadrature",
-    "schedules",
     "step",
     "step_with_estimate",
 ]
+
+# the modules reachable as attributes of ``blr`` (loaded on first use); blr.apps is not one of
+# them: the applications sit on top of the library and are imported by name
+_SUBMODULES = (
+    "curvature",
+    "glm",
+    "influence",
+    "kernels",
+    "metrics",
+    "mixture",
+    "nn_laplace",
+    "optim",
+    "predict",
+    "quadrature",
+    "schedules",
+)
+
+# names the top level exported up to version 0.1.0, and their homes now
+_MOVED = {
+    "GLMQuadrature": "blr.glm",
+    "laplace": "blr.glm",
+    "NNLaplace": "blr.nn_laplace",
+    "FullGaussianState": "blr.kernels",
+    "full_gaussian_step": "blr.kernels",
+    "MixtureExpectations": "blr.mixture",
+    "mixture_expectations": "blr.mixture",
+    "mixture_objective": "blr.mixture",
+    "mixture_step": "blr.mixture",
+    "ParameterPosterior": "blr.predict",
+    "predict_classification": "blr.predict",
+    "predict_regression": "blr.predict",
+    **dict.fromkeys(
+        [
+            "Removal",
+            "Sensitivity",
+            "glm_removal",
+            "glm_sensitivity",
+            "module_removal",
+            "module_sensitivity",
+            "mpe_removal",
+            "mpe_sensitivity",
+            "optimizer_posterior",
+        ],
+        "blr.influence",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The submodules of :data:`_SUBMODULES` on first use; a name that moved to a submodule
+    raises an AttributeError that says where it lives now."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _MOVED:
+        home = _MOVED[name]
+        also = "; Laplace for networks is blr.nn_laplace.NNLaplace" if name == "laplace" else ""
+        raise AttributeError(
+            f"blr.{name} moved to {home}: use `from {home} import {name}`{also} (blr's top "
+            "level holds the engine, BLR, the estimators and the Gaussian helpers only)"
+        )
+    raise AttributeError(f"module 'blr' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*__all__, *_SUBMODULES})

@@ -28,6 +28,16 @@ breast-cancer data at the optimum), hence the trapezoid default for the logistic
 :class:`GLMQuadrature` is the resulting deterministic, exact-in-expectation (up to that error)
 estimator of ∇_μE_q[ℓ]; :func:`laplace` is Laplace's method for the same models (Khan & Rue
 2023, Table 1 row 12).
+
+>>> import torch, expfam
+>>> from blr.glm import GLMQuadrature, laplace
+>>> X = torch.tensor([[1.0, -1.0], [1.0, 0.5], [1.0, 2.0]], dtype=torch.float64)
+>>> y = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+>>> fam, post = expfam.FullGaussian(), laplace(X, y, 1.0)   # N(θ*, [∇²ℓ̄(θ*)]⁻¹)
+>>> fam.to_moments(post)[0]
+tensor([0.1622, 0.8114], dtype=torch.float64)
+>>> GLMQuadrature(X, y, "logistic").predict(fam, post)   # E_q[σ(xᵢᵀθ)] per example
+tensor([0.3740, 0.6203, 0.7736], dtype=torch.float64)
 """
 
 from __future__ import annotations
@@ -42,6 +52,8 @@ from blr.curvature import Likelihood, resolve
 from blr.estimators import Estimate, Estimator
 from blr.quadrature import RULES, normal_quadrature
 from expfam import DiagGaussian, FullGaussian, FullNat, GaussianLike
+
+__all__ = ["GLMQuadrature", "laplace"]
 
 LinkLoss = Callable[[Tensor, Tensor], Tensor]
 _SUPPORTED = ("bernoulli", "poisson", "gaussian", "mse", "callable")  # one output per example

@@ -39,7 +39,7 @@ above, exact for linear-Gaussian regression; ``precision="full"`` keeps S (first
 diagonal Gaussian the sites are diagonal too, (g_i − h_i⊙m, ½h_i) with h_i = diag(J_iᵀΛ_iJ_i), so
 S_{\G} = S − Σ_G h_i elementwise and m_{\G} − m = (Σ_G g_i) / S_{\G}.
 
-**Where the posterior comes from.** :func:`blr.laplace` (a :class:`~expfam.FullNat`), any
+**Where the posterior comes from.** :func:`blr.glm.laplace` (a :class:`~expfam.FullNat`), any
 ``(m, prec)`` pair with a ``(D,)`` diagonal or ``(D, D)`` full precision, or an optimizer of
 :mod:`blr.optim` with a diagonal posterior in IVON's units (IVON, VON, VOGN, OGN): mean m = state
 ``mean`` and precision S = N(h + δ) with h = state ``hess``, N = ``ess``, δ = ``weight_decay``
@@ -59,13 +59,14 @@ categorical). The accepted values of ``precision=`` are the tuple ``PRECISIONS``
 
 Example (which examples would move a Bayesian linear regression most):
 
->>> import torch, blr
+>>> import torch
+>>> from blr.glm import laplace
 >>> from blr.influence import PRECISIONS, glm_removal, glm_sensitivity
 >>> PRECISIONS
 ('removed', 'full')
 >>> X = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0], [1.0, 3.0]], dtype=torch.float64)
 >>> y = torch.tensor([0.0, 1.0, 2.0, 9.0], dtype=torch.float64)
->>> post = blr.laplace(X, y, 1.0, link="gaussian")
+>>> post = laplace(X, y, 1.0, link="gaussian")
 >>> glm_sensitivity(X, y, post, link="gaussian").score.argmax().item()   # the outlier
 3
 >>> glm_removal(X, y, post, [3], link="gaussian").shift.shape
@@ -498,7 +499,7 @@ class _GLM:
         return c * lik.grad(f, y), c * lik.hessian(f, y), dh
 
     def loss(self, f: Tensor, y: Tensor) -> Tensor:
-        """c·ℓ(y_i, f_i) per example (constants dropped, as in :class:`blr.GLMQuadrature`)."""
+        """c·ℓ(y_i, f_i) per example (constants dropped, as in :class:`blr.glm.GLMQuadrature`)."""
         return self.scale * self.lik.loss(f, self._targets(y))
 
     def chunks(self, X: Tensor, y: Tensor, theta: Tensor, size: int):
@@ -545,16 +546,16 @@ def glm_sensitivity(
     e_i = c·ℓ'(y_i, x_iᵀm), Λ_i = c·ℓ''(y_i, x_iᵀm) (e_i = σ(x_iᵀm) − y_i for the logistic
     loss); for ``"multinomial"`` the (K, K) blocks of :func:`mpe_sensitivity` with
     e_i = softmax(Wx_i) − onehot(y_i), Λ_i = diag(p_i) − p_ip_iᵀ. Laplace posteriors
-    (:func:`blr.laplace`) have S = Σ_i x_iΛ_ix_iᵀ + S₀, so ``"removed"`` is one Newton step of the
-    retraining without example i (exact for ``"gaussian"``).
+    (:func:`blr.glm.laplace`) have S = Σ_i x_iΛ_ix_iᵀ + S₀, so ``"removed"`` is one Newton step of
+    the retraining without example i (exact for ``"gaussian"``).
 
     Args:
         X: ``(n, d)`` design matrix (the training examples to score).
         y: ``(n,)`` targets (class labels 0..K−1 for ``"multinomial"``).
-        posterior: a :class:`~expfam.FullNat` (e.g. from :func:`blr.laplace`), a
+        posterior: a :class:`~expfam.FullNat` (e.g. from :func:`blr.glm.laplace`), a
             :class:`~expfam.DiagNat` or ``(m, prec)`` with prec ``(D,)`` or ``(D, D)``; D = d, or
             K·d for ``"multinomial"`` (θ = W.flatten(), W of shape ``(K, d)``, f = Wx).
-        link: ``"logistic"``, ``"poisson"``, ``"gaussian"`` (as in :class:`blr.GLMQuadrature`),
+        link: ``"logistic"``, ``"poisson"``, ``"gaussian"`` (as in :class:`blr.glm.GLMQuadrature`),
             ``"multinomial"`` (softmax cross-entropy), or an elementwise callable ℓ(y, a) (any
             name of :data:`blr.curvature.NAMES`, e.g. ``"bernoulli"`` for ``"logistic"``).
         scale: c, the loss is c·Σ_i ℓ(y_i, f_i) (e.g. 1/σ² for ``"gaussian"``).
@@ -565,12 +566,13 @@ def glm_sensitivity(
         :class:`Sensitivity`; ``response_shift`` is the change of σ(f), e^f, f or softmax(f).
 
     Example:
-        >>> import torch, blr
+        >>> import torch
+        >>> from blr.glm import laplace
         >>> from blr.influence import glm_sensitivity
         >>> X = torch.tensor([[1.0, -2.0], [1.0, -1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 2.0],
         ...                   [1.0, 3.0]], dtype=torch.float64)
         >>> y = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
-        >>> sens = glm_sensitivity(X, y, blr.laplace(X, y, 1.0))
+        >>> sens = glm_sensitivity(X, y, laplace(X, y, 1.0))
         >>> sens.score.argmax().item()   # the most influential example: the surprising label
         4
         >>> round(sens.pred_shift[4].item(), 3)   # its logit would rise (brute force: 1.351)
@@ -613,16 +615,17 @@ def glm_removal(
         :class:`Removal`.
 
     Example:
-        >>> import torch, blr, expfam
+        >>> import torch, expfam
+        >>> from blr.glm import laplace
         >>> from blr.influence import glm_removal
         >>> X = torch.tensor([[1.0, -2.0], [1.0, -1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 2.0],
         ...                   [1.0, 3.0]], dtype=torch.float64)
         >>> y = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
         >>> keep = torch.arange(6) != 4
-        >>> out = glm_removal(X, y, blr.laplace(X, y, 1.0), ~keep, X_test=X[keep], y_test=y[keep])
+        >>> out = glm_removal(X, y, laplace(X, y, 1.0), ~keep, X_test=X[keep], y_test=y[keep])
         >>> out.mean                                  # the MPE's mean without example 4
         tensor([0.1755, 0.8534], dtype=torch.float64)
-        >>> expfam.FullGaussian().to_moments(blr.laplace(X[keep], y[keep], 1.0))[0]  # retrained
+        >>> expfam.FullGaussian().to_moments(laplace(X[keep], y[keep], 1.0))[0]  # retrained
         tensor([0.2360, 0.9772], dtype=torch.float64)
         >>> round(out.test_loss_before.item(), 4), round(out.test_loss.item(), 4)
         (0.4489, 0.3168)

@@ -132,7 +132,14 @@ class Reliability:
 
     @property
     def ece(self) -> float:
-        """Σ_b |B_b|/n · |acc_b − conf_b| (empty bins contribute nothing)."""
+        """Σ_b |B_b|/n · |acc_b − conf_b| (empty bins contribute nothing).
+
+        Example:
+            >>> import torch
+            >>> rel = reliability(torch.tensor([0.9, 0.8, 0.3]), torch.tensor([1, 0, 0]), n_bins=2)
+            >>> round(rel.ece, 4)   # one bin: confidences 0.7, 0.8, 0.9, accuracy 2/3
+            0.1333
+        """
         n = self.counts.sum()
         gap = (self.accuracy - self.confidence).abs().nan_to_num(0.0)
         return float((self.counts * gap).sum() / n)

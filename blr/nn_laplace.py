@@ -260,11 +260,12 @@ class NNLaplace:
         """δ, the prior precision (settable; must be positive).
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
             >>> la.prior_prec = 2.0              # P = GGN + δI follows the new δ
             >>> bool(torch.allclose(la.posterior_precision, la.ggn + 2.0 * torch.eye(8)))
             True
@@ -280,10 +281,11 @@ class NNLaplace:
         """σ², the noise variance of ``"regression"`` (1 otherwise; settable for regression).
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randn(16)
-            >>> la = blr.NNLaplace(torch.nn.Linear(3, 1), "regression", sigma2=0.5).fit(X, y)
+            >>> la = NNLaplace(torch.nn.Linear(3, 1), "regression", sigma2=0.5).fit(X, y)
             >>> ggn = la.ggn
             >>> la.sigma2 = 0.25                  # the GGN scales as 1/σ²
             >>> la.sigma2, bool(torch.allclose(la.ggn, 2 * ggn))
@@ -397,11 +399,12 @@ class NNLaplace:
         ``"last_layer"``: in closed form, J = [I_K ⊗ φ(x)ᵀ, I_K] (weight, bias).
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
             >>> f, J = la.jacobians(X[:4])        # P_q = 3·2 + 2 = 8
             >>> f.shape, J.shape, bool(torch.allclose(f, model(X[:4])))
             (torch.Size([4, 2]), torch.Size([4, 2, 8]), True)
@@ -445,13 +448,14 @@ class NNLaplace:
             self.
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
             >>> batches = zip(X.split(8), y.split(8))   # or a DataLoader of (x, y)
-            >>> la2 = blr.NNLaplace(model, "classification").fit(batches)
+            >>> la2 = NNLaplace(model, "classification").fit(batches)
             >>> la2.n_data, bool(torch.allclose(la2.ggn, la.ggn))
             (16, True)
         """
@@ -576,11 +580,12 @@ class NNLaplace:
         """θ*, the flattened MAP of the parameters in the posterior, ``(P_q,)``.
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
             >>> theta = torch.cat([model.weight.flatten(), model.bias]).detach()
             >>> la.map_params.shape, torch.equal(la.map_params, theta)
             (torch.Size([8]), True)
@@ -594,12 +599,13 @@ class NNLaplace:
         ``"diag"``.
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
-            >>> diag = blr.NNLaplace(model, "classification", "diag").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
+            >>> diag = NNLaplace(model, "classification", "diag").fit(X, y)
             >>> la.ggn.shape, bool(torch.allclose(diag.ggn, la.ggn.diagonal()))
             (torch.Size([8, 8]), True)
         """
@@ -611,11 +617,12 @@ class NNLaplace:
         """P = GGN + δI: ``(P_q, P_q)``, or its diagonal ``(P_q,)`` for ``"diag"``.
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
             >>> P = la.posterior_precision
             >>> P.shape, bool(torch.allclose(P, la.ggn + la.prior_prec * torch.eye(8)))
             (torch.Size([8, 8]), True)
@@ -630,11 +637,12 @@ class NNLaplace:
         """P⁻¹: ``(P_q, P_q)``, or its diagonal ``(P_q,)`` for ``"diag"``.
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
             >>> Sigma = la.posterior_covariance
             >>> bool(torch.allclose(Sigma @ la.posterior_precision, torch.eye(8), atol=1e-5))
             True
@@ -670,11 +678,12 @@ class NNLaplace:
         ``(n_samples, P_q)``.
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
             >>> thetas = la.sample(2000, generator=torch.Generator().manual_seed(0))
             >>> thetas.shape, bool(torch.allclose(thetas.mean(0), la.map_params, atol=0.2))
             (torch.Size([2000, 8]), True)
@@ -700,11 +709,12 @@ class NNLaplace:
         after an exception. Yields θ_s ``(P_q,)``.
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
             >>> with la.sampled_params(generator=torch.Generator().manual_seed(0)) as theta:
             ...     drawn = torch.equal(model.weight.flatten(), theta[:6])
             >>> drawn, torch.equal(model.weight.flatten(), la.map_params[:6])   # θ* restored
@@ -732,11 +742,12 @@ class NNLaplace:
         −SSE/(2σ²) − (nK/2) log(2πσ²), differentiable in a tensor ``sigma2``.
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
             >>> nll = torch.nn.functional.cross_entropy(model(X), y, reduction="sum")
             >>> bool(torch.allclose(la.log_likelihood(), -nll))
             True
@@ -770,11 +781,12 @@ class NNLaplace:
         result is differentiable in them, e.g. in log δ through ``delta = log_delta.exp()``).
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
             >>> log_delta = torch.zeros((), requires_grad=True)   # δ = 1
             >>> la.log_marginal_likelihood(log_delta.exp()).backward()
             >>> log_delta.grad.shape, bool(torch.isfinite(log_delta.grad))
@@ -809,11 +821,12 @@ class NNLaplace:
             max_iter: L-BFGS-B iterations.
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
             >>> before = float(la.log_marginal_likelihood())
             >>> delta = la.optimize_prior_precision()
             >>> delta == la.prior_prec, float(la.log_marginal_likelihood()) >= before
@@ -855,11 +868,12 @@ class NNLaplace:
         ``(m, K)`` and the (epistemic) covariance ``(m, K, K)``.
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
             >>> f, V = la.glm_predictive_distribution(X[:4])
             >>> f.shape, V.shape, bool(torch.allclose(f, model(X[:4])))
             (torch.Size([4, 2]), torch.Size([4, 2, 2]), True)
@@ -889,11 +903,12 @@ class NNLaplace:
         N(f*, J P⁻¹ Jᵀ), jointly over the batch), shape ``(n_samples, m, K)``.
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
             >>> fs = la.glm_samples(X[:4], 2000, generator=torch.Generator().manual_seed(0))
             >>> fs.shape, bool(torch.allclose(fs.mean(0), model(X[:4]), atol=0.2))
             (torch.Size([2000, 4, 2]), True)
@@ -930,11 +945,12 @@ class NNLaplace:
             generator: random-number generator for ``link="mc"``.
 
         Example:
-            >>> import torch, blr
+            >>> import torch
+            >>> from blr.nn_laplace import NNLaplace
             >>> _ = torch.manual_seed(0)
             >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
             >>> model = torch.nn.Linear(3, 2)
-            >>> la = blr.NNLaplace(model, "classification").fit(X, y)
+            >>> la = NNLaplace(model, "classification").fit(X, y)
             >>> probs = la.predictive(X[:4])          # (m, K) class probabilities
             >>> probs.shape, bool(torch.allclose(probs.sum(-1), torch.ones(4)))
             (torch.Size([4, 2]), True)

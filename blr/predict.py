@@ -51,9 +51,34 @@ __all__ = [
 
 class Posterior(Protocol):
     """What the predictive functions need: a context manager that writes a posterior draw into
-    the model's parameters and restores them on exit."""
+    the model's parameters and restores them on exit (every optimizer of :mod:`blr.optim`, a
+    :class:`ParameterPosterior`).
 
-    def sampled_params(self) -> contextlib.AbstractContextManager: ...
+    Example:
+        >>> import torch
+        >>> from blr.optim import IVON
+        >>> model = torch.nn.Linear(2, 1)
+        >>> posterior: Posterior = IVON(model.parameters(), lr=0.1, ess=10, seed=0)
+        >>> with posterior.sampled_params():
+        ...     pass   # model's parameters hold a draw here
+    """
+
+    def sampled_params(self) -> contextlib.AbstractContextManager:
+        """A context manager: on entry a posterior draw is written into the model's parameters,
+        on exit the parameters are restored.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import IVON
+            >>> model = torch.nn.Linear(2, 1)
+            >>> w = model.weight.detach().clone()
+            >>> opt = IVON(model.parameters(), lr=0.1, ess=10, seed=0)
+            >>> with opt.sampled_params():
+            ...     drawn = not torch.equal(model.weight, w)
+            >>> drawn, torch.equal(model.weight, w)
+            (True, True)
+        """
+        ...
 
 
 class ParameterPosterior:
@@ -159,6 +184,11 @@ class ClassificationPredictive:
         log_probs: log of the averaged class probabilities, ``(n, K)`` (log-sum-exp over draws:
             exact even where a probability underflows).
         samples: per-draw log-probabilities ``(S, n, K)`` when asked for, else None.
+
+    Example:
+        >>> import torch
+        >>> ClassificationPredictive(torch.tensor([[0.25, 0.75]]).log()).probs
+        tensor([[0.2500, 0.7500]])
     """
 
     log_probs: Tensor
@@ -166,7 +196,13 @@ class ClassificationPredictive:
 
     @property
     def probs(self) -> Tensor:
-        """(1/S)Σ_s p(y | x, θ_s), ``(n, K)``."""
+        """(1/S)Σ_s p(y | x, θ_s), ``(n, K)``.
+
+        Example:
+            >>> import torch
+            >>> ClassificationPredictive(torch.tensor([[0.5, 0.5]]).log()).probs
+            tensor([[0.5000, 0.5000]])
+        """
         return self.log_probs.exp()
 
 
@@ -179,6 +215,13 @@ class RegressionPredictive:
         aleatoric: (1/S)Σ_s σ²_s(x), the noise the model expects.
         epistemic: (1/S)Σ_s (μ_s(x) − mean)², the spread of the draws.
         samples: per-draw means ``(S, ...)`` when asked for, else None.
+
+    Example:
+        >>> import torch
+        >>> mean, aleatoric, epistemic = torch.ones(1), torch.tensor([0.5]), torch.tensor([0.25])
+        >>> pred = RegressionPredictive(mean, aleatoric, epistemic)
+        >>> pred.mean, pred.var
+        (tensor([1.]), tensor([0.7500]))
     """
 
     mean: Tensor
@@ -188,7 +231,13 @@ class RegressionPredictive:
 
     @property
     def var(self) -> Tensor:
-        """Total predictive variance, aleatoric + epistemic."""
+        """Total predictive variance, aleatoric + epistemic.
+
+        Example:
+            >>> import torch
+            >>> RegressionPredictive(torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)).var
+            tensor([3.])
+        """
         return self.aleatoric + self.epistemic
 
 

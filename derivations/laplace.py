@@ -31,7 +31,7 @@ the closed-form Hessian Xᵀdiag(σ(1 − σ))X + δI there. BLR: :func:`blr.ste
 :class:`blr.Delta` (gradient and Hessian by autograd) from m₀ = 0, ρ = 1 (10 steps, S₀ = I) and
 ρ = 0.5 (60 steps, S₀ = [[2, ½], [½, 1]]). Limits: both fixed points equal scipy's MAP and the
 Hessian there to 1e-8 (BFGS stops at ~1e-10), the gradient at the ρ = 0.5 fixed point
-vanishes to 1e-10, and the ρ = 1 fixed point equals :func:`blr.laplace` (Newton with a line
+vanishes to 1e-10, and the ρ = 1 fixed point equals :func:`blr.glm.laplace` (Newton with a line
 search) to 1e-12. The batched kernel (:func:`blr.kernels.full_gaussian_step`, ĝ and Ĥ by
 autograd) runs 64 copies from θ₀ ~ N(0, 0.25²I) with different S₀ at ρ = 0.5 (60 steps) and
 at ρ = 1 (10 steps): every copy reaches the same (θ_MAP, ∇²ℓ̄(θ_MAP)) to 1e-8 (limits), and
@@ -52,6 +52,7 @@ import torch
 
 import blr
 import expfam
+from blr.glm import laplace
 from blr.kernels import full_gaussian_step
 from derivations.mutations import Mutation
 from derivations.newton import DELTA, data, derive_full_gaussian, loss_fn
@@ -223,7 +224,7 @@ def _dev(a, b) -> float:
 
 def check(device: str = "cpu") -> list[Comparison]:
     """BLR fixed points (ρ = 1, ρ = 0.5; engine and 64-copy kernel) vs scipy's MAP and the
-    closed-form Hessian there, the gradient there and :func:`blr.laplace` (limits); the kernel's
+    closed-form Hessian there, the gradient there and :func:`blr.glm.laplace` (limits); the kernel's
     iterates vs the engine's (equalities)."""
     dt = torch.float64
     x, y = data()
@@ -235,7 +236,7 @@ def check(device: str = "cpu") -> list[Comparison]:
     )
     m1, s1 = blr_instance(zero, eye, x, y, 1.0, NEWTON_STEPS)
     m5, s5 = blr_instance(zero, prec0, x, y, DAMPED_RHO, DAMPED_STEPS)
-    m_lap, s_lap = expfam.FullGaussian().to_moments(blr.laplace(x, y, DELTA, "logistic"))
+    m_lap, s_lap = expfam.FullGaussian().to_moments(laplace(x, y, DELTA, "logistic"))
     grad5 = classical_gradient(m5[-1].numpy(), x.numpy(), y.numpy())
 
     gen = torch.Generator().manual_seed(2)
@@ -267,7 +268,7 @@ def check(device: str = "cpu") -> list[Comparison]:
             kind="limit",
         ),
         Comparison(
-            "BLR fixed point (ρ = 1) vs blr.laplace (m, S)",
+            "BLR fixed point (ρ = 1) vs blr.glm.laplace (m, S)",
             max(_dev(m1[-1], m_lap), _dev(s1[-1], s_lap)),
             1e-12,
             kind="limit",

@@ -19,7 +19,7 @@ are computed "exactly", here by 60-point Gauss–Hermite quadrature in each comp
 coordinates (1-D).
 
 **Equality conditions.** Same start, same ρ and the same quadrature ⇒ the BLR component updates
-(:func:`blr.mixture_step`) equal Lin et al.'s natural-gradient updates exactly. The weights
+(:func:`blr.mixture.mixture_step`) equal Lin et al.'s natural-gradient updates exactly. The weights
 equal Lin et al.'s only with Lin's first-order rule in place of the λ-space step of c
 (``weights="lin"``, the assumption of the symbolic column); with the exact λ-space rule
 (``weights="exact"``) the iterates differ at O(ρ²) per step (derived, and measured below) but
@@ -54,7 +54,7 @@ import sympy as sp
 import torch
 
 import expfam
-from blr import mixture_step
+from blr.mixture import mixture_step
 from derivations.mutations import Mutation
 from derivations.table import Comparison, RowInfo
 
@@ -225,7 +225,7 @@ def target_loss(theta: torch.Tensor) -> torch.Tensor:
 def blr_instance(
     w0, m0, s0, rho: float, steps: int, weights: str = "lin"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The mixture BLR (:func:`blr.mixture_step`, :class:`expfam.Mixture` of
+    """The mixture BLR (:func:`blr.mixture.mixture_step`, :class:`expfam.Mixture` of
     :class:`expfam.FullGaussian`, GH-60, exact expectations of f = ℓ̄ + log q) on the Row-17
     target, with Lin's (``"lin"``) or the λ-space (``"exact"``) weight rule; iterates of
     (π, m, S), each ``(steps + 1, K)``."""

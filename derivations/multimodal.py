@@ -36,7 +36,7 @@ and shift every precision away from the local Hessian.
 ℓ̄ = (θ² − 1)² + 0.3θ with fixed, unequal π = (0.3, 0.7), m₀ = (−0.5, 0.7), S₀ = (10, 6),
 ρ = 0.1, 40 steps, where the components overlap: the coupling moves (m, S) by (0.03, 2.3) away
 from independent Newton-BLR runs, and π = (0.3, 0.7) instead of (½, ½) moves them by
-(0.012, 0.7). The mixture BLR (:func:`blr.mixture_step`, ``delta=True``,
+(0.012, 0.7). The mixture BLR (:func:`blr.mixture.mixture_step`, ``delta=True``,
 ``weights="fixed"``, GH-60; ∇ℓ̄, ∇²ℓ̄ by autograd, log q's derivatives by the engine) equals a
 hand-coded numpy version of the coupled update (hand-written ℓ̄', ℓ̄'' and closed-form log q
 derivatives, numpy's own Gauss–Hermite nodes). The kernel path runs 32 copies × 2 components
@@ -73,8 +73,8 @@ import sympy as sp
 import torch
 
 import expfam
-from blr import mixture_step
 from blr.kernels import full_gaussian_step
+from blr.mixture import mixture_step
 from blr.quadrature import gauss_hermite_product
 from derivations.mutations import Mutation
 from derivations.table import Comparison, RowInfo
@@ -335,9 +335,10 @@ def blr_instance(
     rho: float,
     steps: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mixture BLR (:func:`blr.mixture_step`: joint family of :class:`expfam.Mixture` with
-    :class:`expfam.FullGaussian` components, delta method for ℓ̄, GH-60 for log q, π fixed) on 1-D
-    components with means ``m0`` and precisions ``prec0`` ``(K,)``; iterates ``(steps + 1, K)``."""
+    """The mixture BLR (:func:`blr.mixture.mixture_step`: joint family of
+    :class:`expfam.Mixture` with :class:`expfam.FullGaussian` components, delta method for ℓ̄,
+    GH-60 for log q, π fixed) on 1-D components with means ``m0`` and precisions ``prec0``
+    ``(K,)``; iterates ``(steps + 1, K)``."""
     fam = expfam.Mixture(expfam.FullGaussian())
     nat = fam.from_components(
         weights, fam.component.from_moments(m0.reshape(-1, 1), prec0.reshape(-1, 1, 1))

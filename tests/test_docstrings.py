@@ -5,13 +5,15 @@ The rule this test enforces (pytest runs the examples themselves: ``--doctest-mo
 ``expfam/``, ``blr/`` and ``derivations/``):
 
 1. The public names are each package's ``__all__``, plus the ``__all__`` of every submodule a
-   package exports as a name (``blr.metrics``, ``blr.influence``, ``expfam.generic``, ...).
-2. A function, a class or an exported submodule has a docstring with a runnable example: at least
-   one ``>>>`` line (for a module, in its module docstring).
+   package exports as a name (``expfam.generic``, ...) and of every module of ``blr`` that users
+   import by name (``MODULES``: ``blr.metrics``, ``blr.influence``, ...; ``blr``'s own
+   ``__all__`` is the engine only).
+2. A function, a class, an exported submodule or a module of ``MODULES`` has a docstring with a
+   runnable example: at least one ``>>>`` line (for a module, in its module docstring).
 3. A NamedTuple (the parameter types ``FullNat``, ``DiagMean``, ``MixturePoint``, ... and result
-   records such as ``blr.Estimate``, ``blr.Sensitivity``) is a plain record: its own docstring (not
-   the generated ``FullNat(lam1, lam2)``) names every field; it needs no example of its own, since
-   the function or family that makes it shows it in use.
+   records such as ``blr.Estimate``, ``blr.influence.Sensitivity``) is a plain record: its own
+   docstring (not the generated ``FullNat(lam1, lam2)``) names every field; it needs no example of
+   its own, since the function or family that makes it shows it in use.
 4. A constant (``__version__``, ``FAMILIES``, ``blr.influence.LOSSES``, ...) cannot carry a
    docstring, so the docstring of the module that exports it names it and has an example.
 5. Every public method and property of an exported class, defined in the package (inherited from
@@ -31,6 +33,19 @@ import types
 import pytest
 
 PACKAGES = ("expfam", "blr", "blr.optim")
+# the modules of blr imported by name (``import blr.predict``), not exported by ``blr``'s __all__
+MODULES = (
+    "blr.curvature",
+    "blr.glm",
+    "blr.influence",
+    "blr.kernels",
+    "blr.metrics",
+    "blr.mixture",
+    "blr.nn_laplace",
+    "blr.predict",
+    "blr.quadrature",
+    "blr.schedules",
+)
 OURS = ("expfam", "blr")
 
 
@@ -64,6 +79,14 @@ def _public_names() -> list[tuple[str, str, object]]:
 
     for pkg in PACKAGES:
         visit(pkg)
+    for modname in MODULES:  # each as if its package exported it: the module, then its __all__
+        parent, _, name = modname.rpartition(".")
+        module = importlib.import_module(modname)
+        if (parent, name) not in seen:
+            seen.add((parent, name))
+            out.append((parent, name, module))
+        if hasattr(module, "__all__"):
+            visit(modname)
     return out
 
 
@@ -132,7 +155,7 @@ CLASSES = [(m, n, o) for m, n, o in NAMES if inspect.isclass(o) and not _is_name
 MEMBERS = [
     (f"{m}.{n}", cls, name, raw)
     for m, n, cls in CLASSES
-    if m in PACKAGES
+    if m in PACKAGES + MODULES
     for name, raw in _public_members(cls)
 ]
 

@@ -286,3 +286,69 @@ def test_importing_the_core_loads_no_application_or_derivation():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_blr_top_level_is_the_engine_and_the_rest_loads_on_use():
+    """``blr`` exports the engine, BLR, the estimators and the Gaussian helpers; the posterior
+    uses, curvature, kernels and optimizers are modules of their own, loaded on first use (as
+    attributes, ``blr.kernels``) or by name (``import blr.predict``), never by ``import blr``; a
+    name that moved says where it lives now."""
+    import importlib
+
+    import pytest
+
+    import blr
+
+    code = (
+        "import sys, blr; print(repr(sorted(blr.__all__))); "
+        "print(repr(sorted(m for m in sys.modules if m.split('.')[0] in ('blr', 'scipy')))); "
+        "print(repr(dir(blr)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    exported, loaded, listed = (eval(line) for line in out.stdout.strip().splitlines())
+    assert exported == [
+        "BLR",
+        "BonnetPrice",
+        "Delta",
+        "Estimate",
+        "Estimator",
+        "Exact",
+        "GaussianOptions",
+        "GumbelSoftmax",
+        "ModelLoss",
+        "Reparam",
+        "ScoreFunction",
+        "__version__",
+        "gaussian_step",
+        "objective",
+        "step",
+        "step_with_estimate",
+    ]
+    on_use = ("nn_laplace", "glm", "influence", "predict", "metrics", "mixture", "kernels")
+    on_use += ("curvature", "optim")
+    below = {m.split(".")[1] for m in loaded if m.startswith("blr.")}
+    eager = sorted(below & {*on_use, "apps"}) + [m for m in loaded if m.startswith("scipy")]
+    assert not eager, f"import blr loaded {eager}"
+
+    for name in on_use:
+        assert getattr(blr, name) is importlib.import_module(f"blr.{name}")
+        assert name in dir(blr)
+    # the applications are imported by name only (the core never names them)
+    assert "apps" not in listed and "kernels" in listed and "step" in listed
+    moved = [
+        ("laplace", "blr.glm"),
+        ("GLMQuadrature", "blr.glm"),
+        ("NNLaplace", "blr.nn_laplace"),
+        ("mixture_step", "blr.mixture"),
+        ("predict_classification", "blr.predict"),
+        ("mpe_sensitivity", "blr.influence"),
+        ("full_gaussian_step", "blr.kernels"),
+    ]
+    for name, home in moved:
+        with pytest.raises(AttributeError, match=rf"blr\.{name} moved to {home}"):
+            getattr(blr, name)
+        assert hasattr(importlib.import_module(home), name)
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        blr.nope

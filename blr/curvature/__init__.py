@@ -2,7 +2,7 @@ r"""Curvature: one home for the likelihoods, their output Hessians Λ and factor
 Jacobians and gradients, and GGN / Fisher matrices and diagonals — what the Gauss–Newton rows of
 the BLR need (OGN, VOGN, Laplace: Khan & Rue 2023, Table 1 rows 8, 9 and 12) and what
 :class:`~blr.optim.VOGN`, :class:`~blr.nn_laplace.NNLaplace`, :mod:`blr.influence` and
-:class:`~blr.GLMQuadrature` use.
+:class:`~blr.glm.GLMQuadrature` use.
 
 For a per-example loss ℓ_i(θ) = ℓ(y_i, f_i(θ)) with outputs f_i, J_i = ∂f_i/∂θ,
 e_i = ∂ℓ_i/∂f_i and Λ_i = ∂²ℓ_i/∂f_i²: ∇ℓ_i = J_iᵀe_i, and the generalized Gauss–Newton
@@ -20,7 +20,7 @@ semi-definite for the likelihoods here; docs/concepts.md, the Hessian choices).
 
 **The names** (:data:`NAMES`, the one vocabulary): every string a user passes as a likelihood —
 ``likelihood=`` of NNLaplace, ``loss=`` of PerExample, VOGN/OGN and the module functions of
-:mod:`blr.influence`, ``link=`` of GLMQuadrature, :func:`blr.laplace` and the GLM functions of
+:mod:`blr.influence`, ``link=`` of GLMQuadrature, :func:`blr.glm.laplace` and the GLM functions of
 :mod:`blr.influence` — is one of these, and every consumer accepts every name of the
 likelihoods it supports:
 
@@ -34,10 +34,10 @@ likelihood       names                                                   support
 ``bernoulli``    ``"bernoulli"``, ``"binary"``, ``"bce_with_logits"``,   all
                  ``"logistic"``
 ``categorical``  ``"categorical"``, ``"classification"``,                all but GLMQuadrature and
-                 ``"cross_entropy"``, ``"multinomial"``                  blr.laplace (one output)
+                 ``"cross_entropy"``, ``"multinomial"``                  glm.laplace (one output)
 ``poisson``      ``"poisson"`` (log link)                                all but NNLaplace
 (callable)       an elementwise ℓ(y, f)                                  the GLMs (GLMQuadrature,
-                                                                         blr.laplace, influence)
+                                                                         glm.laplace, influence)
 ===============  ======================================================  =========================
 
 >>> import torch

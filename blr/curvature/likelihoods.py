@@ -23,8 +23,8 @@ E_{y~p(y|f)}[e eᵀ] = Λ: the Fisher equals the GGN's Λ (:meth:`Likelihood.sam
 
 The names users pass (``likelihood=`` of :class:`~blr.nn_laplace.NNLaplace`, ``loss=`` of
 :class:`~blr.curvature.PerExample`, :class:`~blr.optim.VOGN` and the module functions of
-:mod:`blr.influence`, ``link=`` of :class:`~blr.GLMQuadrature`, :func:`blr.laplace` and the GLM
-functions of :mod:`blr.influence`) are all keys of :data:`NAMES` (module docstring of
+:mod:`blr.influence`, ``link=`` of :class:`~blr.glm.GLMQuadrature`, :func:`blr.glm.laplace` and
+the GLM functions of :mod:`blr.influence`) are all keys of :data:`NAMES` (module docstring of
 :mod:`blr.curvature`), resolved by :func:`resolve`.
 
 >>> import torch

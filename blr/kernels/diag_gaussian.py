@@ -108,6 +108,17 @@ def ivon_hess_estimate(
     )
 
 
+def ivon_bias(beta1: float, step: int, debias: bool = True) -> float:
+    """The momentum's bias correction 1 − β₁^t of step t (1 without ``debias``), shared by
+    every implementation of the IVON step (eager, compiled, Triton).
+
+    Example:
+        >>> ivon_bias(0.9, 1)
+        0.09999999999999998
+    """
+    return 1.0 - beta1**step if debias else 1.0
+
+
 @torch.no_grad()
 def ivon_step_(
     mean: Tensor,
@@ -148,7 +159,7 @@ def ivon_step_(
         >>> m
         tensor([-0.1000, -0.1000, -0.1000])
     """
-    bias = 1.0 - beta1**step if debias else 1.0
+    bias = ivon_bias(beta1, step, debias)
     for a, b, work in _chunks(mean.numel(), scratch):
         _ivon_piece(
             mean[a:b],
@@ -261,6 +272,21 @@ def vadam_noise(
 
 
 # ---------------------------------------------------------------------------- compiled (fused) path
+def _fused_step(mean, momentum, hess, grad, h_hat, lr, b1, b2, wd, bias, *, correction):
+    """The IVON step (no clip) in expression form, the one source of the compiled updates:
+    ḡ ← β₁ḡ + (1 − β₁)ĝ, h ← h − (1 − β₂)(h − ĥ) [+ ½(1 − β₂)²(h − ĥ)²/(h + δ)],
+    m ← m − α(ḡ/b + δm)/(h + δ)."""
+    mom = b1 * momentum + (1 - b1) * grad
+    d = hess - h_hat
+    h_new = hess - (1 - b2) * d
+    if correction:
+        h_new = h_new + 0.5 * (1 - b2) * (1 - b2) * d * d / (hess + wd)
+    m_new = mean - lr * (mom / bias + wd * mean) / (h_new + wd)
+    momentum.copy_(mom)
+    hess.copy_(h_new)
+    mean.copy_(m_new)
+
+
 def _ivon_fused_update(
     mean: Tensor,
     momentum: Tensor,
@@ -274,13 +300,7 @@ def _ivon_fused_update(
     that schedulers do not recompile."""
     lr, b1, b2, wd, ess, bias = hp[0], hp[1], hp[2], hp[3], hp[4], hp[5]
     h_hat = stat * (hess + wd) * ess
-    mom = b1 * momentum + (1 - b1) * grad
-    d = hess - h_hat
-    h_new = hess - (1 - b2) * d + 0.5 * (1 - b2) * (1 - b2) * d * d / (hess + wd)
-    m_new = mean - lr * (mom / bias + wd * mean) / (h_new + wd)
-    momentum.copy_(mom)
-    hess.copy_(h_new)
-    mean.copy_(m_new)
+    _fused_step(mean, momentum, hess, grad, h_hat, lr, b1, b2, wd, bias, correction=True)
 
 
 def _vogn_fused_update(
@@ -295,12 +315,7 @@ def _vogn_fused_update(
     expression, for torch.compile: h ← β₂h + (1 − β₂)ĥ with ĥ given. ``hp`` = (lr, β₁, β₂, δ,
     1 − β₁^t) as a tensor, so that schedulers do not recompile."""
     lr, b1, b2, wd, bias = hp[0], hp[1], hp[2], hp[3], hp[4]
-    mom = b1 * momentum + (1 - b1) * grad
-    h_new = hess - (1 - b2) * (hess - h_hat)
-    m_new = mean - lr * (mom / bias + wd * mean) / (h_new + wd)
-    momentum.copy_(mom)
-    hess.copy_(h_new)
-    mean.copy_(m_new)
+    _fused_step(mean, momentum, hess, grad, h_hat, lr, b1, b2, wd, bias, correction=False)
 
 
 def _ivon_fused_draw(noise: Tensor, hess: Tensor, weights: Tensor, hp: Tensor) -> None:

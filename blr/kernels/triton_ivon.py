@@ -44,7 +44,7 @@ import math
 import torch
 from torch import Tensor
 
-from blr.kernels.diag_gaussian import ivon_hess_estimate, ivon_step_
+from blr.kernels.diag_gaussian import ivon_bias, ivon_hess_estimate, ivon_step_
 
 try:  # optional accelerator dependency
     import triton
@@ -534,7 +534,7 @@ def ivon_fused_step_(
     seed = _check_seed(seed)
     next_seed = seed if next_seed is None else _check_seed(next_seed)
     next_draw = draw + 1 if next_draw is None else next_draw
-    bias = 1.0 - beta1**step if debias else 1.0
+    bias = ivon_bias(beta1, step, debias)
     clip = math.isfinite(clip_radius)
     with _on_device(mean):
         _ivon_step_kernel[_grid(n, block_size)](

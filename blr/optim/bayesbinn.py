@@ -8,7 +8,9 @@ import torch
 from torch import Tensor
 
 from blr.kernels.bernoulli import bayesbinn_step_, relaxed_sample_, relaxed_scale
-from blr.optim._base import SamplingOptimizer, _Bucket, check_beta, check_positive
+from blr.optim._args import SamplingOptions, Unpack, check_choice, hyper_rules
+from blr.optim._base import SamplingOptimizer
+from blr.optim._buckets import Bucket
 
 
 class BayesBiNN(SamplingOptimizer):
@@ -74,6 +76,9 @@ class BayesBiNN(SamplingOptimizer):
 
     _state_names = ("lam", "momentum")
     _alias_first = False  # the parameters hold draws or tanh λ, not λ
+    _hyper = hyper_rules(
+        nonnegative=("lr", "kl_weight"), positive=("ess", "temperature"), rate=("beta",)
+    )
 
     def __init__(
         self,
@@ -87,20 +92,9 @@ class BayesBiNN(SamplingOptimizer):
         init_scale: float = 1.0,
         mc_samples: int = 1,
         eval_point: str = "mean",
-        *,
-        nonfinite: str = "raise",
-        seed: int | None = None,
-        missing_sample: str = "raise",
-        sync: bool = False,
-        process_group: Any = None,
+        **options: Unpack[SamplingOptions],
     ) -> None:
-        check_positive(lr, "lr", allow_zero=True)
-        check_positive(ess, "ess")
-        check_positive(temperature, "temperature")
-        check_positive(kl_weight, "kl_weight", allow_zero=True)
-        check_beta(beta, "beta")
-        if eval_point not in ("mean", "sign"):
-            raise ValueError(f"eval_point must be 'mean' or 'sign', got {eval_point!r}")
+        self.eval_point = check_choice(eval_point, "eval_point", ("mean", "sign"))
         defaults = dict(
             lr=lr,
             ess=ess,
@@ -110,23 +104,13 @@ class BayesBiNN(SamplingOptimizer):
             beta=beta,
             init_scale=float(init_scale),
         )
-        super().__init__(
-            params,
-            defaults,
-            mc_samples=mc_samples,
-            nonfinite=nonfinite,
-            seed=seed,
-            missing_sample=missing_sample,
-            sync=sync,
-            process_group=process_group,
-        )
-        self.eval_point = eval_point
+        super().__init__(params, defaults, mc_samples=mc_samples, **options)
 
-    def _init_bucket(self, group: dict, bucket: _Bucket) -> None:
+    def _init_bucket(self, group: dict, bucket: Bucket) -> None:
         bucket.state["lam"].mul_(group["init_scale"])
         bucket.write_params(self._center(group, bucket))
 
-    def _draw(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> Tensor:
+    def _draw(self, group: dict, bucket: Bucket, generator: torch.Generator) -> Tensor:
         relaxed_sample_(
             bucket.state["lam"],
             temperature=group["temperature"],
@@ -135,15 +119,15 @@ class BayesBiNN(SamplingOptimizer):
         )
         return torch.tanh(bucket.noise, out=bucket.work)
 
-    def _center(self, group: dict, bucket: _Bucket) -> Tensor:
+    def _center(self, group: dict, bucket: Bucket) -> Tensor:
         lam = bucket.state["lam"]
         return torch.tanh(lam) if self.eval_point == "mean" else torch.sign(lam)
 
-    def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor, out: Tensor) -> Tensor:
+    def _sample_stat(self, group: dict, bucket: Bucket, grad: Tensor, out: Tensor) -> Tensor:
         scale = relaxed_scale(bucket.noise, bucket.state["lam"], group["temperature"])
         return torch.mul(scale, grad, out=out)
 
-    def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
+    def _update(self, group: dict, bucket: Bucket, g_hat: Tensor, stat: Tensor) -> None:
         bayesbinn_step_(
             bucket.state["lam"],
             bucket.state["momentum"],

@@ -14,13 +14,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.optim.adam import adam
 
-from blr.optim._base import check_beta, check_positive
+from blr.optim._args import RunOptions, Unpack, hyper_rules
+from blr.optim._base import MonteCarloOptimizer
+from blr.optim._checkpoint import check_entry, check_layout, header, restore_header
 from blr.predict import ParameterPosterior
 from expfam import DiagGaussian
 
 __all__ = ["BayesByBackprop"]
 
-_FORMAT = 1
 _STATE = ("step", "rho", "exp_avg", "exp_avg_sq", "rho_exp_avg", "rho_exp_avg_sq")
 
 
@@ -39,7 +40,7 @@ def _kl_terms(means: list[Tensor], stds: list[Tensor], prior_prec: float) -> lis
     return terms
 
 
-class BayesByBackprop(torch.optim.Optimizer):
+class BayesByBackprop(MonteCarloOptimizer):
     r"""Bayes by backprop (Blundell et al., ICML 2015): a mean-field Gaussian
     q(θ) = N(m, diag σ²), σ = softplus(ρ), over the parameters, with prior N(0, δ⁻¹I), trained
     by Adam on (m, ρ) to minimize the negative ELBO per example,
@@ -113,6 +114,10 @@ class BayesByBackprop(torch.optim.Optimizer):
         ICML 2015.
     """
 
+    _hyper = hyper_rules(
+        nonnegative=("lr", "eps"), positive=("ess", "prior_prec", "init_std"), rate_pair=("betas",)
+    )
+
     def __init__(
         self,
         params: Any,
@@ -124,50 +129,20 @@ class BayesByBackprop(torch.optim.Optimizer):
         mc_samples: int = 1,
         *,
         eps: float = 1e-8,
-        nonfinite: str = "raise",
-        seed: int | None = None,
-        missing_sample: str = "raise",
+        **options: Unpack[RunOptions],
     ) -> None:
-        if int(mc_samples) != mc_samples or mc_samples < 1:
-            raise ValueError(f"mc_samples must be an integer ≥ 1, got {mc_samples}")
-        if nonfinite not in ("raise", "skip"):
-            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
-        if missing_sample not in ("raise", "skip"):
-            raise ValueError(f"missing_sample must be 'raise' or 'skip', got {missing_sample!r}")
+        if isinstance(betas, (tuple, list)):
+            betas = tuple(float(b) for b in betas)
         defaults = dict(
             lr=lr, ess=ess, prior_prec=prior_prec, init_std=init_std, betas=betas, eps=eps
         )
-        self._check_hyper(defaults)
-        defaults["betas"] = tuple(float(b) for b in betas)
-        super().__init__(params, defaults)
-        self.mc_samples = int(mc_samples)
-        self.nonfinite = nonfinite
-        self.missing_sample = missing_sample
-        self._seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
-        self._generators: dict[torch.device, torch.Generator] = {}
-        self._draws = 0
+        super().__init__(params, defaults, mc_samples=mc_samples, **options)
         self._inside = False
-        self._count = 0  # Monte Carlo samples collected for the next step
         self._acc: dict[int, tuple[Tensor, Tensor]] = {}  # id(p) → averaged data gradients
-        self.skipped_steps = 0
-        for group in self.param_groups:  # groups given as dicts may set their own values
-            self._check_hyper(group)
+        for group in self.param_groups:
             self._init_group(group)
 
     # ------------------------------------------------------------------ set-up
-    @staticmethod
-    def _check_hyper(group: dict[str, Any]) -> None:
-        check_positive(group["lr"], "lr", allow_zero=True)
-        check_positive(group["ess"], "ess")
-        check_positive(group["prior_prec"], "prior_prec")
-        check_positive(group["init_std"], "init_std")
-        check_positive(group["eps"], "eps", allow_zero=True)
-        betas = group["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair (β₁, β₂), got {betas!r}")
-        check_beta(betas[0], "betas[0]")
-        check_beta(betas[1], "betas[1]")
-
     def _init_group(self, group: dict[str, Any]) -> None:
         for p in self._trainable(group):
             if not p.is_floating_point():
@@ -200,14 +175,6 @@ class BayesByBackprop(torch.optim.Optimizer):
     def _all_params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in self._params(group)]
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        gen = self._generators.get(device)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self._seed + 7919 * len(self._generators))
-            self._generators[device] = gen
-        return gen
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group (a dict with ``"params"`` and, optionally, its own ``lr``, ``ess``,
         ``prior_prec``, ``init_std``, ``betas``, ``eps``); its ρ starts at its ``init_std``.
@@ -221,12 +188,9 @@ class BayesByBackprop(torch.optim.Optimizer):
             >>> [round(float(s.max()), 6) for s in opt.std()]
             [0.05, 0.05, 0.2, 0.2]
         """
-        if hasattr(self, "_acc"):  # (torch.optim's __init__ adds the first groups: see ours)
-            self._check_hyper({**self.defaults, **param_group})
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
+        super().add_param_group(param_group)  # (its hyperparameters checked)
         if hasattr(self, "_acc"):  # torch.optim's __init__ adds the first groups: see ours
-            self._init_group(group)
+            self._init_group(self.param_groups[-1])
 
     # ------------------------------------------------------------------ q
     @torch.no_grad()
@@ -437,20 +401,10 @@ class BayesByBackprop(torch.optim.Optimizer):
                 "BayesByBackprop.step() was called inside sampled_params(): leave the context "
                 "first (the parameters hold a draw there, not the mean)"
             )
-        loss = None
-        if closure is not None:
-            losses = []
-            for _ in range(self.mc_samples):
-                with torch.enable_grad(), self.sampled_params(train=True):
-                    losses.append(closure())
-            loss = sum(x.detach() for x in losses) / len(losses)
+        loss = self._closure_samples(closure)
         if self._count == 0:
-            if self.missing_sample == "skip":
-                return loss
-            raise RuntimeError(
-                "BayesByBackprop.step() found no gradient sample: call step(closure), or run "
-                "forward and backward inside `with optimizer.sampled_params(train=True):`"
-            )
+            self._no_sample()
+            return loss
         plans = []
         for group in self.param_groups:
             params = [p for p in self._params(group) if id(p) in self._acc]
@@ -462,13 +416,8 @@ class BayesByBackprop(torch.optim.Optimizer):
         )
         self._reset_samples()
         if bad:
-            if self.nonfinite == "skip":
-                self.skipped_steps += 1
-                return loss
-            raise FloatingPointError(
-                "BayesByBackprop.step(): NaN/Inf in the ELBO gradient; the state was not "
-                "changed (pass nonfinite='skip' to skip such steps)"
-            )
+            self._nonfinite_step("the ELBO gradient")
+            return loss
         for group, params, g_m, g_rho in plans:
             states = [self.state[p] for p in params]
             steps = [s["step"] for s in states]
@@ -510,14 +459,7 @@ class BayesByBackprop(torch.optim.Optimizer):
         """
         self._all_params()  # every trainable parameter has its state
         out = super().state_dict()
-        out["blr"] = {
-            "optimizer": type(self).__name__,
-            "format": _FORMAT,
-            "seed": self._seed,
-            "draws": self._draws,
-            "generators": {str(d): g.get_state() for d, g in self._generators.items()},
-            "skipped_steps": self.skipped_steps,
-        }
+        out["blr"] = header(self)
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -537,44 +479,13 @@ class BayesByBackprop(torch.optim.Optimizer):
             ...     torch.equal(model.weight, other.weight)
             True
         """
-        meta = state_dict.get("blr") if isinstance(state_dict, dict) else None
-        name = type(self).__name__
-        if not isinstance(meta, dict) or meta.get("optimizer") != name:
-            found = meta.get("optimizer") if isinstance(meta, dict) else "not a blr.optim one"
-            raise ValueError(f"state_dict is not from blr.optim.{name} (found: {found})")
+        meta = check_layout(self, state_dict)
         groups, state = state_dict["param_groups"], state_dict["state"]
-        if len(groups) != len(self.param_groups):
-            raise ValueError(
-                f"state_dict has {len(groups)} param groups, this optimizer has "
-                f"{len(self.param_groups)}"
-            )
-        for i, (g, mine) in enumerate(zip(groups, self.param_groups)):
-            if len(g["params"]) != len(mine["params"]):
-                raise ValueError(
-                    f"param group {i} has {len(g['params'])} parameters in the state_dict and "
-                    f"{len(mine['params'])} here"
-                )
+        for g, mine in zip(groups, self.param_groups):
             for k, p in zip(g["params"], mine["params"]):
-                if not p.requires_grad:
-                    continue
-                entry = state.get(k)
-                if entry is None or set(entry) != set(_STATE):
-                    raise ValueError(
-                        f"state_dict lacks the state {sorted(_STATE)} of a parameter of shape "
-                        f"{tuple(p.shape)}"
-                    )
-                for key, v in entry.items():
-                    if key != "step" and tuple(v.shape) != tuple(p.shape):
-                        raise ValueError(
-                            f"state_dict['state'][{k}]['{key}'] has shape {tuple(v.shape)}, the "
-                            f"parameter {tuple(p.shape)}"
-                        )
+                if p.requires_grad:
+                    check_entry(state.get(k), _STATE, k, tuple(p.shape), tuple(p.shape))
         copied = {k: {n: v.clone() for n, v in e.items()} for k, e in state.items()}
         super().load_state_dict({"state": copied, "param_groups": groups})
-        self._seed = int(meta["seed"])
-        self._draws = int(meta.get("draws", 0))
-        self._generators = {}
-        for dev, gstate in meta["generators"].items():
-            self._generator(torch.device(dev)).set_state(gstate)
-        self.skipped_steps = int(meta.get("skipped_steps", 0))
+        restore_header(self, meta)
         self._reset_samples()

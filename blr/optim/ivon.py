@@ -1,4 +1,4 @@
-"""IVON (Shen et al., 2024), a drop-in replacement for ivon-opt's ``ivon.IVON``."""
+"""IVON (Shen et al., 2024), a drop-in replacement for ivon-opt's ``ivon.IVON``, and VON."""
 
 from __future__ import annotations
 
@@ -10,13 +10,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from blr.kernels.diag_gaussian import (
-    ivon_hess_estimate,
-    ivon_hess_estimate_,
-    ivon_scale_noise_,
-    ivon_step_,
+from blr.kernels.diag_gaussian import ivon_hess_estimate
+from blr.optim._args import (
+    DistributedOptions,
+    Unpack,
+    check_choice,
+    hyper_rules,
+    with_defaults,
 )
-from blr.optim._base import PrecisionSampler, _Bucket, check_beta, check_positive
+from blr.optim._base import PrecisionSampler
+from blr.optim._buckets import Bucket, CounterNoise
+from blr.optim._functional import counter_draw_, counter_noise_
 
 
 class IVON(PrecisionSampler):
@@ -112,6 +116,13 @@ class IVON(PrecisionSampler):
     """
 
     hessian_approx_methods = ("price", "gradsq")
+    _correction = True  # the improved-BLR term (VON: without it)
+    _hyper = hyper_rules(
+        nonnegative=("lr", "weight_decay"),
+        positive=("ess", "hess_init"),
+        radius=("clip_radius",),
+        rate_closed=("beta1", "beta2"),
+    )
 
     def __init__(
         self,
@@ -129,24 +140,17 @@ class IVON(PrecisionSampler):
         debias: bool = True,
         rescale_lr: bool = True,
         *,
-        nonfinite: str = "raise",
-        seed: int | None = None,
-        missing_sample: str = "raise",
         fused: bool | str = False,
         draw_ahead: bool = False,
-        process_group: Any = None,
+        **options: Unpack[DistributedOptions],
     ) -> None:
-        check_positive(lr, "lr", allow_zero=True)
-        check_positive(ess, "ess")
-        check_positive(hess_init, "hess_init")
-        check_positive(weight_decay, "weight_decay", allow_zero=True)
-        check_positive(clip_radius, "clip_radius")
-        check_beta(beta1, "beta1", closed=True)
-        check_beta(beta2, "beta2", closed=True)
         if hess_approx not in self.hessian_approx_methods:
             raise ValueError(
                 f"hess_approx must be one of {self.hessian_approx_methods}, got {hess_approx!r}"
             )
+        check_choice(fused, "fused", (False, True, "compile", "triton"))
+        if draw_ahead and fused != "triton":
+            raise ValueError("draw_ahead=True needs fused='triton'")
         defaults = dict(
             lr=lr,
             ess=ess,
@@ -156,23 +160,9 @@ class IVON(PrecisionSampler):
             weight_decay=weight_decay,
             clip_radius=clip_radius,
         )
-        super().__init__(
-            params,
-            defaults,
-            mc_samples=mc_samples,
-            nonfinite=nonfinite,
-            seed=seed,
-            missing_sample=missing_sample,
-            sync=bool(sync),
-            process_group=process_group,
-        )
+        super().__init__(params, defaults, mc_samples=mc_samples, sync=bool(sync), **options)
         self.hess_approx = hess_approx
-        self._correction = True
-        if fused not in (False, True, "compile", "triton"):
-            raise ValueError(f"fused must be False, True, 'compile' or 'triton', got {fused!r}")
         self.fused = fused
-        if draw_ahead and fused != "triton":
-            raise ValueError("draw_ahead=True needs fused='triton'")
         self.draw_ahead = bool(draw_ahead)
         self._n_buckets = 0
         self.debias, self.rescale_lr = bool(debias), bool(rescale_lr)
@@ -220,27 +210,23 @@ class IVON(PrecisionSampler):
         if not triton_ivon.triton_available():
             raise ValueError("fused='triton' needs triton (`pip install triton`)")
 
-    def _init_bucket(self, group: dict, bucket: _Bucket) -> None:
+    # ------------------------------------------------------------------ which implementation
+    def _init_bucket(self, group: dict, bucket: Bucket) -> None:
         super()._init_bucket(group, bucket)
         index, self._n_buckets = self._n_buckets, self._n_buckets + 1
-        if not self._use_triton(bucket):
-            return
-        bucket.counter_noise = True
-        bucket.philox_index = index
-        # one Philox key per bucket, a pure function of the optimizer's seed and the bucket
-        bucket.philox_seed = (self._seed * 0x9E3779B97F4A7C15 + 7919 * index) % 2**63
+        if self._use_triton(bucket):
+            # one Philox key per bucket, a pure function of the optimizer's seed and the bucket
+            bucket.counter = CounterNoise.for_bucket(self._seed, index)
 
     def _seed_changed(self) -> None:
         # rank 0's seed arrived after the buckets were built (a state_dict() before the first
         # draw): rekey the counter-based noise, which no draw has used yet
         for buckets in self._buckets or []:
             for b in buckets:
-                if b.counter_noise:
-                    b.philox_seed = (
-                        self._seed * 0x9E3779B97F4A7C15 + 7919 * b.philox_index
-                    ) % 2**63
+                if b.counter is not None:
+                    b.counter.rekey(self._seed)
 
-    def _use_triton(self, bucket: _Bucket) -> bool:
+    def _use_triton(self, bucket: Bucket) -> bool:
         if self.fused not in (True, "triton") or not self._correction:
             return False
         from blr.kernels import triton_ivon  # on demand: triton reads TRITON_INTERPRET once
@@ -262,66 +248,75 @@ class IVON(PrecisionSampler):
             )
         return usable and (cuda or self.fused == "triton")
 
-    def _fused_ok(self, group: dict, bucket: _Bucket) -> bool:
+    def _fused_ok(self, group: dict, bucket: Bucket) -> bool:
         return (
             self.fused in (True, "compile")
-            and not bucket.counter_noise
+            and bucket.counter is None
             and bucket.alias
             and self._correction
             and self.hess_approx == "price"
             and math.isinf(group["clip_radius"])
         )
 
-    def _triton_draw(self, group: dict, bucket: _Bucket, draw: int, subtract: bool) -> None:
-        """Weights (= m) ← m ± σz_draw in place, z regenerated by the Triton sample kernel."""
-        from blr.kernels.triton_ivon import ivon_fused_sample_
+    def _impl(self, group: dict, bucket: Bucket, stat: Tensor | None) -> str:
+        """The implementation of the update: ``"triton"`` for one sample with counter-based
+        noise (the kernel regenerates it), ``"compile"`` where the compiled update applies,
+        else ``"eager"``."""
+        if stat is None:
+            return "triton"
+        return "compile" if self._fused_ok(group, bucket) else "eager"
 
-        mean = bucket.state["mean"]
-        ivon_fused_sample_(
-            mean,
+    # ------------------------------------------------------------------ draws
+    def _counter_draw(self, group: dict, bucket: Bucket, draw: int, subtract: bool) -> None:
+        """Weights (= m) ← m ± σz_draw in place, z regenerated by the Triton sample kernel."""
+        counter_draw_(
+            bucket.state["mean"],
             bucket.state["hess"],
-            mean,
-            seed=bucket.philox_seed,
-            draw=draw,
+            bucket.counter,
+            draw,
             ess=group["ess"],
             weight_decay=group["weight_decay"],
             subtract=subtract,
         )
 
     def _draw_aliased(
-        self, group: dict, bucket: _Bucket, generator: torch.Generator, train: bool = True
+        self, group: dict, bucket: Bucket, generator: torch.Generator, train: bool = True
     ) -> None:
-        if bucket.counter_noise:
-            if train and bucket.pending is not None and bucket.fresh:
-                bucket.drawn, bucket.fresh = bucket.pending, False  # drawn by the last step
+        c = bucket.counter
+        if c is not None:
+            if train and c.pending is not None and c.fresh:
+                c.drawn, c.fresh = c.pending, False  # drawn by the last step
                 return
-            if bucket.pending is not None:  # back to m first (a prediction draw restores θ)
-                self._triton_draw(group, bucket, bucket.pending, subtract=True)
+            if c.pending is not None:  # back to m first (a prediction draw restores θ)
+                self._counter_draw(group, bucket, c.pending, subtract=True)
                 if train:
-                    bucket.pending = None
-            draw, bucket.draws = bucket.draws, bucket.draws + 1
-            self._triton_draw(group, bucket, draw, subtract=False)
-            bucket.drawn = draw
+                    c.hold(None)
+            draw = c.take()
+            self._counter_draw(group, bucket, draw, subtract=False)
+            c.drawn = draw
             if train and self.draw_ahead:
-                bucket.pending, bucket.fresh = draw, False
+                c.hold(draw)
             return
         if not self._fused_ok(group, bucket):
             super()._draw_aliased(group, bucket, generator, train)
             return
         self._compiled_draw(group, bucket, generator)
 
-    def _undraw_aliased(self, group: dict, bucket: _Bucket, train: bool = True) -> None:
-        if not bucket.counter_noise:
+    def _undraw_aliased(self, group: dict, bucket: Bucket, train: bool = True) -> None:
+        if bucket.counter is None:
             super()._undraw_aliased(group, bucket, train)
         elif not (train and self.draw_ahead):  # draw-ahead: the weights keep the draw
-            self._triton_draw(group, bucket, bucket.drawn, subtract=True)
+            self._counter_draw(group, bucket, bucket.counter.drawn, subtract=True)
 
-    def _held(self) -> list[tuple[dict, _Bucket]]:
+    def _held(self) -> list[tuple[dict, Bucket]]:
+        """The buckets whose weights hold a draw between steps (draw-ahead)."""
+        if self._buckets is None:
+            return []
         return [
             (group, b)
-            for group, buckets in zip(self.param_groups, self._all_buckets())
+            for group, buckets in zip(self.param_groups, self._buckets)
             for b in buckets
-            if b.pending is not None
+            if b.counter is not None and b.counter.pending is not None
         ]
 
     @contextlib.contextmanager
@@ -339,10 +334,10 @@ class IVON(PrecisionSampler):
             ...     torch.equal(model.weight, opt.state_dict()["state"][0]["mean"])
             True
         """
-        held = self._held() if self._buckets is not None else []
+        held = self._held()
         saved = [b.state["mean"].clone() for _, b in held]
         for group, b in held:
-            self._triton_draw(group, b, b.pending, subtract=True)
+            self._counter_draw(group, b, b.counter.pending, subtract=True)
         try:
             yield
         finally:
@@ -363,16 +358,21 @@ class IVON(PrecisionSampler):
             >>> torch.equal(sd["state"][0]["mean"], model.weight), sd["blr"]["pending"]
             (True, [[None]])
         """
-        held = self._held() if self._buckets is not None else []
+        held = self._held()
         for group, b in held:
-            self._triton_draw(group, b, b.pending, subtract=True)
+            self._counter_draw(group, b, b.counter.pending, subtract=True)
         try:
             out = super().state_dict()
         finally:
             for group, b in held:
-                self._triton_draw(group, b, b.pending, subtract=False)
+                self._counter_draw(group, b, b.counter.pending, subtract=False)
         out["blr"]["pending"] = [
-            [None if b.pending is None else [b.pending, b.fresh] for b in buckets]
+            [
+                None
+                if b.counter is None or b.counter.pending is None
+                else [b.counter.pending, b.counter.fresh]
+                for b in buckets
+            ]
             for buckets in self._all_buckets()
         ]
         return out
@@ -395,115 +395,60 @@ class IVON(PrecisionSampler):
         pending = state_dict["blr"].get("pending") or []
         for group, buckets, marks in zip(self.param_groups, self._all_buckets(), pending):
             for b, mark in zip(buckets, marks):
-                b.pending, b.fresh = None, False
-                if mark is not None and b.counter_noise and self.draw_ahead:
-                    b.pending, b.fresh = int(mark[0]), bool(mark[1])
-                    self._triton_draw(group, b, b.pending, subtract=False)
+                if b.counter is None:
+                    continue
+                b.counter.hold(None)
+                if mark is not None and self.draw_ahead:
+                    b.counter.hold(int(mark[0]), bool(mark[1]))
+                    self._counter_draw(group, b, b.counter.pending, subtract=False)
 
-    def _before_update(self, group: dict, bucket: _Bucket, stat: Tensor | None) -> None:
+    # ------------------------------------------------------------------ statistics, update
+    def _before_update(self, group: dict, bucket: Bucket, stat: Tensor | None) -> None:
         # the weights hold a draw (draw_ahead): the step goes θ → θ' in one pass when it can;
         # with averaged statistics or parameters to keep frozen, back to m first (the next
         # draw follows the update, in _after_update)
-        if bucket.pending is not None and (stat is not None or bucket.frozen_idx):
-            self._triton_draw(group, bucket, bucket.pending, subtract=True)
-            bucket.pending = None
+        c = bucket.counter
+        if c is not None and c.pending is not None and (stat is not None or bucket.frozen_idx):
+            self._counter_draw(group, bucket, c.pending, subtract=True)
+            c.hold(None)
 
-    def _after_update(self, group: dict, bucket: _Bucket) -> None:
-        if bucket.counter_noise and self.draw_ahead and bucket.pending is None:
-            draw, bucket.draws = bucket.draws, bucket.draws + 1
-            self._triton_draw(group, bucket, draw, subtract=False)
-            bucket.pending, bucket.fresh = draw, True
+    def _after_update(self, group: dict, bucket: Bucket) -> None:
+        c = bucket.counter
+        if c is not None and self.draw_ahead and c.pending is None:
+            draw = c.take()
+            self._counter_draw(group, bucket, draw, subtract=False)
+            c.hold(draw, fresh=True)
 
-    def _counter_noise(self, group: dict, bucket: _Bucket) -> Tensor:
-        """σ⊙z of the current draw, regenerated into ``bucket.noise`` (needed only when more
-        than one sample is averaged)."""
-        from blr.kernels.triton_ivon import ivon_randn_
-
-        ivon_randn_(bucket.noise, seed=bucket.philox_seed, draw=bucket.drawn)
-        return ivon_scale_noise_(
-            bucket.noise,
-            bucket.state["hess"],
-            ess=group["ess"],
-            weight_decay=group["weight_decay"],
-            scratch=bucket.scratch,
-        )
-
-    def _single_stat(self, group: dict, bucket: _Bucket) -> Tensor:
-        if not bucket.counter_noise:
+    def _single_stat(self, group: dict, bucket: Bucket) -> Tensor:
+        if bucket.counter is None:
             return bucket.noise
-        grad = bucket.grad if bucket.grad32 is None else bucket.grad32
-        return self._sample_stat(group, bucket, grad, out=bucket.noise)
+        return self._sample_stat(group, bucket, bucket.state_grad, out=bucket.noise)
 
-    def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor, out: Tensor) -> Tensor:
-        if bucket.counter_noise and self.hess_approx == "price":
-            self._counter_noise(group, bucket)
-        if self.hess_approx == "price":
-            return torch.mul(bucket.noise, grad, out=out)
-        return torch.mul(grad, grad, out=out)
-
-    def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor | None) -> None:
-        wd = group["weight_decay"]
-        # draw-ahead: one pass θ → θ' when the weights still hold the sample (_before_update)
-        one_pass = bucket.counter_noise and bucket.pending is not None
-        if stat is None:  # one sample with counter-based noise: the Triton step regenerates z
-            from blr.kernels.triton_ivon import ivon_fused_step_
-
-            mean = bucket.state["mean"]
-            next_draw = bucket.draws
-            ivon_fused_step_(
-                mean,
-                bucket.state["momentum"],
+    def _sample_stat(self, group: dict, bucket: Bucket, grad: Tensor, out: Tensor) -> Tensor:
+        if self.hess_approx == "gradsq":
+            return torch.mul(grad, grad, out=out)
+        if bucket.counter is not None:  # σ⊙z of the current draw, regenerated
+            counter_noise_(
+                bucket.noise,
                 bucket.state["hess"],
-                g_hat,
-                mean,
-                seed=bucket.philox_seed,
-                draw=bucket.drawn,
-                lr=group["lr"] * (group["hess_init"] + wd) if self.rescale_lr else group["lr"],
-                beta1=group["beta1"],
-                beta2=group["beta2"],
-                weight_decay=wd,
+                bucket.counter,
                 ess=group["ess"],
-                step=group["step"],
-                clip_radius=group["clip_radius"],
-                debias=self.debias,
-                hess_approx=self.hess_approx,
-                correction=self._correction,
-                sample_next=one_pass,
-                next_draw=next_draw,
-                mean_from_sample=one_pass,
+                weight_decay=group["weight_decay"],
+                scratch=bucket.scratch,
             )
-            if one_pass:
-                bucket.pending, bucket.fresh, bucket.draws = next_draw, True, next_draw + 1
-            return
-        if self._fused_ok(group, bucket):
-            lr = group["lr"] * (group["hess_init"] + wd) if self.rescale_lr else group["lr"]
-            bias = 1.0 - group["beta1"] ** group["step"] if self.debias else 1.0
-            hp = [lr, group["beta1"], group["beta2"], wd, group["ess"], bias]
-            self._compiled_update("update", bucket, g_hat, stat, hp)
-            return
-        h_hat = ivon_hess_estimate_(  # in place: the statistic is not needed afterwards
-            stat,
-            bucket.state["hess"],
-            ess=group["ess"],
-            weight_decay=wd,
-            hess_approx=self.hess_approx,
-        )
-        lr = group["lr"] * (group["hess_init"] + wd) if self.rescale_lr else group["lr"]
-        ivon_step_(
-            bucket.state["mean"],
-            bucket.state["momentum"],
-            bucket.state["hess"],
+        return torch.mul(bucket.noise, grad, out=out)
+
+    def _update(self, group: dict, bucket: Bucket, g_hat: Tensor, stat: Tensor | None) -> None:
+        self._ivon_update(
+            group,
+            bucket,
             g_hat,
-            h_hat,
-            lr=lr,
-            beta1=group["beta1"],
-            beta2=group["beta2"],
-            weight_decay=wd,
-            step=group["step"],
-            clip_radius=group["clip_radius"],
+            stat,
+            self._impl(group, bucket, stat),
+            hess_approx=self.hess_approx,
+            rescale_lr=self.rescale_lr,
             debias=self.debias,
             correction=self._correction,
-            scratch=bucket.scratch,
         )
 
 
@@ -531,35 +476,10 @@ class VON(IVON):
         >>> opt.step()
     """
 
-    def __init__(
-        self,
-        params: Any,
-        lr: float,
-        ess: float,
-        hess_init: float = 1.0,
-        beta1: float = 0.0,
-        beta2: float = 0.999,
-        weight_decay: float = 1e-4,
-        mc_samples: int = 1,
-        hess_approx: str = "price",
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("rescale_lr", False)
-        super().__init__(
-            params,
-            lr,
-            ess,
-            hess_init,
-            beta1,
-            beta2,
-            weight_decay,
-            mc_samples,
-            hess_approx,
-            **kwargs,
-        )
-        self._correction = False
+    _correction = False
+    __init__ = with_defaults(IVON.__init__, beta1=0.0, beta2=0.999, rescale_lr=False)
 
-    def _check_update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
+    def _check_update(self, group: dict, bucket: Bucket, g_hat: Tensor, stat: Tensor) -> None:
         wd, b2 = group["weight_decay"], group["beta2"]
         h_hat = ivon_hess_estimate(
             stat,

@@ -9,7 +9,9 @@ import torch
 from torch import Tensor
 
 from blr.kernels.diag_gaussian import vadam_noise, vadam_step_
-from blr.optim._base import SamplingOptimizer, _Bucket, check_beta, check_positive
+from blr.optim._args import SamplingOptions, Unpack, hyper_rules
+from blr.optim._base import SamplingOptimizer
+from blr.optim._buckets import Bucket
 
 
 class Vadam(SamplingOptimizer):
@@ -55,6 +57,10 @@ class Vadam(SamplingOptimizer):
     _state_names = ("mean", "exp_avg", "exp_avg_sq")
     _has_stat = False  # the curvature ĝ² is formed from the (averaged) gradient in the update
 
+    _hyper = hyper_rules(
+        nonnegative=("lr", "prior_prec"), positive=("ess", "prec_init"), rate_pair=("betas",)
+    )
+
     def __init__(
         self,
         params: Any,
@@ -64,37 +70,17 @@ class Vadam(SamplingOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         prec_init: float = 1.0,
         mc_samples: int = 1,
-        *,
-        nonfinite: str = "raise",
-        seed: int | None = None,
-        missing_sample: str = "raise",
-        sync: bool = False,
-        process_group: Any = None,
+        **options: Unpack[SamplingOptions],
     ) -> None:
-        check_positive(lr, "lr", allow_zero=True)
-        check_positive(ess, "ess")
-        check_positive(prior_prec, "prior_prec", allow_zero=True)
-        check_positive(prec_init, "prec_init")
-        check_beta(betas[0], "betas[0]")
-        check_beta(betas[1], "betas[1]")
         defaults = dict(
             lr=lr, ess=ess, prior_prec=prior_prec, betas=tuple(betas), prec_init=prec_init
         )
-        super().__init__(
-            params,
-            defaults,
-            mc_samples=mc_samples,
-            nonfinite=nonfinite,
-            seed=seed,
-            missing_sample=missing_sample,
-            sync=sync,
-            process_group=process_group,
-        )
+        super().__init__(params, defaults, mc_samples=mc_samples, **options)
 
-    def _init_bucket(self, group: dict, bucket: _Bucket) -> None:
+    def _init_bucket(self, group: dict, bucket: Bucket) -> None:
         bucket.state["exp_avg_sq"].fill_(group["prec_init"])
 
-    def _noise(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
+    def _noise(self, group: dict, bucket: Bucket, generator: torch.Generator) -> None:
         vadam_noise(
             bucket.state["exp_avg_sq"],
             prior_prec=group["prior_prec"],
@@ -104,10 +90,10 @@ class Vadam(SamplingOptimizer):
             scratch=bucket.scratch,
         )
 
-    def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor, out: Tensor) -> Tensor:
+    def _sample_stat(self, group: dict, bucket: Bucket, grad: Tensor, out: Tensor) -> Tensor:
         return out.zero_()  # Vadam's curvature is ĝ² of the averaged gradient
 
-    def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
+    def _update(self, group: dict, bucket: Bucket, g_hat: Tensor, stat: Tensor) -> None:
         beta1, beta2 = group["betas"]
         vadam_step_(
             bucket.state["mean"],

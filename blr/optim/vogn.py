@@ -10,14 +10,10 @@ from torch import Tensor, nn
 
 from blr.curvature import PerExample, resolve
 from blr.curvature.likelihoods import FACTORED
-from blr.kernels.diag_gaussian import ivon_step_
-from blr.optim._base import (
-    PrecisionSampler,
-    _Bucket,
-    _world_size,
-    check_beta,
-    check_positive,
-)
+from blr.optim._args import SamplingOptions, Unpack, check_choice, hyper_rules
+from blr.optim._base import PrecisionSampler
+from blr.optim._buckets import Bucket
+from blr.optim._distributed import _world_size
 
 
 class VOGN(PrecisionSampler):
@@ -94,6 +90,9 @@ class VOGN(PrecisionSampler):
     """
 
     _local_stat = True  # ĥ comes from this rank's examples: averaged across ranks
+    _hyper = hyper_rules(
+        nonnegative=("lr", "weight_decay"), positive=("ess", "hess_init"), rate=("beta1", "beta2")
+    )
 
     def __init__(
         self,
@@ -111,12 +110,8 @@ class VOGN(PrecisionSampler):
         mc_samples: int = 1,
         *,
         model: nn.Module | None = None,
-        nonfinite: str = "raise",
-        seed: int | None = None,
-        missing_sample: str = "raise",
-        sync: bool = False,
-        process_group: Any = None,
         fused: bool | str = False,
+        **options: Unpack[SamplingOptions],
     ) -> None:
         name = type(self).__name__
         if isinstance(params, nn.Module):
@@ -132,33 +127,16 @@ class VOGN(PrecisionSampler):
             )
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if curvature not in ("ggn", "mc_fisher", "ef"):
-            raise ValueError(f"curvature must be 'ggn', 'mc_fisher' or 'ef', got {curvature!r}")
+        check_choice(curvature, "curvature", ("ggn", "mc_fisher", "ef"))
         if curvature != "ef":
             if loss is None:
                 raise ValueError(f"curvature={curvature!r} needs the loss (e.g. 'cross_entropy')")
             resolve(loss, sigma2=sigma2, supported=FACTORED, arg="loss")
-        if fused not in (False, True, "compile"):
-            raise ValueError(f"fused must be False, True or 'compile', got {fused!r}")
-        check_positive(lr, "lr", allow_zero=True)
-        check_positive(ess, "ess")
-        check_positive(weight_decay, "weight_decay", allow_zero=True)
-        check_positive(hess_init, "hess_init")
-        check_beta(beta1, "beta1")
-        check_beta(beta2, "beta2")
+        self.fused = check_choice(fused, "fused", (False, True, "compile"))
         defaults = dict(
             lr=lr, ess=ess, weight_decay=weight_decay, beta1=beta1, beta2=beta2, hess_init=hess_init
         )
-        super().__init__(
-            params,
-            defaults,
-            mc_samples=mc_samples,
-            nonfinite=nonfinite,
-            seed=seed,
-            missing_sample=missing_sample,
-            sync=sync,
-            process_group=process_group,
-        )
+        super().__init__(params, defaults, mc_samples=mc_samples, **options)
         owned = {id(p) for p in model.parameters()}
         for group in self.param_groups:
             for p in group["params"]:
@@ -169,18 +147,17 @@ class VOGN(PrecisionSampler):
                     )
         self.model, self.curvature, self.loss, self.sigma2 = model, curvature, loss, sigma2
         self.sample = bool(sample)
-        self.fused = fused
         self._pe: PerExample | None = None
         self._squares: dict | None = None
 
-    def _noise(self, group: dict, bucket: _Bucket, generator: torch.Generator) -> None:
+    def _noise(self, group: dict, bucket: Bucket, generator: torch.Generator) -> None:
         if not self.sample:  # OGN: the delta method, no draw
             bucket.noise.zero_()
             return
         super()._noise(group, bucket, generator)
 
     def _draw_aliased(
-        self, group: dict, bucket: _Bucket, generator: torch.Generator, train: bool = True
+        self, group: dict, bucket: Bucket, generator: torch.Generator, train: bool = True
     ) -> None:
         if not self.sample:  # OGN: the weights are the mean already
             return
@@ -189,7 +166,7 @@ class VOGN(PrecisionSampler):
         else:
             super()._draw_aliased(group, bucket, generator, train)
 
-    def _undraw_aliased(self, group: dict, bucket: _Bucket, train: bool = True) -> None:
+    def _undraw_aliased(self, group: dict, bucket: Bucket, train: bool = True) -> None:
         if self.sample:
             super()._undraw_aliased(group, bucket, train)
 
@@ -217,7 +194,7 @@ class VOGN(PrecisionSampler):
             if isinstance(module, FSDPModule):
                 module.reshard()
 
-    def _sample_stat(self, group: dict, bucket: _Bucket, grad: Tensor, out: Tensor) -> Tensor:
+    def _sample_stat(self, group: dict, bucket: Bucket, grad: Tensor, out: Tensor) -> Tensor:
         pe = self._pe
         if pe is None:
             raise RuntimeError("VOGN collects curvature inside sampled_params(train=True) only")
@@ -253,7 +230,7 @@ class VOGN(PrecisionSampler):
                 f"{tuple(p.shape)}: leave shard_placement_fn at its default"
             )
 
-    def _sharded_stat(self, bucket: _Bucket, out: Tensor, m: float) -> Tensor:
+    def _sharded_stat(self, bucket: Bucket, out: Tensor, m: float) -> Tensor:
         """ĥ of parameters sharded by FSDP: the hooks computed this rank's curvature of every
         FULL parameter (on the gathered weights); average it across the ranks of the mesh (they
         drew the same θ, each element by its owner) and keep this rank's shard (Shard(0):
@@ -296,25 +273,16 @@ class VOGN(PrecisionSampler):
             v.copy_(h.view(p.shape).narrow(0, offset[0], shape[0]))
         return out
 
-    def _update(self, group: dict, bucket: _Bucket, g_hat: Tensor, stat: Tensor) -> None:
-        if self.fused:
-            bias = 1.0 - group["beta1"] ** group["step"]
-            hp = [group["lr"], group["beta1"], group["beta2"], group["weight_decay"], bias]
-            self._compiled_update("vogn_update", bucket, g_hat, stat, hp)
-            return
-        ivon_step_(
-            bucket.state["mean"],
-            bucket.state["momentum"],
-            bucket.state["hess"],
+    def _update(self, group: dict, bucket: Bucket, g_hat: Tensor, stat: Tensor) -> None:
+        self._ivon_update(  # ĥ given: the IVON update without its correction
+            group,
+            bucket,
             g_hat,
             stat,
-            lr=group["lr"],
-            beta1=group["beta1"],
-            beta2=group["beta2"],
-            weight_decay=group["weight_decay"],
-            step=group["step"],
+            "compile" if self.fused else "eager",
+            hess_approx=None,
+            rescale_lr=False,
             correction=False,
-            scratch=bucket.scratch,
         )
 
 

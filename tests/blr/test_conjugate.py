@@ -1,5 +1,5 @@
-"""Conjugate models (BLR_SPEC Row 11): one step at ρ = 1 lands on the textbook posterior, and for
-ρ < 1 the error contracts geometrically, λ_t − λ* = (1 − ρ)^t (λ_0 − λ*)."""
+"""Conjugate models (Khan & Rue 2023, Table 1 row 11): one step at ρ = 1 lands on the textbook
+posterior, and for ρ < 1 the error contracts geometrically, λ_t − λ* = (1 − ρ)^t (λ_0 − λ*)."""
 
 from __future__ import annotations
 

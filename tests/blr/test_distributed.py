@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from blr.optim import IVON, OGN, VOGN, VON, BayesBiNN, Vadam
-from blr.optim._base import _local, _mix_seed
+from blr.optim._buckets import _local
+from blr.optim._distributed import _mix_seed
 
 WORLD, M, STEPS, TIMEOUT = 2, 16, 20, 120.0
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -123,7 +123,8 @@ def test_monte_carlo_estimators_are_unbiased(estimator):
 
 
 def test_score_function_is_unbiased_for_a_discrete_family():
-    """Bernoulli D = 3: the exact ∇_μ of the multilinear E_q[ℓ] by enumeration (BLR_SPEC §1.10)."""
+    """Bernoulli D = 3: the exact ∇_μ of the multilinear E_q[ℓ] by enumeration
+    (docs/concepts.md)."""
     fam = expfam.Bernoulli()
     nat = expfam.BernoulliNat(torch.tensor([0.3, -1.0, 2.0], dtype=f64))
     w = torch.tensor([1.0, -2.0, 0.5], dtype=f64)

@@ -14,8 +14,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-import blr
 import expfam
+from blr.glm import laplace
 from blr.influence import (
     glm_removal,
     glm_sensitivity,
@@ -139,10 +139,10 @@ def breast_cancer_loo() -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
 
 def test_leave_one_out_ranks_match_brute_force_retraining_on_breast_cancer():
     """All 569 examples of breast cancer: the MPE's estimated change of each example's own logit
-    ranks like the true one (Spearman), from the Laplace posterior of blr.laplace."""
+    ranks like the true one (Spearman), from the Laplace posterior of blr.glm.laplace."""
     X, y = breast_cancer()
     m_map, true_df, true_dm = breast_cancer_loo()
-    posterior = blr.laplace(X, y, 1.0)
+    posterior = laplace(X, y, 1.0)
     m, _ = expfam.FullGaussian().to_moments(posterior)
     torch.testing.assert_close(m, m_map, rtol=0, atol=1e-10)
     sens = glm_sensitivity(X, y, posterior)
@@ -262,7 +262,7 @@ def test_linear_gaussian_group_removal_is_exact():
 # ---------------------------------------------------------------------------- formulas
 def test_first_order_and_diagonal_forms_equal_the_explicit_formulas():
     X, y = logistic_problem()
-    post = blr.laplace(X, y, 1.0)
+    post = laplace(X, y, 1.0)
     m, S = expfam.FullGaussian().to_moments(post)
     p = torch.sigmoid(X @ m)
     e, lam = p - y, p * (1 - p)
@@ -305,7 +305,7 @@ def test_poisson_and_callable_links():
         [torch.ones(10, 1, dtype=F64), 0.5 * torch.randn(10, 2, generator=g, dtype=F64)], 1
     )
     y = torch.poisson(torch.exp(X @ torch.tensor([0.5, 1.0, -1.0], dtype=F64)), generator=g)
-    post = blr.laplace(X, y, 1.0, "poisson")
+    post = laplace(X, y, 1.0, "poisson")
     m, _ = expfam.FullGaussian().to_moments(post)
     sens = glm_sensitivity(X, y, post, "poisson")
     rate = torch.exp(X @ m)
@@ -359,7 +359,7 @@ def test_multinomial_glm_equals_the_linear_module_and_the_core():
 
 def test_binary_glm_equals_the_bce_module():
     X, y = logistic_problem(seed=4)
-    post = blr.laplace(X, y, 1.0)
+    post = laplace(X, y, 1.0)
     model = torch.nn.Linear(3, 1, bias=False).double()
     a = glm_sensitivity(X, y, post)
     b = module_sensitivity(model, X, y[:, None], post, "bce_with_logits")
@@ -459,7 +459,7 @@ def test_regression_losses_of_modules():
 
 def test_chunking_and_dtypes_do_not_change_results():
     X, y = logistic_problem(seed=2, n=23)
-    post = blr.laplace(X, y, 1.0)
+    post = laplace(X, y, 1.0)
     a = glm_sensitivity(X, y, post, chunk_size=4)
     b = glm_sensitivity(X, y, post, chunk_size=1000)
     for u, v in zip(a, b):
@@ -544,7 +544,7 @@ def test_optimizer_posterior_units_per_group():
 # ---------------------------------------------------------------------------- errors
 def test_bad_input_raises_naming_the_argument():
     X, y = logistic_problem()
-    post = blr.laplace(X, y, 1.0)
+    post = laplace(X, y, 1.0)
     m, S = expfam.FullGaussian().to_moments(post)
     with pytest.raises(ValueError, match="precision must be one of"):
         glm_sensitivity(X, y, post, precision="exact")

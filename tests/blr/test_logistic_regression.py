@@ -312,7 +312,8 @@ def quadrature_fits(cancer):
 
 @pytest.mark.parametrize("kind", ["full", "diag"])
 def test_quadrature_blr_converges_to_the_variational_fixed_point(quadrature_fits, kind):
-    """The objective stops changing and q meets E_q[∇ℓ̄] = 0, S = E_q[∇²ℓ̄] (BLR_SPEC §1.4)."""
+    """The objective stops changing and q meets E_q[∇ℓ̄] = 0, S = E_q[∇²ℓ̄] (the BLR's
+    fixed point; docs/concepts.md)."""
     est, fits = quadrature_fits
     fam, nat, prior, trace = fits[kind]
     assert max(abs(a - b) for a, b in zip(trace[-20:], trace[-21:-1])) < 1e-8
@@ -344,7 +345,8 @@ def test_full_covariance_beats_diagonal_and_laplace(quadrature_fits, cancer):
 
 def test_laplace_is_the_map_and_the_hessian_there(cancer):
     """laplace() equals scipy's MAP (trust-region Newton, gtol 1e-12) and the autograd Hessian
-    of ℓ̄ at it (BLR_SPEC Row 12)."""
+        of ℓ̄ at it (Khan & Rue 2023, Table 1
+    row 12)."""
     import scipy.optimize as scipy_optimize
 
     X, y = cancer

@@ -274,7 +274,7 @@ def test_optimize_prior_precision_and_noise_for_regression():
 @pytest.mark.parametrize("structure", ("full", "diag"))
 def test_logistic_regression_equals_blr_laplace(structure):
     """For a linear model the GGN is the exact Hessian of the loss, so at the MAP the network
-    Laplace is blr.laplace (Newton on the GLM)."""
+    Laplace is blr.glm.laplace (Newton on the GLM)."""
     g = torch.Generator().manual_seed(3)
     n, d, delta = 40, 4, 0.5
     X = torch.randn(n, d, generator=g, dtype=F64)

@@ -1,5 +1,6 @@
 """Mixtures of Gaussians: the marginal against brute force and torch, responsibilities, and the
-joint family's parameter maps (BLR_SPEC §1.9)."""
+joint family's parameter maps (Lin, Khan & Schmidt 2019; Khan & Rue 2023, Table 1
+rows 3 and 17)."""
 
 from __future__ import annotations
 

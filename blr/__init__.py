@@ -17,8 +17,9 @@ Everything else is a module of its own, imported where it is used (``import blr.
 ``from blr.predict import predict_classification``; after ``import blr`` each is also reachable
 as an attribute, loaded on first use):
 
-- :mod:`blr.optim` — torch.optim optimizers (IVON, VON, VOGN, OGN, Vadam, BayesBiNN,
-  Bayes-by-backprop);
+- :mod:`blr.optim` — torch.optim optimizers (the generic BLROptimizer for any family; IVON, VON,
+  VOGN, OGN, Vadam, BayesBiNN, Bayes-by-backprop);
+- :mod:`blr.functional` — a network's loss as a θ-loss for the engine (``ModuleLoss``);
 - :mod:`blr.glm` — GLMs: :class:`~blr.glm.GLMQuadrature` (the exact-in-expectation estimator
   that carries its data) and Laplace's method :func:`~blr.glm.laplace`;
 - :mod:`blr.nn_laplace` — Laplace for networks (:class:`~blr.nn_laplace.NNLaplace`);
@@ -69,6 +70,7 @@ from expfam import __version__
 if TYPE_CHECKING:  # for type checkers and editors; at run time they load on first use
     from blr import (  # noqa: F401 (the lazy submodules, named for type checkers)
         curvature,
+        functional,
         glm,
         influence,
         kernels,
@@ -104,6 +106,7 @@ __all__ = [
 # them: the applications sit on top of the library and are imported by name
 _SUBMODULES = (
     "curvature",
+    "functional",
     "glm",
     "influence",
     "kernels",

@@ -233,6 +233,9 @@ class Gamma(ExpFamily):
         out = l1 * torch.log(x64) + l2 * x64 - torch.lgamma(a) + a * torch.log(b)
         return out.to(torch.promote_types(nat.lam1.dtype, x.dtype))
 
+    def _check_point(self, x: Tensor, name: str) -> None:
+        check_positive(x, name, "> 0 (a Gamma variable is positive)")
+
     def _sample(self, nat: GammaNat, sample_shape, generator) -> Tensor:
         shape = tuple(sample_shape) + tuple(nat.lam1.shape)
         x = torch._standard_gamma((nat.lam1 + 1).expand(shape), generator) / -nat.lam2

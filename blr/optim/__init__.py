@@ -1,4 +1,6 @@
-"""torch.optim drop-ins built on the kernels of :mod:`blr.kernels`: :class:`IVON`, :class:`VON`,
+"""torch.optim optimizers: the generic :class:`BLROptimizer` (the Bayesian learning rule for any
+family of :mod:`expfam`, over the parameters of each param group), and the drop-ins built on the
+kernels of :mod:`blr.kernels`: :class:`IVON`, :class:`VON`,
 :class:`VOGN`, :class:`OGN`, :class:`Vadam` and :class:`BayesBiNN`, VOGN and OGN with per-example
 curvature from :class:`blr.curvature.PerExample`; and the Bayes-by-backprop baseline
 :class:`BayesByBackprop` (Adam on the ELBO)."""
@@ -8,6 +10,7 @@ from __future__ import annotations
 from blr.optim._base import SamplingOptimizer
 from blr.optim.bayesbinn import BayesBiNN
 from blr.optim.bbb import BayesByBackprop
+from blr.optim.generic import BLROptimizer
 from blr.optim.ivon import IVON, VON
 from blr.optim.vadam import Vadam
 from blr.optim.vogn import OGN, VOGN
@@ -17,6 +20,7 @@ __all__ = [
     "OGN",
     "VOGN",
     "VON",
+    "BLROptimizer",
     "BayesBiNN",
     "BayesByBackprop",
     "SamplingOptimizer",

@@ -1,0 +1,819 @@
+r"""The Bayesian learning rule as a ``torch.optim`` optimizer for any family: declare a family,
+get an optimizer for a network.
+
+Each param group g has a posterior q_{λ_g} from :mod:`expfam` over its flattened parameters
+θ_g ∈ R^{D_g} (:class:`~blr.functional.ParameterLayout`), a step ρ = ``lr`` and a prior p₀. With
+the user's loss ℓ (the mean over a minibatch), N = ``ess`` and ℓ̄ = N·ℓ − log p₀, a step is
+
+.. math::
+    \lambda \leftarrow \lambda - \rho\,\widehat{\nabla_\mu}\big(\mathbb{E}_q[N\ell]\big)
+        - \rho\,\big(\lambda - \lambda_0\big)\quad\text{(a conjugate prior } \lambda_0\text{)},
+    \qquad
+    \lambda \leftarrow \lambda - \rho\,\big(\widehat{\nabla_\mu}\mathbb{E}_q[\bar\ell]
+        + \nabla_\mu(-H(q))\big)\quad\text{(otherwise)},
+
+Khan & Rue (2023), eqs. (3)–(5); for the diagonal and full Gaussians the step is taken in (m, S)
+coordinates by :func:`blr.gaussian_step` with the improved-BLR correction (Lin, Schmidt & Khan,
+2020), which keeps S positive definite for any Hessian estimate.
+
+The estimate of ∇_μE_q[Nℓ] comes from the draws the training loop evaluates
+(``sampled_params(train=True)`` or ``step(closure)``), as in :mod:`blr.estimators`:
+
+================================  ===========================================================
+estimator                         from each draw θ_k (K draws per step)
+================================  ===========================================================
+``BonnetPrice(hessian="stein")``  θ_k ~ q, ∇ℓ(θ_k): ĝ = N·mean ∇ℓ, Ĥ = N·mean sym(S(θ_k − m)
+                                  ∇ℓ(θ_k)ᵀ) (Gaussian families; the default for them)
+``BonnetPrice(hessian=            Ĥ = ĝĝᵀ (ĝ⊙ĝ for the diagonal family)
+"grad_sq")``, ``Delta("grad_sq")``
+``Reparam()``                     θ_k = rsample(λ(μ)), the loss gradient pulled back to μ by
+                                  autograd through the family's sampler (any family with
+                                  ``rsample``; the default for them)
+``ScoreFunction()``               F⁻¹·mean (Nℓ(θ_k) − b_k)(T(θ_k) − μ), leave-one-out baseline
+                                  (any family; K ≥ 2 draws)
+``GumbelSoftmax(τ)``              relaxed Bernoulli draws (the default for Bernoulli)
+================================  ===========================================================
+
+A step that would leave the family's domain is never applied. Gaussians use the improved BLR
+(the default ``gaussian=GaussianOptions(improved=True)``); for every other family the step is
+halved until λ − (ρ/2ʲ)·d is valid (backtracking, at most ``max_halvings`` times, counted in
+:attr:`BLROptimizer.halvings`); a NaN/Inf loss or gradient raises FloatingPointError (or skips
+the step with ``nonfinite="skip"``). Nothing is written before every group's step is valid.
+
+Outside ``sampled_params`` the parameters hold E_q[θ] (the mean m for Gaussians, tanh λ for ±1
+Bernoulli weights); each keeps its own storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from blr.engine import natural_gradient
+from blr.estimators import BonnetPrice, Estimator, GumbelSoftmax, Reparam, ScoreFunction
+from blr.functional import ParameterLayout
+from blr.gaussian import GaussianOptions, gaussian_step
+from blr.optim._args import MonteCarloOptions, Unpack, hyper_rules
+from blr.optim._base import MonteCarloOptimizer
+from blr.optim._checkpoint import check_layout, header, restore_header
+from expfam import Bernoulli, DiagGaussian, ExpFamily, FixedCovGaussian, FullGaussian, GaussianLike
+from expfam import generic as expfam_generic
+from expfam.linalg import solve_psd
+from expfam.tree import flatten, tmap, unflatten
+
+__all__ = ["BLROptimizer"]
+
+_GAUSSIAN_STEP = (DiagGaussian, FullGaussian)
+
+
+@dataclasses.dataclass
+class _Draw:
+    """One training draw of one group: θ (flat), what the estimator needs to replay it, and the
+    gradient and loss the loop computed there."""
+
+    theta: Tensor
+    replay: Any = None  # Reparam: the generator state before the draw; Gumbel: θ on {−1, +1}
+    grad: Tensor | None = None
+    value: Tensor | None = None
+
+
+class DrawHandle:
+    """What ``sampled_params(train=True)`` yields: :meth:`set_loss` records the loss of the
+    draw (needed by the score-function estimator; ``step(closure)`` records it itself).
+
+    Example:
+        >>> import torch, expfam
+        >>> from blr.optim import BLROptimizer
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=8, seed=0)
+        >>> with opt.sampled_params(train=True) as draw:
+        ...     loss = model(torch.ones(8, 2)).pow(2).mean()
+        ...     loss.backward()
+        ...     draw.set_loss(loss)
+        >>> torch.equal(draw.loss, loss.detach())
+        True
+    """
+
+    def __init__(self) -> None:
+        self.loss: Tensor | None = None
+
+    def set_loss(self, loss: Tensor) -> None:
+        """Record the (mean minibatch) loss ℓ(θ_k) of this draw."""
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError("loss must be a scalar tensor (the loss of this draw)")
+        self.loss = loss.detach().reshape(())
+
+
+class BLROptimizer(MonteCarloOptimizer):
+    r"""The Bayesian learning rule for any exponential family, as a ``torch.optim`` optimizer
+    (see the module docstring for the update and the estimators).
+
+    Every param group is one posterior over its parameters, flattened in order: the group's
+    ``family`` must describe D_g coordinates (a ``DiagGaussian`` with ``(D,)`` fields, a
+    ``FullGaussian`` with a D × D precision, D Bernoulli or Gamma coordinates, ...), and the
+    group's parameters must lie in its support at construction (±1 for a ±1 Bernoulli, > 0 for a
+    Gamma). Groups may have their own ``family``, ``lr``, ``ess``, ``weight_decay``, ``prior``,
+    ``estimator`` and ``init``.
+
+    Args:
+        params: parameters or param groups.
+        family: the posterior family of the parameters (an :class:`expfam.ExpFamily`).
+        lr: ρ ≥ 0, the BLR step (schedulers change it as any ``lr``).
+        ess: N > 0, the effective sample size (the loss is a mean over N examples).
+        estimator: how ∇_μE_q[ℓ] is estimated from the draws (table in the module docstring);
+            None picks Stein for Gaussians, Gumbel-softmax (τ = 1) for Bernoulli, ``Reparam``
+            for families with ``rsample``, else the score function.
+        prior: λ₀ of a prior in the group's family, as a ``family.nat_type`` shaped like λ
+            (conjugate: the prior enters as λ − λ₀); None gives the default prior
+            N(0, (N·weight_decay)⁻¹ I) for real-valued parameters (conjugate for the diagonal
+            and full Gaussians, a term ½N·δ‖θ‖² of ℓ̄ otherwise) and the uniform prior λ₀ = 0
+            for Bernoulli weights.
+        weight_decay: δ ≥ 0, the default prior's precision per example (0: no prior term).
+        hess_init: h₀ > 0: Gaussians start at precision N(h₀ + δ) around the parameters' values.
+        init: λ at the start (a ``family.nat_type``); None: Gaussians as above, Bernoulli
+            λ = ±1 at the initial ±1 weights; other families need it.
+        gaussian: :class:`~blr.GaussianOptions` of the (m, S)-form step of diagonal and full
+            Gaussians (default: ``GaussianOptions(improved=True)``; ``lr=α`` gives the mean its
+            own rate, as IVON).
+        max_halvings: backtracking steps of the non-Gaussian families (above).
+        mc_samples, nonfinite, seed, missing_sample: as in :class:`~blr.optim.IVON`.
+
+    Example: a diagonal Gaussian over a linear model, with a closure:
+
+        >>> import torch, expfam
+        >>> from blr.optim import BLROptimizer
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> model = torch.nn.Linear(3, 1)
+        >>> x = torch.randn(64, 3)
+        >>> y = x @ torch.tensor([[1.0], [-1.0], [0.5]])
+        >>> opt = BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=64,
+        ...                    weight_decay=1e-3, seed=0)
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = torch.nn.functional.mse_loss(model(x), y)
+        ...     loss.backward()
+        ...     return loss
+        >>> for _ in range(200):
+        ...     _ = opt.step(closure)
+        >>> model.weight.detach().round(decimals=1)
+        tensor([[ 1.0000, -1.0000,  0.5000]])
+        >>> q = opt.posteriors[0]        # (family, λ, layout) of the group
+        >>> q.family.name, q.layout.size
+        ('gaussian_diag', 4)
+    """
+
+    _hyper = hyper_rules(nonnegative=("lr", "weight_decay"), positive=("ess", "hess_init"))
+
+    def __init__(
+        self,
+        params: Any,
+        family: ExpFamily,
+        lr: float,
+        ess: float,
+        *,
+        estimator: Estimator | None = None,
+        prior: tuple | None = None,
+        weight_decay: float = 1e-4,
+        hess_init: float = 1.0,
+        init: tuple | None = None,
+        gaussian: GaussianOptions | None = None,
+        max_halvings: int = 30,
+        **options: Unpack[MonteCarloOptions],
+    ) -> None:
+        if int(max_halvings) != max_halvings or max_halvings < 0:
+            raise ValueError(f"max_halvings must be an integer ≥ 0, got {max_halvings}")
+        self.max_halvings = int(max_halvings)
+        self.halvings = 0
+        self._posts: list[_GroupPosterior] = []
+        self._pending: list[list[_Draw]] = []
+        defaults = dict(
+            family=family,
+            lr=lr,
+            ess=ess,
+            estimator=estimator,
+            prior=prior,
+            weight_decay=weight_decay,
+            hess_init=hess_init,
+            init=init,
+            gaussian=gaussian,
+        )
+        super().__init__(params, defaults, **options)
+
+    # ------------------------------------------------------------------ groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group with, optionally, its own family and hyperparameters; everything is
+        checked (family, estimator, prior, init, support) before the group is added.
+
+        Example:
+            >>> import torch, expfam
+            >>> from blr.optim import BLROptimizer
+            >>> body, head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 1)
+            >>> opt = BLROptimizer(body.parameters(), expfam.DiagGaussian(), lr=0.1, ess=10)
+            >>> opt.add_param_group({"params": head.parameters(), "family": expfam.FullGaussian()})
+            >>> [q.family.name for q in opt.posteriors]
+            ['gaussian_diag', 'gaussian_full']
+        """
+        group = {**self.defaults, **param_group}
+        group["params"] = list(
+            [param_group["params"]]
+            if isinstance(param_group["params"], Tensor)
+            else param_group["params"]
+        )
+        post = _GroupPosterior.build(group, len(self._posts))
+        param_group = {**param_group, "params": group["params"]}
+        param_group.setdefault("step", 0)
+        super().add_param_group(param_group)
+        self._posts.append(post)
+        self._pending.append([])
+        with torch.no_grad():
+            post.write(self.param_groups[-1]["params"], post.center())
+
+    @property
+    def posteriors(self) -> list[_GroupPosterior]:
+        """The posterior of each param group: ``family``, ``nat`` (λ, over the flattened
+        parameters) and ``layout`` (a :class:`~blr.functional.ParameterLayout`).
+
+        Example:
+            >>> import torch, expfam
+            >>> from blr.optim import BLROptimizer
+            >>> opt = BLROptimizer(torch.nn.Linear(2, 1).parameters(), expfam.DiagGaussian(),
+            ...                    lr=0.1, ess=10, weight_decay=0.1, hess_init=0.9)
+            >>> expfam.DiagGaussian().to_moments(opt.posteriors[0].nat)[1]   # N(h₀ + δ)
+            tensor([10., 10., 10.])
+        """
+        return list(self._posts)
+
+    # ------------------------------------------------------------------ sampling
+    @contextlib.contextmanager
+    def sampled_params(self, train: bool = False) -> Iterator[DrawHandle]:
+        """Within the context the parameters hold a posterior draw θ ~ q (for training with
+        ``train=True``: the estimator's draw, e.g. a relaxed Bernoulli draw); on exit they hold
+        E_q[θ] again. With ``train=True`` the gradients present on exit are collected, with the
+        draw, as one Monte Carlo sample for the next :meth:`step` (zero the gradients before
+        each draw). Yields a :class:`DrawHandle` to record the draw's loss.
+
+        Example:
+            >>> import torch, expfam
+            >>> from blr.optim import BLROptimizer
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=10,
+            ...                    seed=0)
+            >>> mean = model.weight.clone()
+            >>> with opt.sampled_params():
+            ...     torch.equal(model.weight, mean)
+            False
+            >>> torch.equal(model.weight, mean)
+            True
+        """
+        handle = DrawHandle()
+        draws = []
+        with torch.no_grad():
+            self._draws += 1
+            for group, post in zip(self.param_groups, self._posts):
+                gen = self._generator(post.device)
+                draw = post.draw(gen, train)
+                post.write(group["params"], draw.theta)
+                draws.append(draw)
+        failed = True
+        try:
+            yield handle
+            failed = False
+        finally:
+            with torch.no_grad():
+                for group, post in zip(self.param_groups, self._posts):
+                    post.write(group["params"], post.center())
+        if train and not failed:
+            for group, post, draw, pending in zip(
+                self.param_groups, self._posts, draws, self._pending
+            ):
+                draw.grad = post.layout_grad(group["params"])
+                draw.value = handle.loss
+                pending.append(draw)
+            self._count += 1
+
+    @contextlib.contextmanager
+    def mean_params(self) -> Iterator[None]:
+        """The parameters hold E_q[θ] outside ``sampled_params`` already: a no-op context, for
+        the interface every optimizer of :mod:`blr.optim` shares.
+
+        Example:
+            >>> import torch, expfam
+            >>> from blr.optim import BLROptimizer
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=10)
+            >>> with opt.mean_params():
+            ...     model.weight.shape
+            torch.Size([1, 3])
+        """
+        yield
+
+    def _closure_samples(self, closure: Callable[[], Tensor] | None) -> Tensor | None:
+        if closure is None:
+            return None
+        losses = []
+        for _ in range(self.mc_samples):
+            with torch.enable_grad(), self.sampled_params(train=True) as draw:
+                loss = closure()
+                draw.set_loss(loss)
+            losses.append(loss.detach())
+        return sum(losses) / len(losses)
+
+    def _clear(self) -> None:
+        self._count = 0
+        for pending in self._pending:
+            pending.clear()
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One BLR step per param group from the collected draws (module docstring).
+
+        With a ``closure`` (zero the gradients, compute the loss, ``backward``, return the loss)
+        ``mc_samples`` draws are taken here; otherwise the draws collected by
+        ``sampled_params(train=True)`` are used. Returns the loss averaged over the draws (with
+        a closure), else None.
+
+        Example:
+            >>> import torch, expfam
+            >>> from blr.optim import BLROptimizer
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=10,
+            ...                    seed=0)
+            >>> with opt.sampled_params(train=True):
+            ...     model(torch.ones(2, 3)).sum().backward()
+            >>> opt.step()
+            >>> opt.param_groups[0]["step"]
+            1
+        """
+        loss = self._closure_samples(closure)
+        if self._count == 0:
+            self._no_sample()
+            return loss
+        try:
+            new = []
+            for group, post, draws in zip(self.param_groups, self._posts, self._pending):
+                if not all(
+                    bool(torch.isfinite(d.grad).all())
+                    and (d.value is None or bool(torch.isfinite(d.value)))
+                    for d in draws
+                ):
+                    self._clear()
+                    self._nonfinite_step("the gradients or the loss")
+                    return loss
+                new.append(post.proposal(group, draws))
+            halvings = 0
+            for i, (group, post, (direction, gauss)) in enumerate(
+                zip(self.param_groups, self._posts, new)
+            ):
+                if gauss is not None:
+                    new[i] = gauss
+                else:
+                    new[i], j = post.safe_apply(direction, group["lr"], self.max_halvings)
+                    halvings += j
+        except Exception:
+            self._clear()
+            raise
+        for group, post, nat in zip(self.param_groups, self._posts, new):  # commit
+            post.nat = tmap(lambda t: t.detach(), nat)
+            group["step"] += 1
+            post.write(group["params"], post.center())
+        self.halvings += halvings
+        self._clear()
+        return loss
+
+    # ------------------------------------------------------------------ state_dict
+    def state_dict(self) -> dict[str, Any]:
+        """λ and the prior's λ₀ of every group, the param groups (the family and estimator by
+        name), the seed and the generators' states: all a bit-exact resume needs; loads with
+        ``torch.load(weights_only=True)``.
+
+        Example:
+            >>> import torch, expfam
+            >>> from blr.optim import BLROptimizer
+            >>> opt = BLROptimizer(torch.nn.Linear(2, 1).parameters(), expfam.DiagGaussian(),
+            ...                    lr=0.1, ess=10, seed=0)
+            >>> sd = opt.state_dict()
+            >>> sorted(sd["state"][0]), sd["param_groups"][0]["family"]
+            (['nat', 'prior'], 'gaussian_diag')
+        """
+        index: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            g = {k: _portable(k, v) for k, v in group.items() if k != "params"}
+            g["params"] = [index.setdefault(id(p), len(index)) for p in group["params"]]
+            groups.append(g)
+        state = {
+            i: {
+                "nat": tuple(t.clone() for t in post.nat),
+                "prior": None if post.prior is None else tuple(t.clone() for t in post.prior),
+            }
+            for i, post in enumerate(self._posts)
+        }
+        meta = header(self)
+        meta["halvings"] = self.halvings
+        return {"state": state, "param_groups": groups, "blr": meta}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of a BLROptimizer with the same groups, families and
+        parameter shapes; any mismatch raises ValueError before anything is changed.
+
+        Example:
+            >>> import torch, expfam
+            >>> from blr.optim import BLROptimizer
+            >>> a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+            >>> opt = BLROptimizer(a.parameters(), expfam.DiagGaussian(), lr=0.1, ess=10, seed=0)
+            >>> other = BLROptimizer(b.parameters(), expfam.DiagGaussian(), lr=0.1, ess=10)
+            >>> other.load_state_dict(opt.state_dict())
+            >>> torch.equal(a.weight, b.weight)
+            True
+        """
+        meta = check_layout(self, state_dict)
+        loaded = []
+        for i, (g, post) in enumerate(zip(state_dict["param_groups"], self._posts)):
+            if g.get("family") != post.family.name:
+                raise ValueError(
+                    f"param group {i} has family {g.get('family')!r} in the state_dict and "
+                    f"{post.family.name!r} here"
+                )
+            entry = state_dict["state"].get(i)
+            if not isinstance(entry, dict) or "nat" not in entry:
+                raise ValueError(f"state_dict lacks λ of param group {i}")
+            nat = post.as_nat(entry["nat"], f"state_dict['state'][{i}]['nat']")
+            prior = entry.get("prior")
+            if (prior is None) != (post.prior is None):
+                raise ValueError(f"param group {i}: the state_dict's prior kind differs")
+            if prior is not None:
+                prior = post.as_nat(prior, f"state_dict['state'][{i}]['prior']", check=False)
+            loaded.append((nat, prior))
+        with torch.no_grad():
+            for group, g, post, (nat, prior) in zip(
+                self.param_groups, state_dict["param_groups"], self._posts, loaded
+            ):
+                post.nat, post.prior = nat, prior
+                for k, v in g.items():
+                    if k not in ("params",) and k not in _OBJECT_KEYS:
+                        group[k] = v
+                post.write(group["params"], post.center())
+        restore_header(self, meta)
+        self.halvings = int(meta.get("halvings", 0))
+        self._clear()
+
+
+_OBJECT_KEYS = ("family", "estimator", "prior", "init", "gaussian")
+
+
+def _portable(key: str, value: Any) -> Any:
+    """A param group's entry as ``torch.load(weights_only=True)`` reads it back."""
+    if key == "family":
+        return value.name
+    if key in ("prior", "init"):
+        return None if value is None else "given"
+    if key in _OBJECT_KEYS:
+        return None if value is None else repr(value)
+    return value
+
+
+# ---------------------------------------------------------------------------- one group
+class _GroupPosterior:
+    """A param group's posterior: family, λ, layout, prior, estimator and how to draw, write
+    back and update."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(cls, group: dict[str, Any], index: int) -> _GroupPosterior:
+        where = f"param group {index}"
+        family = group["family"]
+        if not isinstance(family, ExpFamily):
+            raise TypeError(
+                f"family must be an expfam.ExpFamily instance ({where}), got "
+                f"{type(family).__name__}"
+            )
+        params = group["params"]
+        if not params:
+            raise ValueError(f"{where} has no parameters")
+        for p in params:
+            if not isinstance(p, Tensor) or not p.is_floating_point():
+                raise TypeError(f"params must be floating-point tensors ({where})")
+        devices = {p.device for p in params}
+        if len(devices) > 1:
+            raise ValueError(f"the parameters of {where} lie on several devices: {devices}")
+        dtype = torch.promote_types(params[0].dtype, torch.float32)
+        if any(p.dtype != params[0].dtype for p in params):
+            raise ValueError(f"the parameters of {where} have several dtypes")
+        layout = ParameterLayout.from_params(params)
+        theta0 = layout.flatten(params).to(dtype)
+        ess, wd = float(group["ess"]), float(group["weight_decay"])
+        gaussian = isinstance(family, GaussianLike)
+        options = group["gaussian"]
+        if options is not None and not isinstance(family, _GAUSSIAN_STEP):
+            raise TypeError(
+                f"gaussian options need a DiagGaussian or FullGaussian ({where}), got {family.name}"
+            )
+        if options is not None and not isinstance(options, GaussianOptions):
+            raise TypeError(f"gaussian must be a blr.GaussianOptions, got {type(options).__name__}")
+        if options is None and isinstance(family, _GAUSSIAN_STEP):
+            options = GaussianOptions(improved=True)
+        post = cls(
+            family=family,
+            layout=layout,
+            device=params[0].device,
+            dtype=dtype,
+            ess=ess,
+            weight_decay=wd,
+            gaussian=options,
+            where=where,
+        )
+        # λ at the start
+        init = group["init"]
+        if init is None:
+            init = post.default_init(theta0, float(group["hess_init"]))
+        post.nat = post.as_nat(init, "init")
+        # the parameters (and the posterior's draws) must lie in the family's support
+        try:
+            stats = family.suff_stats(theta0)
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"params of {where} are not in the support of {family.name}: {err}"
+            ) from err
+        for field, t, lam in zip(family.nat_type._fields, stats, post.nat):
+            if t.shape != lam.shape:
+                raise ValueError(
+                    f"family {family.name} does not describe the {layout.size} coordinates of "
+                    f"{where}: λ.{field} has shape {tuple(lam.shape)}, T(θ).{field} "
+                    f"{tuple(t.shape)}"
+                )
+        post.center_field = None
+        if not gaussian:
+            post.center_field = next(
+                (
+                    i
+                    for i, t in enumerate(stats)
+                    if t.shape == theta0.shape and torch.equal(t, theta0)
+                ),
+                None,
+            )
+            if post.center_field is None:
+                raise TypeError(
+                    f"{family.name} has no sufficient statistic T_i(θ) = θ, so E_q[θ] (what the "
+                    f"parameters hold between steps) is not one of its mean parameters ({where})"
+                )
+        # the prior
+        post.prior, post.prior_as_loss = None, False
+        prior = group["prior"]
+        if prior is not None:
+            post.prior = post.as_nat(prior, "prior")
+        elif isinstance(family, _GAUSSIAN_STEP):
+            prec = torch.full_like(theta0, ess * wd)
+            post.prior = (
+                family.nat_type(torch.zeros_like(theta0), -0.5 * prec)
+                if isinstance(family, DiagGaussian)
+                else family.nat_type(torch.zeros_like(theta0), -0.5 * torch.diag(prec))
+            )
+        elif isinstance(family, Bernoulli):
+            post.prior = family.nat_type(torch.zeros_like(theta0))
+        else:
+            post.prior_as_loss = wd > 0
+        post.estimator = post.resolve_estimator(group["estimator"], group)
+        return post
+
+    def default_init(self, theta0: Tensor, hess_init: float) -> tuple:
+        family = self.family
+        prec = torch.full_like(theta0, self.ess * (hess_init + self.weight_decay))
+        if isinstance(family, DiagGaussian):
+            return family.from_moments(theta0, prec)
+        if isinstance(family, FullGaussian):
+            return family.from_moments(theta0, torch.diag(prec))
+        if isinstance(family, FixedCovGaussian):
+            return family.mean_to_nat(family.mean_type(theta0))
+        if isinstance(family, Bernoulli):
+            pm = theta0 if family.support == "pm1" else 2 * theta0 - 1
+            if not ((pm == 1) | (pm == -1)).all():
+                allowed = "{−1, +1}" if family.support == "pm1" else "{0, 1}"
+                raise ValueError(
+                    f"params of {self.where} are not in the support of {family.name}: they must "
+                    f"take values in {allowed}"
+                )
+            return family.nat_type(pm if family.support == "pm1" else 2 * pm)
+        raise ValueError(
+            f"init is needed for {family.name} ({self.where}): pass λ at the start as a "
+            f"{family.nat_type.__name__}"
+        )
+
+    def as_nat(self, value: Any, name: str, check: bool = True) -> tuple:
+        family = self.family
+        if isinstance(value, family.nat_type):
+            nat = value
+        elif isinstance(value, tuple) and len(value) == len(family.nat_type._fields):
+            nat = family.nat_type(*value)
+        else:
+            raise TypeError(
+                f"{name} must be a {family.nat_type.__name__} of the group's family "
+                f"{family.name} ({self.where}), got {type(value).__name__}"
+            )
+        nat = tmap(lambda t: t.detach().to(self.device, self.dtype), nat)
+        if hasattr(self, "nat"):
+            for field, a, b in zip(family.nat_type._fields, nat, self.nat):
+                if a.shape != b.shape:
+                    raise ValueError(
+                        f"{name}.{field} has shape {tuple(a.shape)}, λ of {self.where} "
+                        f"{tuple(b.shape)}"
+                    )
+        if check:
+            family.validate_nat(nat, name)
+        return nat
+
+    def resolve_estimator(self, estimator: Estimator | None, group: dict) -> Estimator:
+        family = self.family
+        if estimator is None:
+            if isinstance(family, GaussianLike):
+                return BonnetPrice(hessian="stein")
+            if isinstance(family, Bernoulli):
+                return GumbelSoftmax(1.0)
+            if family.has_rsample:
+                return Reparam()
+            return ScoreFunction(2)
+        if not isinstance(estimator, Estimator):
+            raise TypeError(f"estimator must be a blr.Estimator, got {type(estimator).__name__}")
+        if isinstance(estimator, BonnetPrice):
+            if not isinstance(family, GaussianLike):
+                raise TypeError(f"{type(estimator).__name__} needs a Gaussian family, got "
+                                f"{family.name} ({self.where})")  # fmt: skip
+            if estimator.points == "sigma":
+                raise ValueError('estimator points="sigma" needs the loss as a function of θ; '
+                                 "use blr.functional.ModuleLoss with blr.BLR")  # fmt: skip
+            if estimator.hessian not in ("stein", "grad_sq"):
+                raise ValueError(
+                    f'estimator hessian="{estimator.hessian}" needs more than the gradients '
+                    'of a training loop: use "stein" or "grad_sq" (or the functional route, '
+                    "blr.functional.ModuleLoss with blr.BLR)"
+                )
+        elif isinstance(estimator, Reparam):
+            if estimator.points != "mc":
+                raise ValueError('Reparam(points="sigma") needs the loss as a function of θ')
+            if not family.has_rsample:
+                raise TypeError(f"Reparam needs a reparameterized sampler, which {family.name} "
+                                "lacks; use ScoreFunction")  # fmt: skip
+        elif isinstance(estimator, GumbelSoftmax):
+            if not isinstance(family, Bernoulli):
+                raise TypeError(f"GumbelSoftmax needs a Bernoulli family, got {family.name}")
+        elif not isinstance(estimator, ScoreFunction):
+            raise TypeError(
+                f"{type(estimator).__name__} cannot be estimated from the draws of a training "
+                "loop; use BonnetPrice, Delta, Reparam, ScoreFunction or GumbelSoftmax"
+            )
+        n = getattr(estimator, "n_samples", 1)
+        if isinstance(estimator, BonnetPrice) and estimator.points == "mean":
+            n = 1
+        if n not in (1,) and not isinstance(estimator, ScoreFunction):
+            raise ValueError(
+                f"the estimator's n_samples ({n}) must be 1: the draws per step are the "
+                "optimizer's (mc_samples, or the sampled_params(train=True) contexts)"
+            )
+        return estimator
+
+    # ------------------------------------------------------------------ draws
+    def center(self) -> Tensor:
+        """E_q[θ], ``(D,)``."""
+        if self.center_field is None:
+            return self.family.location(self.nat)
+        return self.family.nat_to_mean(self.nat, validate=False)[self.center_field]
+
+    def draw(self, gen: torch.Generator, train: bool) -> _Draw:
+        fam, nat, est = self.family, self.nat, self.estimator
+        if not train:
+            return _Draw(fam.sample(nat, (1,), gen, validate=False)[0])
+        if isinstance(est, BonnetPrice):
+            if est.points == "mean":
+                return _Draw(fam.location(nat).clone())
+            return _Draw(fam.sample(nat, (1,), gen, validate=False)[0])
+        if isinstance(est, Reparam):
+            state = gen.get_state()
+            return _Draw(fam.rsample(nat, (1,), gen, validate=False)[0].detach(), replay=state)
+        if isinstance(est, GumbelSoftmax):
+            lam_pm = nat.lam1 if fam.support == "pm1" else 0.5 * nat.lam1
+            u = torch.rand((1, *lam_pm.shape), dtype=lam_pm.dtype, device=lam_pm.device,
+                           generator=gen)  # fmt: skip
+            eps = 0.5 * (torch.log(u) - torch.log1p(-u))
+            theta_pm = torch.tanh((lam_pm + eps) / est.temperature)[0]
+            x = theta_pm if fam.support == "pm1" else (theta_pm + 1) / 2
+            return _Draw(x, replay=theta_pm)
+        return _Draw(fam.sample(nat, (1,), gen, validate=False)[0])  # score function
+
+    def write(self, params: list[Tensor], flat: Tensor) -> None:
+        views = [v.to(p.dtype) for v, p in zip(self.layout.unflatten(flat).values(), params)]
+        torch._foreach_copy_([p.data for p in params], views)
+
+    def layout_grad(self, params: list[Tensor]) -> Tensor:
+        return torch.cat(
+            [
+                (
+                    torch.zeros(p.numel(), device=p.device)
+                    if p.grad is None
+                    else p.grad.reshape(-1)
+                ).to(self.dtype)
+                for p in params
+            ]
+        )
+
+    # ------------------------------------------------------------------ the update
+    def proposal(self, group: dict, draws: list[_Draw]) -> tuple[tuple | None, tuple | None]:
+        """(direction d of λ − ρd, None) or (None, λ_new of the Gaussian (m, S) step)."""
+        n = self.ess
+        theta = torch.stack([d.theta for d in draws])
+        grads = torch.stack([d.grad for d in draws]) * n  # ∇(Nℓ) at each draw
+        values = None
+        if draws[0].value is not None and all(d.value is not None for d in draws):
+            values = torch.stack([d.value for d in draws]).to(self.dtype) * n
+        if self.prior_as_loss:  # −log p₀ = ½Nδ‖θ‖² (+ const)
+            grads = grads + n * self.weight_decay * theta
+            if values is not None:
+                values = values + 0.5 * n * self.weight_decay * (theta * theta).sum(-1)
+        grad_mean = self.grad_mean(theta, grads, values, draws)
+        fam = self.family
+        if isinstance(fam, _GAUSSIAN_STEP) and self.prior is not None:
+            total = tmap(torch.sub, grad_mean, self.prior)
+            new = gaussian_step(fam, self.nat, total, rho=group["lr"], options=self.gaussian)
+            return None, new
+        return natural_gradient(fam, self.nat, grad_mean, self.prior), None
+
+    def grad_mean(
+        self, theta: Tensor, grads: Tensor, values: Tensor | None, draws: list[_Draw]
+    ) -> tuple:
+        """∇_μE_q[ℓ̄] (the data part, and the prior when it is not conjugate) from the draws."""
+        fam, nat, est = self.family, self.nat, self.estimator
+        k = theta.shape[0]
+        if isinstance(est, BonnetPrice):
+            g_hat = grads.mean(0)
+            kind = fam.hessian_event_ndim
+            if kind is None:
+                h_hat = None
+            elif est.hessian == "grad_sq":
+                h_hat = g_hat.unsqueeze(-1) * g_hat.unsqueeze(-2) if kind == 2 else g_hat * g_hat
+            elif kind == 2:  # Stein: sym(S(θ − m)∇ℓᵀ)
+                r = theta - fam.location(nat)
+                sr = r @ (-2 * nat.lam2).mT  # S is symmetric: rows (S r_k)ᵀ
+                outer = sr.unsqueeze(-1) * grads.unsqueeze(-2)
+                h_hat = (0.5 * (outer + outer.mT)).mean(0)
+            else:
+                h_hat = (grads * (theta - fam.location(nat)) * (-2 * nat.lam2)).mean(0)
+            return fam.mean_grad_from_gh(nat, g_hat, h_hat)
+        if isinstance(est, Reparam):
+            with torch.enable_grad():
+                mean = tmap(lambda t: t.detach().requires_grad_(), fam.nat_to_mean(nat))
+                lam = fam.mean_to_nat(mean, validate=False)
+                total = 0.0
+                for d, g in zip(draws, grads):
+                    gen = torch.Generator(device=self.device)
+                    gen.set_state(d.replay)
+                    th = fam.rsample(lam, (1,), gen, validate=False)[0]
+                    total = total + (g * th).sum()
+                out = torch.autograd.grad(total / k, tuple(mean), allow_unused=True)
+            return fam.nat_type(
+                *(torch.zeros_like(m) if o is None else o for o, m in zip(out, mean))
+            )
+        if isinstance(est, GumbelSoftmax):
+            lam_pm = nat.lam1 if fam.support == "pm1" else 0.5 * nat.lam1
+            theta_pm = torch.stack([d.replay for d in draws])
+            g_pm = grads if fam.support == "pm1" else 0.5 * grads
+            scale = (1 - theta_pm.square()) / (est.temperature * (1 - torch.tanh(lam_pm).square()))
+            grad_pm = (scale * g_pm).mean(0)
+            return fam.nat_type(grad_pm if fam.support == "pm1" else 2 * grad_pm)
+        # score function: F⁻¹ mean((ℓ̄_k − b_k)(T(θ_k) − μ))
+        if values is None:
+            raise ValueError(
+                "the score-function estimator needs the loss of each draw: use step(closure), "
+                "or record it with draw.set_loss(loss) inside sampled_params(train=True)"
+            )
+        if k < 2:
+            raise ValueError("the score-function estimator needs at least 2 draws per step")
+        # (per batch element of the family: its Fisher is block-diagonal over them)
+        t = flatten(fam.suff_stats(theta, validate=False), fam.event_ndims).to(self.dtype)
+        mu = flatten(fam.nat_to_mean(nat, validate=False), fam.event_ndims)
+        b = (values.sum(0, keepdim=True) - values) / (k - 1) if est.baseline else 0.0
+        centred = (values - b).reshape(k, *([1] * (t.ndim - 1)))
+        score = (centred * (t - mu)).mean(0)
+        sol = solve_psd(expfam_generic.fisher(fam, nat), score)
+        return unflatten(sol, nat, fam.event_ndims)
+
+    def safe_apply(self, direction: tuple, rho: float, max_halvings: int) -> tuple[tuple, int]:
+        """λ − (ρ/2ʲ)·d for the smallest j that stays in the family's domain."""
+        for j in range(max_halvings + 1):
+            new = tmap(lambda lam, d, r=rho / 2**j: lam - r * d, self.nat, direction)
+            try:
+                self.family.validate_nat(new, "nat")
+            except ValueError:
+                continue
+            return new, j
+        raise ValueError(
+            f"the BLR step left the domain of {self.family.name} ({self.where}) even at "
+            f"rho/2^{max_halvings}; the state was not changed (lower lr, or raise max_halvings)"
+        )

@@ -1,0 +1,404 @@
+"""blr.optim.BLROptimizer: the BLR for any family inside a training loop.
+
+Oracles: the engine (blr.BLR over blr.functional.ModuleLoss, the functional route) with the same
+draws and minibatches; IVON and VON in their BLR limit (β₁ = 0, α = lr, β₂ = 1 − ρ, no lr
+rescaling); BayesBiNN (Bernoulli + Gumbel-softmax, κ = 1, no momentum). All in float64 over
+20 steps of a small MLP.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import blr
+import expfam
+from blr.functional import ModuleLoss
+from blr.optim import IVON, VON, BayesBiNN, BLROptimizer
+
+f64 = torch.float64
+N = 40
+mse = torch.nn.functional.mse_loss
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 3, generator=g, dtype=f64)
+    y = torch.sin(x @ torch.tensor([[1.0], [-0.5], [0.3]], dtype=f64))
+    return x, y
+
+
+def _mlp(kind: str = "real") -> torch.nn.Module:
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    model = model.double()
+    with torch.no_grad():
+        for p in model.parameters():
+            if kind == "pm1":
+                p.copy_(torch.where(p >= 0, 1.0, -1.0))
+            elif kind == "positive":
+                p.abs_().add_(0.1)
+    return model
+
+
+def _batches(steps: int, size: int = 10):
+    g = torch.Generator().manual_seed(2)
+    return [torch.randperm(N, generator=g)[:size] for _ in range(steps)]
+
+
+def _loop_step(opt, model, xb, yb, mc_samples=1):
+    def closure():
+        opt.zero_grad()
+        loss = mse(model(xb), yb)
+        loss.backward()
+        return loss
+
+    if mc_samples > 1:
+        return opt.step(closure)
+    with opt.sampled_params(train=True) as draw:
+        opt.zero_grad()
+        loss = mse(model(xb), yb)
+        loss.backward()
+        if draw is not None:  # (the other optimizers yield nothing)
+            draw.set_loss(loss)
+    opt.step()
+    return loss
+
+
+def _max_diff(a, b):
+    return max(float((x - y).abs().max() / (1 + y.abs().max())) for x, y in zip(a, b))
+
+
+CASES = {
+    # name: (family, model kind, optimizer estimator, engine estimator, lr, weight_decay, init)
+    "diag_stein": (expfam.DiagGaussian(), "real", None, blr.BonnetPrice(hessian="stein"), 0.1),
+    "diag_grad_sq": (
+        expfam.DiagGaussian(),
+        "real",
+        blr.BonnetPrice(hessian="grad_sq"),
+        blr.BonnetPrice(hessian="grad_sq"),
+        0.1,
+    ),
+    "diag_delta": (expfam.DiagGaussian(), "real", blr.Delta("grad_sq"), blr.Delta("grad_sq"), 0.1),
+    "full_stein": (expfam.FullGaussian(), "real", None, blr.BonnetPrice(hessian="stein"), 0.1),
+    "fixed_cov": (
+        expfam.FixedCovGaussian(cov=0.01),
+        "real",
+        None,
+        blr.BonnetPrice(hessian="stein"),
+        0.002,
+    ),
+    "bernoulli_gumbel": (expfam.Bernoulli("pm1"), "pm1", None, blr.GumbelSoftmax(1.0), 0.01),
+    "bernoulli01_gumbel": (
+        expfam.Bernoulli("01"),
+        "01",
+        blr.GumbelSoftmax(0.5),
+        blr.GumbelSoftmax(0.5),
+        0.01,
+    ),
+    "gamma_reparam": (expfam.Gamma(), "positive", None, blr.Reparam(), 0.01),
+}
+
+
+def _gamma_init(model):
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return expfam.GammaNat(torch.full_like(theta, 19.0), -20.0 / theta)  # a = 20, mean θ
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_functional_route_equals_the_optimizer_step_for_step(case):
+    family, kind, est, engine_est, rho = CASES[case]
+    wd = 0.01
+    x, y = _data()
+    model = _mlp("pm1" if kind == "01" else kind)
+    if kind == "01":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_((p + 1) / 2)
+    init = _gamma_init(model) if kind == "positive" else None
+    opt = BLROptimizer(
+        model.parameters(), family, lr=rho, ess=N, weight_decay=wd, estimator=est, init=init,
+        seed=3,
+    )  # fmt: skip
+    post = opt.posteriors[0]
+    loss = ModuleLoss(model, mse, (x, y), scale=N)
+    if post.prior_as_loss:  # the default prior N(0, 1/(Nδ)) as a term of ℓ̄
+
+        def engine_loss(b):
+            data = loss.with_batch(b)
+            return lambda th: data(th) + 0.5 * N * wd * (th * th).sum(-1)
+    else:
+
+        def engine_loss(b):
+            return loss.with_batch(b)
+
+    gaussian = blr.GaussianOptions(improved=True) if post.gaussian is not None else None
+    engine = blr.BLR(
+        family, post.nat, loss, estimator=engine_est, rho=rho, prior=post.prior,
+        gaussian=gaussian, generator=torch.Generator().manual_seed(3),
+    )  # fmt: skip
+    worst = 0.0
+    for idx in _batches(20):
+        _loop_step(opt, model, x[idx], y[idx])
+        engine.step(engine_loss((x[idx], y[idx])))
+        worst = max(worst, _max_diff(opt.posteriors[0].nat, engine.posterior))
+    assert worst <= 1e-10, worst
+    assert opt.halvings == 0
+    # the parameters hold E_q[θ]
+    mean = family.nat_to_mean(engine.posterior)
+    center = (
+        family.location(engine.posterior)
+        if post.center_field is None
+        else mean[1 if kind == "positive" else 0]
+    )
+    assert torch.allclose(loss.flat_params(), center, rtol=0, atol=1e-10)
+
+
+def test_score_function_route_equals_the_optimizer():
+    """K = 4 draws of a 3-coordinate Gamma posterior (12 random numbers: the same stream drawn
+    at once by the engine and one draw at a time by the optimizer)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_().add_(0.2)
+    x, y = _data()
+    x = x[:, :2]
+    init = _gamma_init(model)
+    est = blr.ScoreFunction(4)
+    opt = BLROptimizer(
+        model.parameters(), expfam.Gamma(), lr=0.05, ess=N, weight_decay=0.0, estimator=est,
+        init=init, mc_samples=4, seed=7,
+    )  # fmt: skip
+    loss = ModuleLoss(model, mse, (x, y), scale=N)
+    engine = blr.BLR(
+        expfam.Gamma(), init, loss, estimator=est, rho=0.05,
+        generator=torch.Generator().manual_seed(7),
+    )  # fmt: skip
+    worst = 0.0
+    for idx in _batches(20):
+        _loop_step(opt, model, x[idx], y[idx], mc_samples=4)
+        engine.step(loss.with_batch((x[idx], y[idx])))
+        worst = max(worst, _max_diff(opt.posteriors[0].nat, engine.posterior))
+    assert worst <= 1e-10, worst
+
+
+@pytest.mark.parametrize("improved", [True, False])
+def test_ivon_and_von_are_the_diagonal_gaussian_blr(improved):
+    """IVON with β₁ = 0 and no lr rescaling (VON without the correction) is the diagonal
+    Gaussian BLR with Stein/Price curvature, ρ = 1 − β₂, a mean rate α = lr and the prior
+    N(0, 1/(Nδ)): h = s/N − δ, m alike, to rounding, over 20 steps."""
+    x, y = _data()
+    rho, alpha, h0, wd = 0.05, 0.1, 0.5, 0.01
+    m_fast, m_gen = _mlp(), _mlp()
+    if improved:
+        fast = IVON(
+            m_fast.parameters(), lr=alpha, ess=N, hess_init=h0, beta1=0.0, beta2=1 - rho,
+            weight_decay=wd, rescale_lr=False, seed=5,
+        )  # fmt: skip
+    else:
+        fast = VON(
+            m_fast.parameters(), lr=alpha, ess=N, hess_init=h0, beta2=1 - rho, weight_decay=wd,
+            seed=5,
+        )  # fmt: skip
+
+    def generic(improved_flag):
+        return BLROptimizer(
+            m_gen.parameters(), expfam.DiagGaussian(), lr=rho, ess=N, weight_decay=wd,
+            hess_init=h0, gaussian=blr.GaussianOptions(lr=alpha, improved=improved_flag), seed=5,
+        )  # fmt: skip
+
+    gen = generic(improved)
+    worst = 0.0
+    for idx in _batches(20):
+        for model, opt in ((m_fast, fast), (m_gen, gen)):
+            _loop_step(opt, model, x[idx], y[idx])
+        state = fast.state_dict()["state"]
+        mean = torch.cat([state[i]["mean"].reshape(-1) for i in sorted(state)])
+        hess = torch.cat([state[i]["hess"].reshape(-1) for i in sorted(state)])
+        m, s = expfam.DiagGaussian().to_moments(gen.posteriors[0].nat)
+        worst = max(worst, float((mean - m).abs().max()), float((hess - (s / N - wd)).abs().max()))
+    assert worst <= 1e-10, worst
+
+
+def test_ivon_equivalence_fails_without_the_correction():
+    """The check above can fail: the generic optimizer without the improved-BLR term is not
+    IVON."""
+    x, y = _data()
+    m_fast, m_gen = _mlp(), _mlp()
+    fast = IVON(m_fast.parameters(), lr=0.1, ess=N, hess_init=0.5, beta1=0.0, beta2=0.95,
+                weight_decay=0.01, rescale_lr=False, seed=5)  # fmt: skip
+    gen = BLROptimizer(m_gen.parameters(), expfam.DiagGaussian(), lr=0.05, ess=N,
+                       weight_decay=0.01, hess_init=0.5,
+                       gaussian=blr.GaussianOptions(lr=0.1, improved=False), seed=5)  # fmt: skip
+    for idx in _batches(5):
+        for model, opt in ((m_fast, fast), (m_gen, gen)):
+            _loop_step(opt, model, x[idx], y[idx])
+    state = fast.state_dict()["state"]
+    hess = torch.cat([state[i]["hess"].reshape(-1) for i in sorted(state)])
+    s = expfam.DiagGaussian().to_moments(gen.posteriors[0].nat)[1]
+    assert float((hess - (s / N - 0.01)).abs().max()) > 1e-6
+
+
+def test_bayesbinn_is_the_bernoulli_blr_with_gumbel_softmax():
+    """BayesBiNN (κ = 1, no momentum, λ₀ = 0, λ = ±1 at the start) is the ±1 Bernoulli BLR with
+    the Gumbel-softmax estimator: λ equal to rounding over 20 steps."""
+    x, y = _data()
+    m_fast, m_gen = _mlp("pm1"), _mlp("pm1")
+    fast = BayesBiNN(m_fast.parameters(), lr=0.01, ess=N, temperature=0.7, seed=4)
+    gen = BLROptimizer(m_gen.parameters(), expfam.Bernoulli("pm1"), lr=0.01, ess=N,
+                       estimator=blr.GumbelSoftmax(0.7), seed=4)  # fmt: skip
+    worst = 0.0
+    for idx in _batches(20):
+        for model, opt in ((m_fast, fast), (m_gen, gen)):
+            _loop_step(opt, model, x[idx], y[idx])
+        state = fast.state_dict()["state"]
+        lam = torch.cat([state[i]["lam"].reshape(-1) for i in sorted(state)])
+        worst = max(worst, float((lam - gen.posteriors[0].nat.lam1).abs().max()))
+    assert worst <= 1e-10, worst
+    for p, q in zip(m_fast.parameters(), m_gen.parameters()):  # both hold tanh λ
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-10)
+
+
+def test_param_groups_each_with_their_family_and_schedulers():
+    x, y = _data()
+    model = _mlp()
+    body, head = model[0], model[2]
+    opt = BLROptimizer(
+        [
+            {"params": body.parameters()},
+            {"params": head.parameters(), "family": expfam.FullGaussian(), "lr": 0.2},
+        ],
+        expfam.DiagGaussian(), lr=0.1, ess=N, seed=0,
+    )  # fmt: skip
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    for idx in _batches(4):
+        _loop_step(opt, model, x[idx], y[idx])
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [0.025, 0.05]
+    assert [q.family.name for q in opt.posteriors] == ["gaussian_diag", "gaussian_full"]
+    assert opt.posteriors[1].nat.lam2.shape == (5, 5)
+
+
+def test_state_dict_resumes_bit_exactly_and_loads_weights_only():
+    x, y = _data()
+    batches = _batches(6)
+
+    def run(opt, model, idxs):
+        for idx in idxs:
+            _loop_step(opt, model, x[idx], y[idx])
+
+    ma = _mlp()
+    a = BLROptimizer(ma.parameters(), expfam.DiagGaussian(), lr=0.1, ess=N, seed=1)
+    run(a, ma, batches[:3])
+    buf = io.BytesIO()
+    torch.save({"model": ma.state_dict(), "opt": a.state_dict()}, buf)
+    run(a, ma, batches[3:])
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    mb = _mlp()
+    mb.load_state_dict(saved["model"])
+    b = BLROptimizer(mb.parameters(), expfam.DiagGaussian(), lr=0.1, ess=N)
+    b.load_state_dict(saved["opt"])
+    run(b, mb, batches[3:])
+    for u, v in zip(a.posteriors[0].nat, b.posteriors[0].nat):
+        assert torch.equal(u, v)
+    assert b.param_groups[0]["step"] == 6
+
+
+def test_a_step_that_would_leave_the_domain_is_halved_not_applied():
+    """A Gamma posterior with ρ = 1: the plain step leaves a > 0, b > 0; the optimizer halves
+    it and never writes NaN."""
+    x, y = _data()
+    model = _mlp("positive")
+    opt = BLROptimizer(model.parameters(), expfam.Gamma(), lr=1.0, ess=N,
+                       init=_gamma_init(model), seed=0)  # fmt: skip
+    for idx in _batches(10):
+        _loop_step(opt, model, x[idx], y[idx])
+        expfam.Gamma().validate_nat(opt.posteriors[0].nat)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert opt.halvings > 0
+
+
+def test_nonfinite_gradients_raise_or_skip_and_leave_the_state():
+    model = _mlp()
+    opt = BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=N, seed=0)
+    before = [t.clone() for t in opt.posteriors[0].nat]
+    with opt.sampled_params(train=True):
+        (model(torch.full((2, 3), float("nan"), dtype=f64)).sum()).backward()
+    with pytest.raises(FloatingPointError, match="NaN"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, opt.posteriors[0].nat))
+    skip = BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=N,
+                        nonfinite="skip")  # fmt: skip
+    with skip.sampled_params(train=True):
+        (model(torch.full((2, 3), float("inf"), dtype=f64)).sum()).backward()
+    skip.step()
+    assert skip.skipped_steps == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"family": expfam.Bernoulli("pm1")}, ValueError, "params of param group 0 are not in"),
+        ({"family": expfam.Gamma()}, ValueError, "init is needed"),
+        ({"family": "gaussian"}, TypeError, "family must be an expfam.ExpFamily"),
+        ({"prior": expfam.BernoulliNat(torch.zeros(21, dtype=f64))}, TypeError, "prior must be"),
+        (
+            {"prior": expfam.DiagNat(torch.zeros(3, dtype=f64), -torch.ones(3, dtype=f64))},
+            ValueError,
+            "prior.lam1 has shape",
+        ),
+        ({"estimator": blr.GumbelSoftmax()}, TypeError, "GumbelSoftmax needs a Bernoulli"),
+        ({"estimator": blr.BonnetPrice(hessian="exact")}, ValueError, 'hessian="exact"'),
+        ({"estimator": blr.BonnetPrice(4, "stein")}, ValueError, "n_samples"),
+        ({"estimator": blr.Exact()}, TypeError, "cannot be estimated"),
+        ({"ess": 0}, ValueError, "ess must be > 0"),
+        ({"lr": -1}, ValueError, "lr must be ≥ 0"),
+        ({"gaussian": blr.GaussianOptions()}, TypeError, None),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, error, match):
+    model = _mlp()
+    args = {"family": expfam.DiagGaussian(), "lr": 0.1, "ess": N, **kwargs}
+    if "gaussian" in kwargs:
+        args["family"] = expfam.Bernoulli("pm1")
+        model = _mlp("pm1")
+        match = "gaussian options need"
+    with pytest.raises(error, match=match):
+        BLROptimizer(model.parameters(), **args)
+
+
+def test_gamma_over_negative_weights_is_refused():
+    model = _mlp()  # real weights, some negative
+    init = expfam.GammaNat(torch.ones(21, dtype=f64), -torch.ones(21, dtype=f64))
+    with pytest.raises(ValueError, match="not in the support of gamma"):
+        BLROptimizer(model.parameters(), expfam.Gamma(), lr=0.1, ess=N, init=init)
+
+
+def test_state_dict_of_another_layout_is_refused_and_nothing_changes():
+    a = BLROptimizer(_mlp().parameters(), expfam.DiagGaussian(), lr=0.1, ess=N, seed=0)
+    b = BLROptimizer(_mlp().parameters(), expfam.FullGaussian(), lr=0.1, ess=N, seed=0)
+    before = [t.clone() for t in b.posteriors[0].nat]
+    with pytest.raises(ValueError, match="family 'gaussian_diag' in the state_dict"):
+        b.load_state_dict(a.state_dict())
+    assert all(torch.equal(x, y) for x, y in zip(before, b.posteriors[0].nat))
+    with pytest.raises(ValueError, match=r"not from blr\.optim\.BLROptimizer"):
+        b.load_state_dict(IVON(_mlp().parameters(), lr=0.1, ess=N).state_dict())
+
+
+def test_score_function_needs_the_loss_of_each_draw():
+    model = torch.nn.Linear(2, 1).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_().add_(0.2)
+    opt = BLROptimizer(model.parameters(), expfam.Gamma(), lr=0.1, ess=N,
+                       init=_gamma_init(model), estimator=blr.ScoreFunction(2))  # fmt: skip
+    for _ in range(2):
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            model(torch.ones(3, 2, dtype=f64)).sum().backward()
+    with pytest.raises(ValueError, match="needs the loss of each draw"):
+        opt.step()

@@ -4,6 +4,8 @@ Every family is stateless math over parameter values (NamedTuples of tensors):
 ``family.nat_to_mean(nat)``, ``family.entropy(nat)``, ``family.kl(nat_p, nat_q)``,
 ``family.sample(nat, shape)``, ... . :data:`FAMILIES` maps registry names to family instances; it
 drives the contract test suite, so a new family is one file plus one line below.
+:class:`Product` builds a family from independent blocks of other families (not registered: its
+blocks are the user's choice).
 ``__version__`` is the version of the package. Besides the families: :mod:`expfam.generic` (the
 autograd oracles), :mod:`expfam.tree` (helpers over parameter containers: ``tmap``, ``inner``,
 ``flatten``, ...) and :mod:`expfam.linalg` (symmetric part, Cholesky with a clear error, PSD
@@ -34,6 +36,7 @@ from expfam.gaussian_full import FullGaussian, FullMean, FullNat
 from expfam.generic import GenericFamily
 from expfam.mixture import Mixture, MixtureMean, MixtureNat, MixturePoint
 from expfam.poisson import Poisson, PoissonMean, PoissonNat
+from expfam.product import Product
 
 __version__ = "0.1.0"
 
@@ -111,6 +114,7 @@ __all__ = [
     "Poisson",
     "PoissonMean",
     "PoissonNat",
+    "Product",
     "Tolerances",
     "generic",
     "linalg",

@@ -1,7 +1,9 @@
 """The families under test: every entry of ``expfam.FAMILIES`` plus configured variants that the
-registry's default instances do not cover (a matrix Σ₀ for the fixed-covariance Gaussian), and
-two families declared through ``expfam.GenericFamily`` (T, A and the domain only), so that the
-generic derivations face the whole contract too."""
+registry's default instances do not cover (a matrix Σ₀ for the fixed-covariance Gaussian), two
+families declared through ``expfam.GenericFamily`` (T, A and the domain only), so that the
+generic derivations face the whole contract too, and products of blocks (``expfam.Product``):
+Gaussians only (reparameterized), Gaussian + binary + positive blocks (no reparameterization,
+h = 1), and blocks with h ≠ 1 including a generic family and a vector-event non-Gaussian."""
 
 from __future__ import annotations
 
@@ -117,6 +119,18 @@ UNDER_TEST: dict[str, ExpFamily] = {
     "gaussian_fixed_cov[matrix]": expfam.FixedCovGaussian(cov=_cov),
     "generic[gamma]": AutoGamma(),
     "generic[lognormal]": AutoLogNormal(),
+    "product[full+diag]": expfam.Product([(expfam.FullGaussian(), 2), (expfam.DiagGaussian(), 3)]),
+    "product[diag+pm1+gamma]": expfam.Product(
+        [(expfam.DiagGaussian(), 2), (expfam.Bernoulli("pm1"), 2), (expfam.Gamma(), 2)]
+    ),
+    "product[lognormal+dirichlet+poisson+fixed]": expfam.Product(
+        [
+            (AutoLogNormal(), 1),
+            (expfam.Dirichlet(), 3),
+            (expfam.Poisson(), 2),
+            (expfam.FixedCovGaussian(cov=_cov), 3),
+        ]
+    ),
 }
 IDS = list(UNDER_TEST)
 ALL = [UNDER_TEST[k] for k in IDS]

@@ -138,6 +138,19 @@ def _mixture(fam, nat, x):
     return logp, ent
 
 
+def _product(fam, nat, x):
+    """Σ over the blocks of each block's scipy twin on its slice of θ (summed over the block's
+    own batch dimensions: the independent scalars of a Bernoulli, Gamma, Poisson block)."""
+    logp, ent = 0.0, 0.0
+    for block, part, point in zip(fam.families, fam.split(nat), fam.split_sample(x)):
+        twin = SCIPY_TWINS[BLOCK_TWINS.get(block.name, block.name)]
+        lp, en = twin(block, part, point)
+        logp = logp + np.reshape(lp, (*x.shape[:-1], -1)).sum(-1)
+        ent = ent + np.reshape(en, (*x.shape[1:-1], -1)).sum(-1)
+    return logp, ent
+
+
+BLOCK_TWINS = {"auto_lognormal": "generic[lognormal]", "auto_gamma": "generic[gamma]"}
 SCIPY_TWINS = {
     "gaussian_full": _gaussian_full,
     "gaussian_diag": _gaussian_diag,
@@ -154,6 +167,9 @@ SCIPY_TWINS = {
     "mixture_diag": _mixture,
     "generic[gamma]": _gamma,
     "generic[lognormal]": _lognormal,
+    "product[full+diag]": _product,
+    "product[diag+pm1+gamma]": _product,
+    "product[lognormal+dirichlet+poisson+fixed]": _product,
 }
 
 

@@ -11,6 +11,9 @@ The top level holds the engine and what it is configured with:
   :class:`BonnetPrice`, :class:`ScoreFunction`, :class:`GumbelSoftmax` (+ :class:`ModelLoss`
   for per-example losses), all :class:`Estimator` objects returning an :class:`Estimate`;
 - the Gaussian (m, S)-form with its options: :func:`gaussian_step`, :class:`GaussianOptions`;
+- :class:`ParameterPosterior` — a posterior over a model's parameters as an object (family, λ,
+  layout): what every optimizer's ``posterior()`` returns and every optimizer accepts as
+  ``prior=``;
 - ``__version__``, the package version.
 
 Everything else is a module of its own, imported where it is used (``import blr.predict`` or
@@ -64,6 +67,7 @@ from blr.estimators import (
     ScoreFunction,
 )
 from blr.gaussian import GaussianOptions, gaussian_step
+from blr.posterior import ParameterPosterior
 from blr.rule import BLR
 from expfam import __version__
 
@@ -93,6 +97,7 @@ __all__ = [
     "GaussianOptions",
     "GumbelSoftmax",
     "ModelLoss",
+    "ParameterPosterior",
     "Reparam",
     "ScoreFunction",
     "__version__",

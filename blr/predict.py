@@ -11,7 +11,7 @@ For draws θ_s ~ q (s = 1..S) of the network's weights:
 
 A *posterior* here is anything with a ``sampled_params()`` context manager that puts a draw into
 the model's parameters and restores them on exit — every optimizer of :mod:`blr.optim`, or a
-:class:`ParameterPosterior` for a BLR posterior (any :mod:`expfam` family over the flattened
+:class:`blr.ParameterPosterior` for a BLR posterior (any :mod:`expfam` family over the flattened
 parameters). ``n_samples=0`` predicts at the posterior mean (``mean_params()`` when the posterior
 has it, else the parameters as they are). Everything runs under ``torch.no_grad()``, in chunks
 of ``batch_size`` inputs, and leaves the parameters exactly as it found them.
@@ -37,11 +37,8 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from expfam.base import ExpFamily
-
 __all__ = [
     "ClassificationPredictive",
-    "ParameterPosterior",
     "Posterior",
     "RegressionPredictive",
     "predict_classification",
@@ -52,7 +49,7 @@ __all__ = [
 class Posterior(Protocol):
     """What the predictive functions need: a context manager that writes a posterior draw into
     the model's parameters and restores them on exit (every optimizer of :mod:`blr.optim`, a
-    :class:`ParameterPosterior`).
+    :class:`blr.ParameterPosterior`).
 
     Example:
         >>> import torch
@@ -79,101 +76,6 @@ class Posterior(Protocol):
             (True, True)
         """
         ...
-
-
-class ParameterPosterior:
-    r"""A BLR posterior q(θ) (any :class:`~expfam.ExpFamily` with a sampler, over the model's
-    parameters flattened and concatenated in ``model.parameters()`` order) as a
-    :class:`Posterior`: ``sampled_params()`` writes θ ~ q into the parameters and restores them
-    exactly on exit; ``mean_params()`` writes E_q[θ] (the first block of μ).
-
-    Args:
-        model: the network whose parameters q is over.
-        family: the posterior family, e.g. :class:`~expfam.DiagGaussian`.
-        nat: its natural parameter λ, with event dimension = the number of parameters.
-        generator: the random generator of the draws.
-
-    Example:
-        >>> import torch, expfam
-        >>> model = torch.nn.Linear(2, 1)
-        >>> fam = expfam.DiagGaussian()
-        >>> q = ParameterPosterior(model, fam, fam.from_moments(torch.zeros(3), torch.ones(3)),
-        ...                        generator=torch.Generator().manual_seed(0))
-        >>> before = model.weight.detach().clone()
-        >>> with q.sampled_params():
-        ...     changed = not torch.equal(model.weight, before)
-        >>> changed, torch.equal(model.weight, before)
-        (True, True)
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        family: ExpFamily,
-        nat: tuple,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        self.params = [p for p in model.parameters()]
-        numel = sum(p.numel() for p in self.params)
-        family.validate_nat(nat, "nat")
-        mean = family.nat_to_mean(nat)[0]
-        if mean.shape[-1:] != (numel,) or mean.ndim != 1:
-            raise ValueError(
-                f"nat must describe one distribution over the model's {numel} parameters, "
-                f"its mean has shape {tuple(mean.shape)}"
-            )
-        self.family, self.nat, self.generator = family, nat, generator
-        self._mean = mean
-
-    def _write(self, flat: Tensor) -> None:
-        offset = 0
-        for p in self.params:
-            n = p.numel()
-            p.data.copy_(flat[offset : offset + n].view_as(p))
-            offset += n
-
-    @contextlib.contextmanager
-    def _holding(self, flat: Tensor) -> Iterator[None]:
-        saved = [p.detach().clone() for p in self.params]
-        try:
-            with torch.no_grad():
-                self._write(flat)
-            yield
-        finally:
-            with torch.no_grad():
-                for p, s in zip(self.params, saved):
-                    p.data.copy_(s)
-
-    def sampled_params(self) -> contextlib.AbstractContextManager:
-        """Within the context the parameters hold one draw θ ~ q.
-
-        Example:
-            >>> import torch, expfam
-            >>> model, fam = torch.nn.Linear(2, 1), expfam.DiagGaussian()
-            >>> nat = fam.from_moments(torch.zeros(3), torch.ones(3))
-            >>> q = ParameterPosterior(model, fam, nat, generator=torch.Generator().manual_seed(0))
-            >>> with q.sampled_params():   # weight, then bias: one draw of the family
-            ...     theta = torch.cat([model.weight.flatten(), model.bias]).detach()
-            >>> torch.equal(theta, fam.sample(nat, (), generator=torch.Generator().manual_seed(0)))
-            True
-        """
-        draw = self.family.sample(self.nat, (), generator=self.generator)
-        return self._holding(draw)
-
-    def mean_params(self) -> contextlib.AbstractContextManager:
-        """Within the context the parameters hold E_q[θ].
-
-        Example:
-            >>> import torch, expfam
-            >>> model, fam = torch.nn.Linear(2, 1), expfam.DiagGaussian()
-            >>> q = ParameterPosterior(model, fam, fam.from_moments(torch.zeros(3), torch.ones(3)))
-            >>> with torch.no_grad(), q.mean_params():   # E_q[θ] = 0: weight and bias zero
-            ...     out = model(torch.ones(1, 2))
-            >>> out.tolist(), bool(model.weight.abs().sum() > 0)   # restored on exit
-            ([[0.0]], True)
-        """
-        return self._holding(self._mean)
 
 
 @dataclass(frozen=True)
@@ -269,7 +171,7 @@ def _outputs(
     if n_samples > 0 and not callable(getattr(posterior, "sampled_params", None)):
         raise TypeError(
             "posterior must have a sampled_params() context manager (a blr.optim optimizer or "
-            f"a blr.predict.ParameterPosterior), got {type(posterior).__name__}"
+            f"a blr.ParameterPosterior), got {type(posterior).__name__}"
         )
     chunks = _chunks(inputs, batch_size)
     with torch.no_grad():
@@ -299,7 +201,7 @@ def predict_classification(
             (softmax) or ``(n,)``/``(n, 1)`` for ``"bernoulli"`` (sigmoid; returned as two
             classes, column 1 = y = 1).
         posterior: a :class:`Posterior` (any :mod:`blr.optim` optimizer, a
-            :class:`ParameterPosterior`); with ``n_samples=0`` anything (its ``mean_params()``
+            :class:`blr.ParameterPosterior`); with ``n_samples=0`` anything (its ``mean_params()``
             is used when it has one).
         inputs: the model's input (a tensor with the batch first when ``batch_size`` is set).
         n_samples: S; 0 predicts at the mean.
@@ -314,7 +216,8 @@ def predict_classification(
         >>> import torch, expfam
         >>> model = torch.nn.Linear(2, 3)
         >>> fam = expfam.DiagGaussian()
-        >>> q = ParameterPosterior(model, fam, fam.from_moments(torch.zeros(9), torch.ones(9)),
+        >>> from blr.posterior import ParameterPosterior
+        >>> q = ParameterPosterior(fam, fam.from_moments(torch.zeros(9), torch.ones(9)), model,
         ...                        generator=torch.Generator().manual_seed(0))
         >>> pred = predict_classification(model, q, torch.randn(5, 2), n_samples=8)
         >>> pred.probs.shape, bool(torch.allclose(pred.probs.sum(-1), torch.ones(5)))

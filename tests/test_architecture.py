@@ -12,7 +12,8 @@ import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "architecture.md"
-CORE = ("engine", "estimators", "functional", "gaussian", "rule", "schedules", "quadrature")
+CORE = ("engine", "estimators", "functional", "gaussian", "posterior", "rule", "schedules")
+CORE += ("quadrature",)
 UNITS = ("blr.apps", "blr.curvature", "blr.glm", "blr.influence", "blr.kernels", "blr.metrics")
 UNITS += ("blr.mixture", "blr.nn_laplace", "blr.optim", "blr.predict")
 

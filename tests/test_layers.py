@@ -318,6 +318,7 @@ def test_blr_top_level_is_the_engine_and_the_rest_loads_on_use():
         "GaussianOptions",
         "GumbelSoftmax",
         "ModelLoss",
+        "ParameterPosterior",
         "Reparam",
         "ScoreFunction",
         "__version__",

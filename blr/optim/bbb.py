@@ -17,7 +17,7 @@ from torch.optim.adam import adam
 from blr.optim._args import RunOptions, Unpack, hyper_rules
 from blr.optim._base import MonteCarloOptimizer
 from blr.optim._checkpoint import check_entry, check_layout, header, restore_header
-from blr.predict import ParameterPosterior
+from blr.posterior import ParameterPosterior
 from expfam import DiagGaussian
 
 __all__ = ["BayesByBackprop"]
@@ -73,7 +73,7 @@ class BayesByBackprop(MonteCarloOptimizer):
     ``model.state_dict()`` saves m and the optimizer's :meth:`state_dict` saves ρ, Adam's
     moments, the step counters and the random generators (resume: load both). The optimizer is
     a posterior for :mod:`blr.predict` (``predict_regression(model, opt, x, n_samples=S)``);
-    :meth:`posterior` gives q as a :class:`~blr.predict.ParameterPosterior`. State is kept in
+    :meth:`posterior` gives q as a :class:`~blr.ParameterPosterior`. State is kept in
     each parameter's dtype (as ``torch.optim.Adam`` does).
 
     Args:
@@ -227,7 +227,7 @@ class BayesByBackprop(MonteCarloOptimizer):
         return torch.stack(terms).sum() if terms else torch.zeros((), dtype=torch.float64)
 
     def posterior(self, model: nn.Module) -> ParameterPosterior:
-        """q as a :class:`~blr.predict.ParameterPosterior` over ``model``'s parameters (which
+        """q as a :class:`~blr.ParameterPosterior` over ``model``'s parameters (which
         must be this optimizer's trainable parameters, in ``model.parameters()`` order): a
         :class:`~expfam.DiagGaussian` with mean m and precision 1/σ², whose draws come from this
         optimizer's generator.
@@ -253,7 +253,7 @@ class BayesByBackprop(MonteCarloOptimizer):
             m = torch.cat([p.detach().reshape(-1) for p in mine])
             s = torch.cat([s.reshape(-1) for s in self.std()])
         return ParameterPosterior(
-            model, fam, fam.from_moments(m, 1.0 / (s * s)), generator=self._generator(m.device)
+            fam, fam.from_moments(m, 1.0 / (s * s)), model, generator=self._generator(m.device)
         )
 
     # ------------------------------------------------------------------ sampling

@@ -26,6 +26,8 @@ estimator                         from each draw θ_k (K draws per step)
                                   ∇ℓ(θ_k)ᵀ) (Gaussian families; the default for them)
 ``BonnetPrice(hessian=            Ĥ = ĝĝᵀ (ĝ⊙ĝ for the diagonal family)
 "grad_sq")``, ``Delta("grad_sq")``
+``BonnetPrice(hessian="exact")``, Ĥ = N·mean ∇²ℓ(θ_k) by D backward passes through the gradient's
+``Delta("exact")``                graph: call ``loss.backward(create_graph=True)`` (small D)
 ``Reparam()``                     θ_k = rsample(λ(μ)), the loss gradient pulled back to μ by
                                   autograd through the family's sampler (any family with
                                   ``rsample``; the default for them)
@@ -40,15 +42,22 @@ halved until λ − (ρ/2ʲ)·d is valid (backtracking, at most ``max_halvings``
 :attr:`BLROptimizer.halvings`); a NaN/Inf loss or gradient raises FloatingPointError (or skips
 the step with ``nonfinite="skip"``). Nothing is written before every group's step is valid.
 
+A group's family may be an :class:`expfam.Product`: each block (a full Gaussian on the last
+layer's coordinates, a diagonal Gaussian elsewhere, ±1 Bernoulli weights, ...) is drawn, estimated
+and updated by its own rule above, with its own estimator (``estimator=`` one for all blocks, or
+one per block) and prior.
+
 Outside ``sampled_params`` the parameters hold E_q[θ] (the mean m for Gaussians, tanh λ for ±1
-Bernoulli weights); each keeps its own storage.
+Bernoulli weights); each keeps its own storage. :meth:`BLROptimizer.posterior` hands the posterior
+back as a :class:`blr.ParameterPosterior`, and ``prior=`` takes one (the last task's posterior as
+the next task's prior).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -61,7 +70,16 @@ from blr.gaussian import GaussianOptions, gaussian_step
 from blr.optim._args import MonteCarloOptions, Unpack, hyper_rules
 from blr.optim._base import MonteCarloOptimizer
 from blr.optim._checkpoint import check_layout, header, restore_header
-from expfam import Bernoulli, DiagGaussian, ExpFamily, FixedCovGaussian, FullGaussian, GaussianLike
+from blr.posterior import ParameterPosterior, identity_statistic
+from expfam import (
+    Bernoulli,
+    DiagGaussian,
+    ExpFamily,
+    FixedCovGaussian,
+    FullGaussian,
+    GaussianLike,
+    Product,
+)
 from expfam import generic as expfam_generic
 from expfam.linalg import solve_psd
 from expfam.tree import flatten, tmap, unflatten
@@ -73,12 +91,13 @@ _GAUSSIAN_STEP = (DiagGaussian, FullGaussian)
 
 @dataclasses.dataclass
 class _Draw:
-    """One training draw of one group: θ (flat), what the estimator needs to replay it, and the
-    gradient and loss the loop computed there."""
+    """One training draw of one block: θ (its coordinates), what the estimator needs to replay
+    it, and the gradient, exact Hessian and loss the loop computed there."""
 
     theta: Tensor
     replay: Any = None  # Reparam: the generator state before the draw; Gumbel: θ on {−1, +1}
     grad: Tensor | None = None
+    hess: Tensor | None = None
     value: Tensor | None = None
 
 
@@ -115,10 +134,10 @@ class BLROptimizer(MonteCarloOptimizer):
 
     Every param group is one posterior over its parameters, flattened in order: the group's
     ``family`` must describe D_g coordinates (a ``DiagGaussian`` with ``(D,)`` fields, a
-    ``FullGaussian`` with a D × D precision, D Bernoulli or Gamma coordinates, ...), and the
-    group's parameters must lie in its support at construction (±1 for a ±1 Bernoulli, > 0 for a
-    Gamma). Groups may have their own ``family``, ``lr``, ``ess``, ``weight_decay``, ``prior``,
-    ``estimator`` and ``init``.
+    ``FullGaussian`` with a D × D precision, D Bernoulli or Gamma coordinates, a
+    :class:`expfam.Product` of blocks, ...), and the group's parameters must lie in its support at
+    construction (±1 for a ±1 Bernoulli, > 0 for a Gamma). Groups may have their own ``family``,
+    ``lr``, ``ess``, ``weight_decay``, ``prior``, ``estimator`` and ``init``.
 
     Args:
         params: parameters or param groups.
@@ -127,9 +146,11 @@ class BLROptimizer(MonteCarloOptimizer):
         ess: N > 0, the effective sample size (the loss is a mean over N examples).
         estimator: how ∇_μE_q[ℓ] is estimated from the draws (table in the module docstring);
             None picks Stein for Gaussians, Gumbel-softmax (τ = 1) for Bernoulli, ``Reparam``
-            for families with ``rsample``, else the score function.
-        prior: λ₀ of a prior in the group's family, as a ``family.nat_type`` shaped like λ
-            (conjugate: the prior enters as λ − λ₀); None gives the default prior
+            for families with ``rsample``, else the score function. For a Product, one
+            estimator for every block or a sequence of one per block (None entries: defaults).
+        prior: a :class:`blr.ParameterPosterior` of the same family over the same parameters
+            (e.g. the previous task's ``posterior()``), or λ₀ as a ``family.nat_type`` shaped like
+            λ; either enters as a conjugate prior (λ − λ₀). None gives the default prior
             N(0, (N·weight_decay)⁻¹ I) for real-valued parameters (conjugate for the diagonal
             and full Gaussians, a term ½N·δ‖θ‖² of ℓ̄ otherwise) and the uniform prior λ₀ = 0
             for Bernoulli weights.
@@ -163,9 +184,9 @@ class BLROptimizer(MonteCarloOptimizer):
         ...     _ = opt.step(closure)
         >>> model.weight.detach().round(decimals=1)
         tensor([[ 1.0000, -1.0000,  0.5000]])
-        >>> q = opt.posteriors[0]        # (family, λ, layout) of the group
-        >>> q.family.name, q.layout.size
-        ('gaussian_diag', 4)
+        >>> q = opt.posterior(model)     # a blr.ParameterPosterior: family, λ, layout
+        >>> q.family.name, q.layout.names
+        ('gaussian_diag', ('weight', 'bias'))
     """
 
     _hyper = hyper_rules(nonnegative=("lr", "weight_decay"), positive=("ess", "hess_init"))
@@ -177,8 +198,8 @@ class BLROptimizer(MonteCarloOptimizer):
         lr: float,
         ess: float,
         *,
-        estimator: Estimator | None = None,
-        prior: tuple | None = None,
+        estimator: Estimator | Sequence[Estimator | None] | None = None,
+        prior: ParameterPosterior | tuple | None = None,
         weight_decay: float = 1e-4,
         hess_init: float = 1.0,
         init: tuple | None = None,
@@ -190,8 +211,12 @@ class BLROptimizer(MonteCarloOptimizer):
             raise ValueError(f"max_halvings must be an integer ≥ 0, got {max_halvings}")
         self.max_halvings = int(max_halvings)
         self.halvings = 0
-        self._posts: list[_GroupPosterior] = []
-        self._pending: list[list[_Draw]] = []
+        self._posts: list[_Group] = []
+        self._pending: list[list[list[_Draw]]] = []
+        params = list(params) if not isinstance(params, Tensor) else [params]
+        if isinstance(prior, ParameterPosterior) and params and isinstance(params[0], dict):
+            params = _spread_prior(prior, params)  # one block of a Product per group
+            prior = None
         defaults = dict(
             family=family,
             lr=lr,
@@ -216,17 +241,13 @@ class BLROptimizer(MonteCarloOptimizer):
             >>> body, head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 1)
             >>> opt = BLROptimizer(body.parameters(), expfam.DiagGaussian(), lr=0.1, ess=10)
             >>> opt.add_param_group({"params": head.parameters(), "family": expfam.FullGaussian()})
-            >>> [q.family.name for q in opt.posteriors]
-            ['gaussian_diag', 'gaussian_full']
+            >>> opt.posterior().family.name
+            'product(gaussian_diag:16, gaussian_full:5)'
         """
+        raw = param_group["params"]
+        param_group = {**param_group, "params": [raw] if isinstance(raw, Tensor) else list(raw)}
         group = {**self.defaults, **param_group}
-        group["params"] = list(
-            [param_group["params"]]
-            if isinstance(param_group["params"], Tensor)
-            else param_group["params"]
-        )
-        post = _GroupPosterior.build(group, len(self._posts))
-        param_group = {**param_group, "params": group["params"]}
+        post = _Group.build(group, len(self._posts))
         param_group.setdefault("step", 0)
         super().add_param_group(param_group)
         self._posts.append(post)
@@ -234,20 +255,39 @@ class BLROptimizer(MonteCarloOptimizer):
         with torch.no_grad():
             post.write(self.param_groups[-1]["params"], post.center())
 
-    @property
-    def posteriors(self) -> list[_GroupPosterior]:
-        """The posterior of each param group: ``family``, ``nat`` (λ, over the flattened
-        parameters) and ``layout`` (a :class:`~blr.functional.ParameterLayout`).
+    def posterior(self, model: torch.nn.Module | None = None) -> ParameterPosterior:
+        """The posterior as a :class:`blr.ParameterPosterior` over the optimizer's parameters,
+        group after group: the group's family and λ for one group, a :class:`expfam.Product` of
+        the groups' families for several. With ``model`` (whose parameters must be the
+        optimizer's, in ``model.parameters()`` order) the layout carries its parameter names.
+        λ is a copy: later steps do not change it.
 
         Example:
             >>> import torch, expfam
             >>> from blr.optim import BLROptimizer
-            >>> opt = BLROptimizer(torch.nn.Linear(2, 1).parameters(), expfam.DiagGaussian(),
-            ...                    lr=0.1, ess=10, weight_decay=0.1, hess_init=0.9)
-            >>> expfam.DiagGaussian().to_moments(opt.posteriors[0].nat)[1]   # N(h₀ + δ)
+            >>> model = torch.nn.Linear(2, 1)
+            >>> opt = BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=10,
+            ...                    weight_decay=0.1, hess_init=0.9)
+            >>> q = opt.posterior(model)
+            >>> expfam.DiagGaussian().to_moments(q.nat)[1]   # N(h₀ + δ)
             tensor([10., 10., 10.])
         """
-        return list(self._posts)
+        params = [p for g in self.param_groups for p in g["params"]]
+        if model is not None:
+            theirs = list(model.parameters())
+            if len(theirs) != len(params) or any(a is not b for a, b in zip(params, theirs)):
+                raise ValueError(
+                    "model's parameters must be this optimizer's parameters, in "
+                    "model.parameters() order"
+                )
+            params = model
+        if len(self._posts) == 1:
+            family, nat = self._posts[0].family, self._posts[0].nat
+        else:
+            family = Product([(g.family, g.layout.size) for g in self._posts])
+            nat = family.join([g.nat for g in self._posts])
+        nat = tmap(lambda t: t.detach().clone(), nat)
+        return ParameterPosterior(family, nat, params)
 
     # ------------------------------------------------------------------ sampling
     @contextlib.contextmanager
@@ -276,10 +316,9 @@ class BLROptimizer(MonteCarloOptimizer):
         with torch.no_grad():
             self._draws += 1
             for group, post in zip(self.param_groups, self._posts):
-                gen = self._generator(post.device)
-                draw = post.draw(gen, train)
-                post.write(group["params"], draw.theta)
-                draws.append(draw)
+                unit_draws = post.draw(self._generator(post.device), train)
+                post.write(group["params"], torch.cat([d.theta for d in unit_draws]))
+                draws.append(unit_draws)
         failed = True
         try:
             yield handle
@@ -289,12 +328,10 @@ class BLROptimizer(MonteCarloOptimizer):
                 for group, post in zip(self.param_groups, self._posts):
                     post.write(group["params"], post.center())
         if train and not failed:
-            for group, post, draw, pending in zip(
-                self.param_groups, self._posts, draws, self._pending
-            ):
-                draw.grad = post.layout_grad(group["params"])
-                draw.value = handle.loss
-                pending.append(draw)
+            for group, post, unit_draws in zip(self.param_groups, self._posts, draws):
+                post.collect(group["params"], unit_draws, handle.loss)
+            for pending, unit_draws in zip(self._pending, draws):
+                pending.append(unit_draws)
             self._count += 1
 
     @contextlib.contextmanager
@@ -332,7 +369,7 @@ class BLROptimizer(MonteCarloOptimizer):
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One BLR step per param group from the collected draws (module docstring).
+        """One BLR step per param group (per block of a Product) from the collected draws.
 
         With a ``closure`` (zero the gradients, compute the loss, ``backward``, return the loss)
         ``mc_samples`` draws are taken here; otherwise the draws collected by
@@ -355,32 +392,34 @@ class BLROptimizer(MonteCarloOptimizer):
         if self._count == 0:
             self._no_sample()
             return loss
-        try:
-            new = []
-            for group, post, draws in zip(self.param_groups, self._posts, self._pending):
-                if not all(
-                    bool(torch.isfinite(d.grad).all())
-                    and (d.value is None or bool(torch.isfinite(d.value)))
-                    for d in draws
-                ):
-                    self._clear()
-                    self._nonfinite_step("the gradients or the loss")
-                    return loss
-                new.append(post.proposal(group, draws))
-            halvings = 0
-            for i, (group, post, (direction, gauss)) in enumerate(
-                zip(self.param_groups, self._posts, new)
-            ):
-                if gauss is not None:
-                    new[i] = gauss
-                else:
-                    new[i], j = post.safe_apply(direction, group["lr"], self.max_halvings)
+        finite = all(
+            bool(torch.isfinite(d.grad).all())
+            and (d.hess is None or bool(torch.isfinite(d.hess).all()))
+            and (d.value is None or bool(torch.isfinite(d.value)))
+            for pending in self._pending
+            for unit_draws in pending
+            for d in unit_draws
+        )
+        if not finite:
+            self._clear()
+            self._nonfinite_step("the gradients or the loss")
+            return loss
+        try:  # every block of every group is computed and checked before anything is written
+            new, halvings = [], 0
+            for group, post, pending in zip(self.param_groups, self._posts, self._pending):
+                nats = []
+                for i, unit in enumerate(post.units):
+                    nat, j = unit.update(group["lr"], [unit_draws[i] for unit_draws in pending],
+                                         self.max_halvings)  # fmt: skip
+                    nats.append(nat)
                     halvings += j
+                new.append(nats)
         except Exception:
             self._clear()
             raise
-        for group, post, nat in zip(self.param_groups, self._posts, new):  # commit
-            post.nat = tmap(lambda t: t.detach(), nat)
+        for group, post, nats in zip(self.param_groups, self._posts, new):  # commit
+            for unit, nat in zip(post.units, nats):
+                unit.nat = tmap(lambda t: t.detach(), nat)
             group["step"] += 1
             post.write(group["params"], post.center())
         self.halvings += halvings
@@ -400,7 +439,7 @@ class BLROptimizer(MonteCarloOptimizer):
             ...                    lr=0.1, ess=10, seed=0)
             >>> sd = opt.state_dict()
             >>> sorted(sd["state"][0]), sd["param_groups"][0]["family"]
-            (['nat', 'prior'], 'gaussian_diag')
+            (['nat', 'priors'], 'gaussian_diag')
         """
         index: dict[int, int] = {}
         groups = []
@@ -411,7 +450,10 @@ class BLROptimizer(MonteCarloOptimizer):
         state = {
             i: {
                 "nat": tuple(t.clone() for t in post.nat),
-                "prior": None if post.prior is None else tuple(t.clone() for t in post.prior),
+                "priors": [  # per block: λ₀ of a conjugate prior, or None
+                    None if u.prior is None else tuple(t.clone() for t in u.prior)
+                    for u in post.units
+                ],
             }
             for i, post in enumerate(self._posts)
         }
@@ -444,20 +486,26 @@ class BLROptimizer(MonteCarloOptimizer):
             entry = state_dict["state"].get(i)
             if not isinstance(entry, dict) or "nat" not in entry:
                 raise ValueError(f"state_dict lacks λ of param group {i}")
-            nat = post.as_nat(entry["nat"], f"state_dict['state'][{i}]['nat']")
-            prior = entry.get("prior")
-            if (prior is None) != (post.prior is None):
-                raise ValueError(f"param group {i}: the state_dict's prior kind differs")
-            if prior is not None:
-                prior = post.as_nat(prior, f"state_dict['state'][{i}]['prior']", check=False)
-            loaded.append((nat, prior))
+            where = f"state_dict['state'][{i}]"
+            nats = post.split(entry["nat"], f"{where}['nat']")
+            priors = entry.get("priors")
+            if not isinstance(priors, list) or len(priors) != len(post.units):
+                raise ValueError(f"{where}['priors'] must list one prior per block")
+            priors = list(priors)
+            for k, (unit, prior) in enumerate(zip(post.units, priors)):
+                if (prior is None) != (unit.prior is None):
+                    raise ValueError(f"param group {i}: the kind of prior of block {k} differs")
+                if prior is not None:
+                    priors[k] = unit.as_nat(prior, f"{where}['priors'][{k}]", check=False)
+            loaded.append((nats, priors))
         with torch.no_grad():
-            for group, g, post, (nat, prior) in zip(
+            for group, g, post, (nats, priors) in zip(
                 self.param_groups, state_dict["param_groups"], self._posts, loaded
             ):
-                post.nat, post.prior = nat, prior
+                for unit, nat, prior in zip(post.units, nats, priors):
+                    unit.nat, unit.prior = nat, prior
                 for k, v in g.items():
-                    if k not in ("params",) and k not in _OBJECT_KEYS:
+                    if k != "params" and k not in _OBJECT_KEYS:
                         group[k] = v
                 post.write(group["params"], post.center())
         restore_header(self, meta)
@@ -479,17 +527,47 @@ def _portable(key: str, value: Any) -> Any:
     return value
 
 
+def _spread_prior(prior: ParameterPosterior, groups: list[dict]) -> list[dict]:
+    """A posterior over several groups (a Product with one block per group, as
+    ``BLROptimizer.posterior()`` returns) as each group's own prior."""
+    fam = prior.family
+    if not isinstance(fam, Product) or len(fam.families) != len(groups):
+        raise ValueError(
+            f"prior must be a Product posterior with one block per param group ({len(groups)}) "
+            "when there are several groups, or be given per group"
+        )
+    out, start = [], 0
+    for group, block, nat, dim in zip(groups, fam.families, fam.split(prior.nat), fam.dims):
+        params = [group["params"]] if isinstance(group["params"], Tensor) else group["params"]
+        params = list(params)
+        count = len(params)
+        layout = ParameterLayout(
+            prior.layout.names[start : start + count], prior.layout.shapes[start : start + count]
+        )
+        start += count
+        if layout.size != dim:
+            raise ValueError("prior's blocks do not match the param groups' sizes")
+        out.append(
+            {
+                "prior": ParameterPosterior(block, nat, layout=layout),
+                **group,
+                "params": params,
+            }
+        )
+    return out
+
+
 # ---------------------------------------------------------------------------- one group
-class _GroupPosterior:
-    """A param group's posterior: family, λ, layout, prior, estimator and how to draw, write
-    back and update."""
+class _Group:
+    """A param group's posterior: the layout of its parameters and its blocks (one, or one per
+    block of a Product family)."""
 
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
+    def __init__(self, family, layout, units, device, dtype) -> None:
+        self.family, self.layout, self.units = family, layout, units
+        self.device, self.dtype = device, dtype
 
-    # ------------------------------------------------------------------ construction
     @classmethod
-    def build(cls, group: dict[str, Any], index: int) -> _GroupPosterior:
+    def build(cls, group: dict[str, Any], index: int) -> _Group:
         where = f"param group {index}"
         family = group["family"]
         if not isinstance(family, ExpFamily):
@@ -506,84 +584,198 @@ class _GroupPosterior:
         devices = {p.device for p in params}
         if len(devices) > 1:
             raise ValueError(f"the parameters of {where} lie on several devices: {devices}")
-        dtype = torch.promote_types(params[0].dtype, torch.float32)
         if any(p.dtype != params[0].dtype for p in params):
             raise ValueError(f"the parameters of {where} have several dtypes")
+        dtype = torch.promote_types(params[0].dtype, torch.float32)
+        device = params[0].device
         layout = ParameterLayout.from_params(params)
         theta0 = layout.flatten(params).to(dtype)
-        ess, wd = float(group["ess"]), float(group["weight_decay"])
-        gaussian = isinstance(family, GaussianLike)
+        if isinstance(family, Product):
+            if family.dim != layout.size:
+                raise ValueError(
+                    f"family {family.name} covers {family.dim} coordinates, {where} has "
+                    f"{layout.size}"
+                )
+            blocks = list(zip(family.families, family.slices))
+        else:
+            blocks = [(family, slice(0, layout.size))]
+        n = len(blocks)
+        estimators = _per_block(group["estimator"], n, "estimator", (Estimator,))
+        priors = _per_block_nat(group["prior"], family, layout, n, "prior", device, dtype)
+        inits = _per_block_nat(group["init"], family, layout, n, "init", device, dtype)
         options = group["gaussian"]
-        if options is not None and not isinstance(family, _GAUSSIAN_STEP):
+        if options is not None and not isinstance(options, GaussianOptions):
+            raise TypeError(f"gaussian must be a blr.GaussianOptions, got {type(options).__name__}")
+        if options is not None and not any(isinstance(f, _GAUSSIAN_STEP) for f, _ in blocks):
             raise TypeError(
                 f"gaussian options need a DiagGaussian or FullGaussian ({where}), got {family.name}"
             )
-        if options is not None and not isinstance(options, GaussianOptions):
-            raise TypeError(f"gaussian must be a blr.GaussianOptions, got {type(options).__name__}")
-        if options is None and isinstance(family, _GAUSSIAN_STEP):
-            options = GaussianOptions(improved=True)
-        post = cls(
-            family=family,
-            layout=layout,
-            device=params[0].device,
-            dtype=dtype,
-            ess=ess,
-            weight_decay=wd,
-            gaussian=options,
-            where=where,
+        units = []
+        for k, (fam, coords) in enumerate(blocks):
+            name = where if n == 1 else f"{where}, block {k} ({fam.name})"
+            units.append(
+                _Unit.build(
+                    fam,
+                    coords,
+                    theta0[coords],
+                    group,
+                    name,
+                    estimators[k],
+                    priors[k],
+                    inits[k],
+                    options,
+                    device,
+                    dtype,
+                )
+            )
+        return cls(family, layout, units, device, dtype)
+
+    @property
+    def nat(self) -> tuple:
+        if len(self.units) == 1 and not isinstance(self.family, Product):
+            return self.units[0].nat
+        return self.family.join([u.nat for u in self.units])
+
+    def split(self, values: Any, name: str, check: bool = True) -> list[tuple]:
+        """A checkpoint's λ (or λ₀) of this group, as the blocks' λ (checked)."""
+        fam = self.family
+        if not isinstance(values, tuple) or len(values) != len(fam.nat_type._fields):
+            raise ValueError(f"{name} does not hold λ of {fam.name}")
+        nat = fam.nat_type(*values)
+        parts = fam.split(nat) if isinstance(fam, Product) else [nat]
+        return [u.as_nat(part, name, check) for u, part in zip(self.units, parts)]
+
+    def center(self) -> Tensor:
+        """E_q[θ] of the group, ``(D,)``."""
+        return torch.cat([u.center() for u in self.units])
+
+    def draw(self, gen: torch.Generator, train: bool) -> list[_Draw]:
+        return [u.draw(gen, train) for u in self.units]
+
+    def write(self, params: list[Tensor], flat: Tensor) -> None:
+        views = [v.to(p.dtype) for v, p in zip(self.layout.unflatten(flat).values(), params)]
+        torch._foreach_copy_([p.data for p in params], views)
+
+    def collect(self, params: list[Tensor], draws: list[_Draw], loss: Tensor | None) -> None:
+        """The gradients (and exact Hessians, when a block asks for them) of a finished draw."""
+        grads = [p.grad for p in params]
+        flat = torch.cat(
+            [
+                torch.zeros(p.numel(), device=p.device, dtype=self.dtype)
+                if g is None
+                else g.detach().reshape(-1).to(self.dtype)
+                for p, g in zip(params, grads)
+            ]
         )
-        # λ at the start
-        init = group["init"]
+        for unit, d in zip(self.units, draws):
+            d.grad = flat[unit.coords]
+            d.value = loss
+            if unit.exact_hessian:
+                d.hess = unit.exact_hess(params, grads)
+
+
+def _per_block(value: Any, n: int, name: str, kinds: tuple) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name} must give one entry per block ({n}), got {len(value)}")
+        return list(value)
+    return [value] * n
+
+
+def _per_block_nat(value, family, layout, n, name, device, dtype) -> list:
+    """A group's prior or init (a ParameterPosterior, λ of the family, or None), per block."""
+    if value is None:
+        return [None] * n
+    if isinstance(value, ParameterPosterior):
+        if name != "prior":
+            raise TypeError("init must be λ of the family, not a ParameterPosterior")
+        if value.family.name != family.name:
+            raise ValueError(
+                f"prior is a posterior of another family ({value.family.name}, the group's is "
+                f"{family.name})"
+            )
+        shapes = value.layout.shapes
+        if len(shapes) != len(layout.shapes) or any(a != b for a, b in zip(shapes, layout.shapes)):
+            raise ValueError(
+                "prior is a posterior over another model: its parameters have shapes "
+                f"{[tuple(s) for s in shapes]}, the group's {[tuple(s) for s in layout.shapes]}"
+            )
+        value = value.nat
+    if not isinstance(value, tuple) or type(value) is not family.nat_type:
+        if not (isinstance(value, tuple) and len(value) == len(family.nat_type._fields)):
+            raise TypeError(
+                f"{name} must be a {family.nat_type.__name__} of the group's family "
+                f"{family.name}, got {type(value).__name__}"
+            )
+        value = family.nat_type(*value)
+    value = tmap(lambda t: torch.as_tensor(t).detach().to(device, dtype), value)
+    return family.split(value) if isinstance(family, Product) else [value]
+
+
+# ---------------------------------------------------------------------------- one block
+class _Unit:
+    """One block of a group's posterior: family, λ, prior, estimator, coordinates; how it
+    draws, estimates ∇_μE_q[ℓ̄] from the draws and steps."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+    @classmethod
+    def build(
+        cls, family, coords, theta0, group, where, estimator, prior, init, options, device, dtype
+    ) -> _Unit:
+        ess, wd = float(group["ess"]), float(group["weight_decay"])
+        gaussian = options if isinstance(family, _GAUSSIAN_STEP) else None
+        if gaussian is None and isinstance(family, _GAUSSIAN_STEP):
+            gaussian = GaussianOptions(improved=True)
+        unit = cls(
+            family=family, coords=coords, device=device, dtype=dtype, ess=ess, weight_decay=wd,
+            gaussian=gaussian, where=where,
+        )  # fmt: skip
         if init is None:
-            init = post.default_init(theta0, float(group["hess_init"]))
-        post.nat = post.as_nat(init, "init")
-        # the parameters (and the posterior's draws) must lie in the family's support
-        try:
+            init = unit.default_init(theta0, float(group["hess_init"]))
+        unit.nat = None
+        unit.nat = unit.as_nat(init, "init")
+        try:  # the parameters must lie in the family's support
             stats = family.suff_stats(theta0)
         except (ValueError, TypeError) as err:
             raise ValueError(
                 f"params of {where} are not in the support of {family.name}: {err}"
             ) from err
-        for field, t, lam in zip(family.nat_type._fields, stats, post.nat):
+        for field, t, lam in zip(family.nat_type._fields, stats, unit.nat):
             if t.shape != lam.shape:
                 raise ValueError(
-                    f"family {family.name} does not describe the {layout.size} coordinates of "
-                    f"{where}: λ.{field} has shape {tuple(lam.shape)}, T(θ).{field} "
+                    f"family {family.name} does not describe the {theta0.numel()} coordinates "
+                    f"of {where}: λ.{field} has shape {tuple(lam.shape)}, T(θ).{field} "
                     f"{tuple(t.shape)}"
                 )
-        post.center_field = None
-        if not gaussian:
-            post.center_field = next(
-                (
-                    i
-                    for i, t in enumerate(stats)
-                    if t.shape == theta0.shape and torch.equal(t, theta0)
-                ),
-                None,
-            )
-            if post.center_field is None:
+        unit.center_field = None
+        if not isinstance(family, GaussianLike):
+            unit.center_field = identity_statistic(family, theta0)
+            if unit.center_field is None:
                 raise TypeError(
                     f"{family.name} has no sufficient statistic T_i(θ) = θ, so E_q[θ] (what the "
                     f"parameters hold between steps) is not one of its mean parameters ({where})"
                 )
-        # the prior
-        post.prior, post.prior_as_loss = None, False
-        prior = group["prior"]
+        unit.prior, unit.prior_as_loss = None, False
         if prior is not None:
-            post.prior = post.as_nat(prior, "prior")
+            unit.prior = unit.as_nat(prior, "prior", check=False)
         elif isinstance(family, _GAUSSIAN_STEP):
             prec = torch.full_like(theta0, ess * wd)
-            post.prior = (
+            unit.prior = (
                 family.nat_type(torch.zeros_like(theta0), -0.5 * prec)
                 if isinstance(family, DiagGaussian)
                 else family.nat_type(torch.zeros_like(theta0), -0.5 * torch.diag(prec))
             )
         elif isinstance(family, Bernoulli):
-            post.prior = family.nat_type(torch.zeros_like(theta0))
+            unit.prior = family.nat_type(torch.zeros_like(theta0))
         else:
-            post.prior_as_loss = wd > 0
-        post.estimator = post.resolve_estimator(group["estimator"], group)
-        return post
+            unit.prior_as_loss = wd > 0
+        unit.estimator = unit.resolve_estimator(estimator)
+        unit.exact_hessian = getattr(unit.estimator, "hessian", None) == "exact" and (
+            family.hessian_event_ndim is not None
+        )
+        return unit
 
     def default_init(self, theta0: Tensor, hess_init: float) -> tuple:
         family = self.family
@@ -610,17 +802,15 @@ class _GroupPosterior:
 
     def as_nat(self, value: Any, name: str, check: bool = True) -> tuple:
         family = self.family
-        if isinstance(value, family.nat_type):
-            nat = value
-        elif isinstance(value, tuple) and len(value) == len(family.nat_type._fields):
+        if isinstance(value, tuple) and len(value) == len(family.nat_type._fields):
             nat = family.nat_type(*value)
         else:
             raise TypeError(
-                f"{name} must be a {family.nat_type.__name__} of the group's family "
-                f"{family.name} ({self.where}), got {type(value).__name__}"
+                f"{name} must be a {family.nat_type.__name__} of the family {family.name} "
+                f"({self.where}), got {type(value).__name__}"
             )
-        nat = tmap(lambda t: t.detach().to(self.device, self.dtype), nat)
-        if hasattr(self, "nat"):
+        nat = tmap(lambda t: torch.as_tensor(t).detach().to(self.device, self.dtype), nat)
+        if self.nat is not None:
             for field, a, b in zip(family.nat_type._fields, nat, self.nat):
                 if a.shape != b.shape:
                     raise ValueError(
@@ -631,7 +821,7 @@ class _GroupPosterior:
             family.validate_nat(nat, name)
         return nat
 
-    def resolve_estimator(self, estimator: Estimator | None, group: dict) -> Estimator:
+    def resolve_estimator(self, estimator: Estimator | None) -> Estimator:
         family = self.family
         if estimator is None:
             if isinstance(family, GaussianLike):
@@ -650,11 +840,11 @@ class _GroupPosterior:
             if estimator.points == "sigma":
                 raise ValueError('estimator points="sigma" needs the loss as a function of θ; '
                                  "use blr.functional.ModuleLoss with blr.BLR")  # fmt: skip
-            if estimator.hessian not in ("stein", "grad_sq"):
+            if estimator.hessian not in ("stein", "grad_sq", "exact"):
                 raise ValueError(
                     f'estimator hessian="{estimator.hessian}" needs more than the gradients '
-                    'of a training loop: use "stein" or "grad_sq" (or the functional route, '
-                    "blr.functional.ModuleLoss with blr.BLR)"
+                    'of a training loop: use "stein", "grad_sq" or "exact" (or the functional '
+                    "route, blr.functional.ModuleLoss with blr.BLR)"
                 )
         elif isinstance(estimator, Reparam):
             if estimator.points != "mc":
@@ -673,7 +863,7 @@ class _GroupPosterior:
         n = getattr(estimator, "n_samples", 1)
         if isinstance(estimator, BonnetPrice) and estimator.points == "mean":
             n = 1
-        if n not in (1,) and not isinstance(estimator, ScoreFunction):
+        if n != 1 and not isinstance(estimator, ScoreFunction):
             raise ValueError(
                 f"the estimator's n_samples ({n}) must be 1: the draws per step are the "
                 "optimizer's (mc_samples, or the sampled_params(train=True) contexts)"
@@ -682,7 +872,7 @@ class _GroupPosterior:
 
     # ------------------------------------------------------------------ draws
     def center(self) -> Tensor:
-        """E_q[θ], ``(D,)``."""
+        """E_q[θ] of the block."""
         if self.center_field is None:
             return self.family.location(self.nat)
         return self.family.nat_to_mean(self.nat, validate=False)[self.center_field]
@@ -708,45 +898,69 @@ class _GroupPosterior:
             return _Draw(x, replay=theta_pm)
         return _Draw(fam.sample(nat, (1,), gen, validate=False)[0])  # score function
 
-    def write(self, params: list[Tensor], flat: Tensor) -> None:
-        views = [v.to(p.dtype) for v, p in zip(self.layout.unflatten(flat).values(), params)]
-        torch._foreach_copy_([p.data for p in params], views)
-
-    def layout_grad(self, params: list[Tensor]) -> Tensor:
-        return torch.cat(
+    def exact_hess(self, params: list[Tensor], grads: list[Tensor | None]) -> Tensor:
+        """∇²ℓ over the block's coordinates (full or diagonal) at the draw, by one backward pass
+        per coordinate through the gradients' graph (``backward(create_graph=True)``)."""
+        if any(g is not None and g.grad_fn is None for g in grads):
+            raise RuntimeError(
+                'hessian="exact" needs the gradients\' graph: call loss.backward('
+                "create_graph=True) inside sampled_params(train=True)"
+            )
+        flat = torch.cat(
             [
-                (
-                    torch.zeros(p.numel(), device=p.device)
-                    if p.grad is None
-                    else p.grad.reshape(-1)
-                ).to(self.dtype)
-                for p in params
+                torch.zeros(p.numel(), device=p.device, dtype=p.dtype)
+                if g is None
+                else g.reshape(-1)
+                for p, g in zip(params, grads)
             ]
         )
+        full = self.family.hessian_event_ndim == 2
+        rows = []
+        with torch.enable_grad():
+            for j in range(self.coords.start, self.coords.stop):
+                parts = torch.autograd.grad(flat[j], params, retain_graph=True, allow_unused=True)
+                row = torch.cat(
+                    [
+                        torch.zeros(p.numel(), device=p.device, dtype=p.dtype)
+                        if r is None
+                        else r.reshape(-1)
+                        for p, r in zip(params, parts)
+                    ]
+                )[self.coords]
+                rows.append(row if full else row[j - self.coords.start])
+        return torch.stack(rows).to(self.dtype).detach()
 
     # ------------------------------------------------------------------ the update
-    def proposal(self, group: dict, draws: list[_Draw]) -> tuple[tuple | None, tuple | None]:
-        """(direction d of λ − ρd, None) or (None, λ_new of the Gaussian (m, S) step)."""
+    def update(self, rho: float, draws: list[_Draw], max_halvings: int) -> tuple[tuple, int]:
+        """λ_{t+1} of the block (and the number of halvings it took)."""
         n = self.ess
         theta = torch.stack([d.theta for d in draws])
         grads = torch.stack([d.grad for d in draws]) * n  # ∇(Nℓ) at each draw
         values = None
-        if draws[0].value is not None and all(d.value is not None for d in draws):
+        if all(d.value is not None for d in draws):
             values = torch.stack([d.value for d in draws]).to(self.dtype) * n
+        hess = None
+        if self.exact_hessian:
+            hess = torch.stack([d.hess for d in draws]) * n
         if self.prior_as_loss:  # −log p₀ = ½Nδ‖θ‖² (+ const)
             grads = grads + n * self.weight_decay * theta
             if values is not None:
                 values = values + 0.5 * n * self.weight_decay * (theta * theta).sum(-1)
-        grad_mean = self.grad_mean(theta, grads, values, draws)
+        grad_mean = self.grad_mean(theta, grads, values, hess, draws)
         fam = self.family
         if isinstance(fam, _GAUSSIAN_STEP) and self.prior is not None:
             total = tmap(torch.sub, grad_mean, self.prior)
-            new = gaussian_step(fam, self.nat, total, rho=group["lr"], options=self.gaussian)
-            return None, new
-        return natural_gradient(fam, self.nat, grad_mean, self.prior), None
+            return gaussian_step(fam, self.nat, total, rho=rho, options=self.gaussian), 0
+        direction = natural_gradient(fam, self.nat, grad_mean, self.prior)
+        return self.safe_apply(direction, rho, max_halvings)
 
     def grad_mean(
-        self, theta: Tensor, grads: Tensor, values: Tensor | None, draws: list[_Draw]
+        self,
+        theta: Tensor,
+        grads: Tensor,
+        values: Tensor | None,
+        hess: Tensor | None,
+        draws: list[_Draw],
     ) -> tuple:
         """∇_μE_q[ℓ̄] (the data part, and the prior when it is not conjugate) from the draws."""
         fam, nat, est = self.family, self.nat, self.estimator
@@ -756,6 +970,12 @@ class _GroupPosterior:
             kind = fam.hessian_event_ndim
             if kind is None:
                 h_hat = None
+            elif est.hessian == "exact":
+                h_hat = hess.mean(0)
+                if self.prior_as_loss:
+                    ones = torch.ones_like(g_hat)
+                    eye = ones if kind == 1 else torch.diag(ones)
+                    h_hat = h_hat + self.ess * self.weight_decay * eye
             elif est.hessian == "grad_sq":
                 h_hat = g_hat.unsqueeze(-1) * g_hat.unsqueeze(-2) if kind == 2 else g_hat * g_hat
             elif kind == 2:  # Stein: sym(S(θ − m)∇ℓᵀ)

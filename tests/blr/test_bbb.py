@@ -14,7 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from blr.optim import IVON, BayesByBackprop
-from blr.predict import ParameterPosterior, predict_regression
+from blr.posterior import ParameterPosterior
+from blr.predict import predict_regression
 from expfam import DiagGaussian
 
 

@@ -122,7 +122,7 @@ def test_functional_route_equals_the_optimizer_step_for_step(case):
         model.parameters(), family, lr=rho, ess=N, weight_decay=wd, estimator=est, init=init,
         seed=3,
     )  # fmt: skip
-    post = opt.posteriors[0]
+    post = opt._posts[0].units[0]  # the block's prior and options (internal)
     loss = ModuleLoss(model, mse, (x, y), scale=N)
     if post.prior_as_loss:  # the default prior N(0, 1/(Nδ)) as a term of ℓ̄
 
@@ -143,7 +143,7 @@ def test_functional_route_equals_the_optimizer_step_for_step(case):
     for idx in _batches(20):
         _loop_step(opt, model, x[idx], y[idx])
         engine.step(engine_loss((x[idx], y[idx])))
-        worst = max(worst, _max_diff(opt.posteriors[0].nat, engine.posterior))
+        worst = max(worst, _max_diff(opt.posterior().nat, engine.posterior))
     assert worst <= 1e-10, worst
     assert opt.halvings == 0
     # the parameters hold E_q[θ]
@@ -181,7 +181,7 @@ def test_score_function_route_equals_the_optimizer():
     for idx in _batches(20):
         _loop_step(opt, model, x[idx], y[idx], mc_samples=4)
         engine.step(loss.with_batch((x[idx], y[idx])))
-        worst = max(worst, _max_diff(opt.posteriors[0].nat, engine.posterior))
+        worst = max(worst, _max_diff(opt.posterior().nat, engine.posterior))
     assert worst <= 1e-10, worst
 
 
@@ -218,7 +218,7 @@ def test_ivon_and_von_are_the_diagonal_gaussian_blr(improved):
         state = fast.state_dict()["state"]
         mean = torch.cat([state[i]["mean"].reshape(-1) for i in sorted(state)])
         hess = torch.cat([state[i]["hess"].reshape(-1) for i in sorted(state)])
-        m, s = expfam.DiagGaussian().to_moments(gen.posteriors[0].nat)
+        m, s = expfam.DiagGaussian().to_moments(gen.posterior().nat)
         worst = max(worst, float((mean - m).abs().max()), float((hess - (s / N - wd)).abs().max()))
     assert worst <= 1e-10, worst
 
@@ -238,7 +238,7 @@ def test_ivon_equivalence_fails_without_the_correction():
             _loop_step(opt, model, x[idx], y[idx])
     state = fast.state_dict()["state"]
     hess = torch.cat([state[i]["hess"].reshape(-1) for i in sorted(state)])
-    s = expfam.DiagGaussian().to_moments(gen.posteriors[0].nat)[1]
+    s = expfam.DiagGaussian().to_moments(gen.posterior().nat)[1]
     assert float((hess - (s / N - 0.01)).abs().max()) > 1e-6
 
 
@@ -256,7 +256,7 @@ def test_bayesbinn_is_the_bernoulli_blr_with_gumbel_softmax():
             _loop_step(opt, model, x[idx], y[idx])
         state = fast.state_dict()["state"]
         lam = torch.cat([state[i]["lam"].reshape(-1) for i in sorted(state)])
-        worst = max(worst, float((lam - gen.posteriors[0].nat.lam1).abs().max()))
+        worst = max(worst, float((lam - gen.posterior().nat.lam1).abs().max()))
     assert worst <= 1e-10, worst
     for p, q in zip(m_fast.parameters(), m_gen.parameters()):  # both hold tanh λ
         torch.testing.assert_close(p, q, rtol=0, atol=1e-10)
@@ -278,8 +278,9 @@ def test_param_groups_each_with_their_family_and_schedulers():
         _loop_step(opt, model, x[idx], y[idx])
         sched.step()
     assert [g["lr"] for g in opt.param_groups] == [0.025, 0.05]
-    assert [q.family.name for q in opt.posteriors] == ["gaussian_diag", "gaussian_full"]
-    assert opt.posteriors[1].nat.lam2.shape == (5, 5)
+    q = opt.posterior(model)
+    assert q.family.name == "product(gaussian_diag:16, gaussian_full:5)"
+    assert q.family.split(q.nat)[1].lam2.shape == (5, 5)
 
 
 def test_state_dict_resumes_bit_exactly_and_loads_weights_only():
@@ -303,7 +304,7 @@ def test_state_dict_resumes_bit_exactly_and_loads_weights_only():
     b = BLROptimizer(mb.parameters(), expfam.DiagGaussian(), lr=0.1, ess=N)
     b.load_state_dict(saved["opt"])
     run(b, mb, batches[3:])
-    for u, v in zip(a.posteriors[0].nat, b.posteriors[0].nat):
+    for u, v in zip(a.posterior().nat, b.posterior().nat):
         assert torch.equal(u, v)
     assert b.param_groups[0]["step"] == 6
 
@@ -317,7 +318,7 @@ def test_a_step_that_would_leave_the_domain_is_halved_not_applied():
                        init=_gamma_init(model), seed=0)  # fmt: skip
     for idx in _batches(10):
         _loop_step(opt, model, x[idx], y[idx])
-        expfam.Gamma().validate_nat(opt.posteriors[0].nat)
+        expfam.Gamma().validate_nat(opt.posterior().nat)
         assert all(torch.isfinite(p).all() for p in model.parameters())
     assert opt.halvings > 0
 
@@ -325,12 +326,12 @@ def test_a_step_that_would_leave_the_domain_is_halved_not_applied():
 def test_nonfinite_gradients_raise_or_skip_and_leave_the_state():
     model = _mlp()
     opt = BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=N, seed=0)
-    before = [t.clone() for t in opt.posteriors[0].nat]
+    before = [t.clone() for t in opt.posterior().nat]
     with opt.sampled_params(train=True):
         (model(torch.full((2, 3), float("nan"), dtype=f64)).sum()).backward()
     with pytest.raises(FloatingPointError, match="NaN"):
         opt.step()
-    assert all(torch.equal(a, b) for a, b in zip(before, opt.posteriors[0].nat))
+    assert all(torch.equal(a, b) for a, b in zip(before, opt.posterior().nat))
     skip = BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=N,
                         nonfinite="skip")  # fmt: skip
     with skip.sampled_params(train=True):
@@ -352,7 +353,7 @@ def test_nonfinite_gradients_raise_or_skip_and_leave_the_state():
             "prior.lam1 has shape",
         ),
         ({"estimator": blr.GumbelSoftmax()}, TypeError, "GumbelSoftmax needs a Bernoulli"),
-        ({"estimator": blr.BonnetPrice(hessian="exact")}, ValueError, 'hessian="exact"'),
+        ({"estimator": blr.BonnetPrice(hessian="ggn")}, ValueError, 'hessian="ggn"'),
         ({"estimator": blr.BonnetPrice(4, "stein")}, ValueError, "n_samples"),
         ({"estimator": blr.Exact()}, TypeError, "cannot be estimated"),
         ({"ess": 0}, ValueError, "ess must be > 0"),
@@ -381,10 +382,10 @@ def test_gamma_over_negative_weights_is_refused():
 def test_state_dict_of_another_layout_is_refused_and_nothing_changes():
     a = BLROptimizer(_mlp().parameters(), expfam.DiagGaussian(), lr=0.1, ess=N, seed=0)
     b = BLROptimizer(_mlp().parameters(), expfam.FullGaussian(), lr=0.1, ess=N, seed=0)
-    before = [t.clone() for t in b.posteriors[0].nat]
+    before = [t.clone() for t in b.posterior().nat]
     with pytest.raises(ValueError, match="family 'gaussian_diag' in the state_dict"):
         b.load_state_dict(a.state_dict())
-    assert all(torch.equal(x, y) for x, y in zip(before, b.posteriors[0].nat))
+    assert all(torch.equal(x, y) for x, y in zip(before, b.posterior().nat))
     with pytest.raises(ValueError, match=r"not from blr\.optim\.BLROptimizer"):
         b.load_state_dict(IVON(_mlp().parameters(), lr=0.1, ess=N).state_dict())
 
@@ -457,5 +458,181 @@ def test_breast_cancer_logistic_regression_reaches_the_variational_optimum(kind,
     for _ in range(1000):
         opt.step(closure)
         sched.step()
-    gap = elbo(opt.posteriors[0].nat) - elbo(best.posterior)
+    gap = elbo(opt.posterior().nat) - elbo(best.posterior)
     assert 0 <= gap < 0.1, gap
+
+
+# ---------------------------------------------------------------------------- structured posteriors
+def test_a_product_family_equals_one_group_per_block():
+    """One group with Product(full on the first layer, diagonal on the second) takes the same
+    steps as two groups with those families (same draws: blocks are drawn in order)."""
+    x, y = _data()
+    m1, m2 = _mlp(), _mlp()
+    d1 = sum(p.numel() for p in m1[0].parameters())
+    d2 = sum(p.numel() for p in m1[2].parameters())
+    prod = expfam.Product([(expfam.FullGaussian(), d1), (expfam.DiagGaussian(), d2)])
+    a = BLROptimizer(m1.parameters(), prod, lr=0.1, ess=N, seed=2)
+    b = BLROptimizer(
+        [
+            {"params": m2[0].parameters(), "family": expfam.FullGaussian()},
+            {"params": m2[2].parameters()},
+        ],
+        expfam.DiagGaussian(), lr=0.1, ess=N, seed=2,
+    )  # fmt: skip
+    for idx in _batches(10):
+        _loop_step(a, m1, x[idx], y[idx])
+        _loop_step(b, m2, x[idx], y[idx])
+    qa, qb = a.posterior(m1), b.posterior(m2)
+    assert qa.family.name == qb.family.name == "product(gaussian_full:16, gaussian_diag:5)"
+    for u, v in zip(qa.nat, qb.nat):
+        assert torch.equal(u, v)
+
+
+def test_a_product_with_binary_and_real_blocks_trains_each_by_its_rule():
+    """Product(±1 Bernoulli on the first layer's weights, diagonal Gaussian on the rest): the
+    Bernoulli block is updated by the Gumbel-softmax BLR (as BayesBiNN on that layer alone), the
+    Gaussian block by the improved BLR with Stein curvature; λ stays valid and finite."""
+    x, y = _data()
+    model = _mlp()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.where(model[0].weight >= 0, 1.0, -1.0))
+    params = [model[0].weight, model[0].bias, *model[2].parameters()]
+    fam = expfam.Product([(expfam.Bernoulli("pm1"), 12), (expfam.DiagGaussian(), 9)])
+    opt = BLROptimizer(params, fam, lr=0.05, ess=N, seed=0,
+                       estimator=[blr.GumbelSoftmax(0.5), None])  # fmt: skip
+    unit_b, unit_g = opt._posts[0].units
+    assert isinstance(unit_b.estimator, blr.GumbelSoftmax)
+    assert unit_g.estimator.hessian == "stein"
+    for idx in _batches(20):
+        _loop_step(opt, model, x[idx], y[idx])
+    q = opt.posterior()
+    fam.validate_nat(q.nat)
+    lam_b = fam.split(q.nat)[0].lam1
+    assert torch.equal(model[0].weight.detach().reshape(-1), torch.tanh(lam_b))
+    with opt.sampled_params():  # prediction draws are ±1 on the binary block
+        assert set(model[0].weight.detach().unique().tolist()) <= {-1.0, 1.0}
+
+
+def _linreg_tasks():
+    g = torch.Generator().manual_seed(3)
+    w = torch.tensor([[0.7], [-1.2], [0.4]], dtype=f64)
+    tasks = []
+    for n in (30, 50):
+        x = torch.randn(n, 3, generator=g, dtype=f64)
+        tasks.append((x, x @ w + 0.3 * torch.randn(n, 1, generator=g, dtype=f64)))
+    return tasks
+
+
+EXACT = {"estimator": blr.Delta("exact"), "gaussian": blr.GaussianOptions(improved=False)}
+"""The exact Hessian at the mean and the plain BLR (the improved BLR's ρ²/2 term is not Newton)."""
+
+
+def _exact_step(opt, model, x, y):
+    """One step with the exact Hessian (backward through the gradient's graph)."""
+    with opt.sampled_params(train=True):
+        opt.zero_grad()
+        loss = 0.5 * ((model(x) - y) ** 2).mean()
+        loss.backward(create_graph=True)
+    opt.step()
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_exact_hessian_in_the_loop_is_one_newton_step_to_the_posterior():
+    """Conjugate Bayesian linear regression: Delta("exact") at ρ = 1 lands on the exact
+    posterior (S = XᵀX + Nδ I, m = S⁻¹Xᵀy) in one step."""
+    (x, y), _ = _linreg_tasks()
+    n = x.shape[0]
+    model = torch.nn.Linear(3, 1, bias=False).double()
+    opt = BLROptimizer(model.parameters(), expfam.FullGaussian(), lr=1.0, ess=n,
+                       weight_decay=0.5 / n, seed=0, **EXACT)  # fmt: skip
+    _exact_step(opt, model, x, y)
+    prec = x.T @ x + 0.5 * torch.eye(3, dtype=f64)
+    m, s = expfam.FullGaussian().to_moments(opt.posterior().nat)
+    torch.testing.assert_close(s, prec, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(m, torch.linalg.solve(prec, x.T @ y).squeeze(-1), rtol=1e-12,
+                               atol=1e-12)  # fmt: skip
+    with pytest.raises(RuntimeError, match="create_graph=True"):
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            (0.5 * ((model(x) - y) ** 2).mean()).backward()
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_the_posterior_of_task_one_is_the_prior_of_task_two():
+    """Variational continual learning on conjugate Bayesian linear regression: fit task 1, pass
+    its posterior() (saved and loaded with weights_only=True) as prior= for task 2; the result
+    equals one fit on both tasks (exact: the exact Hessian, ρ = 1)."""
+    (x1, y1), (x2, y2) = _linreg_tasks()
+    n1, n2 = x1.shape[0], x2.shape[0]
+    delta0 = 0.5  # the first prior's precision
+    model = torch.nn.Linear(3, 1, bias=False).double()
+    first = BLROptimizer(model.parameters(), expfam.FullGaussian(), lr=1.0, ess=n1,
+                         weight_decay=delta0 / n1, seed=0, **EXACT)  # fmt: skip
+    _exact_step(first, model, x1, y1)
+    buf = io.BytesIO()
+    torch.save(first.posterior(model).state_dict(), buf)
+    buf.seek(0)
+    prior = blr.ParameterPosterior.from_state_dict(torch.load(buf, weights_only=True), model)
+    second = BLROptimizer(model.parameters(), expfam.FullGaussian(), lr=1.0, ess=n2,
+                          prior=prior, seed=0, **EXACT)  # fmt: skip
+    _exact_step(second, model, x2, y2)
+
+    both = torch.nn.Linear(3, 1, bias=False).double()
+    joint = BLROptimizer(both.parameters(), expfam.FullGaussian(), lr=1.0, ess=n1 + n2,
+                         weight_decay=delta0 / (n1 + n2), seed=0, **EXACT)  # fmt: skip
+    x, y = torch.cat([x1, x2]), torch.cat([y1, y2])
+    _exact_step(joint, both, x, y)
+    for a, b in zip(second.posterior().nat, joint.posterior().nat):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert float(second.posterior(model).kl(joint.posterior(both))) < 1e-10
+    # ... and the check can fail: task 2 alone (the default prior) is another posterior
+    alone = BLROptimizer(torch.nn.Linear(3, 1, bias=False).double().parameters(),
+                         expfam.FullGaussian(), lr=1.0, ess=n2, weight_decay=delta0 / n2,
+                         **EXACT)  # fmt: skip
+    assert not torch.allclose(alone.posterior().nat.lam2, joint.posterior().nat.lam2)
+
+
+def test_a_prior_of_another_family_or_model_is_refused():
+    model = _mlp()
+    diag = BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=N).posterior()
+    with pytest.raises(ValueError, match="posterior of another family"):
+        BLROptimizer(model.parameters(), expfam.FullGaussian(), lr=0.1, ess=N, prior=diag)
+    other = torch.nn.Linear(3, 2).double()
+    with pytest.raises(ValueError, match="posterior over another model"):
+        BLROptimizer(other.parameters(), expfam.DiagGaussian(), lr=0.1, ess=N, prior=diag)
+    with pytest.raises(ValueError, match="model's parameters must be this optimizer's"):
+        BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=N).posterior(other)
+
+
+def test_posterior_draws_into_the_module_and_predicts():
+    from blr.predict import predict_regression
+
+    x, y = _data()
+    model = _mlp()
+    opt = BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=N, seed=0)
+    for idx in _batches(5):
+        _loop_step(opt, model, x[idx], y[idx])
+    q = opt.posterior(model)
+    q.generator = torch.Generator().manual_seed(0)
+    before = [p.detach().clone() for p in model.parameters()]
+    pred = predict_regression(model, q, x, n_samples=16, noise_var=0.1)
+    assert pred.mean.shape[0] == N and bool((pred.var > 0.1).all())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    torch.testing.assert_close(q.mean(), torch.cat([p.reshape(-1) for p in before]))
+
+
+def test_a_multi_group_posterior_is_a_prior_for_the_same_groups():
+    model = _mlp()
+    groups = [
+        {"params": model[0].parameters(), "family": expfam.FullGaussian()},
+        {"params": model[2].parameters()},
+    ]
+    first = BLROptimizer(groups, expfam.DiagGaussian(), lr=0.1, ess=N, seed=0)
+    q = first.posterior()
+    groups = [
+        {"params": model[0].parameters(), "family": expfam.FullGaussian()},
+        {"params": model[2].parameters()},
+    ]
+    second = BLROptimizer(groups, expfam.DiagGaussian(), lr=0.1, ess=N, prior=q)
+    for unit, part in zip((u for g in second._posts for u in g.units), q.family.split(q.nat)):
+        assert all(torch.equal(a, b) for a, b in zip(unit.prior, part))

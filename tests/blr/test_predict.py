@@ -8,7 +8,8 @@ import torch
 
 import expfam
 from blr.optim import IVON, VOGN
-from blr.predict import ParameterPosterior, predict_classification, predict_regression
+from blr.posterior import ParameterPosterior
+from blr.predict import predict_classification, predict_regression
 
 
 def _flat(model):
@@ -29,8 +30,8 @@ def test_average_equals_the_manual_one_and_restores_the_parameters(make):
     else:
         fam = expfam.DiagGaussian()
         nat = fam.from_moments(_flat(model), torch.full((_flat(model).numel(),), 4.0))
-        post = ParameterPosterior(model, fam, nat, generator=torch.Generator().manual_seed(1))
-        post_twin = ParameterPosterior(model, fam, nat, generator=torch.Generator().manual_seed(1))
+        post = ParameterPosterior(fam, nat, model, generator=torch.Generator().manual_seed(1))
+        post_twin = ParameterPosterior(fam, nat, model, generator=torch.Generator().manual_seed(1))
     before = _flat(model)
     pred = predict_classification(model, post, x, n_samples=5, batch_size=7, keep_samples=True)
     assert torch.equal(_flat(model), before)  # exactly the mean again
@@ -71,7 +72,7 @@ def test_regression_split_and_heteroscedastic_outputs():
     fam = expfam.DiagGaussian()
     nat = fam.from_moments(_flat(model), torch.full((3,), 9.0, dtype=torch.float64))
     gen = torch.Generator().manual_seed(3)
-    post = ParameterPosterior(model, fam, nat, generator=gen)
+    post = ParameterPosterior(fam, nat, model, generator=gen)
     x = torch.randn(10, 2, dtype=torch.float64)
     pred = predict_regression(model, post, x, n_samples=4, noise_var=0.3, keep_samples=True)
     draws = pred.samples
@@ -102,4 +103,4 @@ def test_errors_name_the_argument():
         predict_regression(model, None, x, n_samples=0)
     fam = expfam.DiagGaussian()
     with pytest.raises(ValueError, match="nat"):
-        ParameterPosterior(model, fam, fam.from_moments(torch.zeros(4), torch.ones(4)))
+        ParameterPosterior(fam, fam.from_moments(torch.zeros(4), torch.ones(4)), model)

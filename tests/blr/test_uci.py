@@ -23,7 +23,7 @@ from blr.apps.uci import (
     main,
     run_method,
 )
-from blr.predict import ParameterPosterior
+from blr.posterior import ParameterPosterior
 
 REQUIRED = (
     "data.txt",
@@ -229,7 +229,7 @@ def test_evaluate_adds_the_spread_of_the_draws_to_the_noise(toy):
     v, noise_var = 0.5, 0.2
     prec = torch.tensor([1e12, 1e12, 1e12, 1 / v], dtype=torch.float64)
     q = ParameterPosterior(
-        model, fam, fam.from_moments(torch.zeros(4, dtype=torch.float64), prec),
+        fam, fam.from_moments(torch.zeros(4, dtype=torch.float64), prec), model,
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     _, ll = evaluate(model, q, sp, noise_var, samples=4000)

@@ -652,17 +652,18 @@ def glm_removal(
 def optimizer_posterior(
     optimizer: torch.optim.Optimizer, params: Sequence[Tensor] | None = None
 ) -> tuple[Tensor, Tensor]:
-    r"""The diagonal Gaussian posterior held by a :mod:`blr.optim` optimizer in IVON's units
-    (:class:`~blr.optim.IVON`, :class:`~blr.optim.VON`, :class:`~blr.optim.VOGN`,
-    :class:`~blr.optim.OGN`), flattened over ``params``:
+    r"""The diagonal Gaussian posterior of a :mod:`blr.optim` optimizer (``optimizer.posterior()``:
+    :class:`~blr.optim.IVON`, :class:`~blr.optim.VON`, :class:`~blr.optim.VOGN`,
+    :class:`~blr.optim.OGN`, :class:`~blr.optim.Vadam`, :class:`~blr.optim.BLROptimizer` with a
+    :class:`~expfam.DiagGaussian`), as (m, S) flattened over ``params``; for the IVON family
 
     .. math::
         m = \mathtt{state["mean"]},\qquad S = N\,(h + \delta),
         \quad h = \mathtt{state["hess"]},\ N = \mathtt{ess},\ \delta = \mathtt{weight\_decay}
 
     (per param group), the precision of the objective Σ_i ℓ_i + ½Nδ‖θ‖² whose minibatch mean was
-    trained. The state is read through ``state_dict()``, so it is the mean m even when the weights
-    hold a draw (``IVON(draw_ahead=True)``).
+    trained. The posterior is read through ``state_dict()``, so it is the mean m even when the
+    weights hold a draw (``IVON(draw_ahead=True)``).
 
     Args:
         optimizer: the optimizer.
@@ -682,35 +683,31 @@ def optimizer_posterior(
         >>> prec.tolist()          # N(h₀ + δ) = 50·(0.5 + 0.25) before any step
         [37.5, 37.5, 37.5]
     """
-    from blr.optim._base import PrecisionSampler  # lazily: blr.optim loads the kernels
-
-    if not isinstance(optimizer, PrecisionSampler):
+    posterior = getattr(optimizer, "posterior", None)
+    if not callable(posterior):
         raise TypeError(
-            "optimizer must be a blr.optim optimizer with a diagonal posterior in IVON's units "
-            f"(IVON, VON, VOGN, OGN), got {type(optimizer).__name__}"
+            "optimizer must be a blr.optim optimizer (with posterior()), got "
+            f"{type(optimizer).__name__}"
         )
-    sd = optimizer.state_dict()
-    found: dict[int, tuple[Tensor, Tensor]] = {}
-    order: list[Tensor] = []
-    for group, packed in zip(optimizer.param_groups, sd["param_groups"]):
-        for p, k in zip(group["params"], packed["params"]):
-            st = sd["state"].get(k)
-            if st is None:  # a frozen parameter: not part of the posterior
-                continue
-            prec = group["ess"] * (st["hess"] + group["weight_decay"])
-            found[id(p)] = (st["mean"], prec)
-            order.append(p)
+    q = posterior()
+    if q.family.name != "gaussian_diag":
+        raise TypeError(
+            f"optimizer's posterior must be a diagonal Gaussian (IVON, VON, VOGN, OGN, Vadam, "
+            f"BLROptimizer with DiagGaussian), got {q.family.name}"
+        )
+    m, prec = q.family.to_moments(q.nat)
+    offsets = dict(zip((id(p) for p in q.params), q.layout.offsets))
     if params is None:
-        params = order
+        params = q.params
     means, precs = [], []
     for i, p in enumerate(params):
-        if id(p) not in found:
+        if id(p) not in offsets:
             raise ValueError(
                 f"params[{i}] (shape {tuple(p.shape)}) is not trained by the optimizer"
             )
-        m, s = found[id(p)]
-        means.append(m.reshape(-1))
-        precs.append(s.reshape(-1))
+        start = offsets[id(p)]
+        means.append(m[start : start + p.numel()])
+        precs.append(prec[start : start + p.numel()])
     if not means:
         raise ValueError("params is empty: the optimizer trains no parameter")
     return torch.cat(means), torch.cat(precs)

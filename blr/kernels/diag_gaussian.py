@@ -72,8 +72,10 @@ def ivon_scale_noise_(
         >>> ivon_scale_noise_(torch.ones(2), torch.full((2,), 3.0), ess=4.0, weight_decay=1.0)
         tensor([0.2500, 0.2500])
     """
+    per_coord = isinstance(weight_decay, Tensor)
     for a, b, work in _chunks(hess.numel(), scratch):
-        scale = torch.add(hess[a:b], weight_decay, out=work).mul_(ess).rsqrt_()
+        delta = weight_decay[a:b] if per_coord else weight_decay
+        scale = torch.add(hess[a:b], delta, out=work).mul_(ess).rsqrt_()
         z[a:b].mul_(scale)
     return z
 
@@ -84,6 +86,8 @@ def ivon_hess_estimate_(
     """ĥ from the averaged sample statistic, in place in ``stat``: Price/Stein
     ``stat`` = E[(θ − m)⊙ĝ] ⇒ ĥ = N(h + δ)⊙stat; ``"gradsq"``: ``stat`` = E[ĝ²] ⇒ ĥ = N·stat."""
     if hess_approx == "price":
+        if isinstance(weight_decay, Tensor):  # a per-coordinate δ (a prior of its own)
+            return stat.mul_(hess + weight_decay).mul_(ess)
         if weight_decay > 0:  # N(h + δ)⊙stat = Nδ·(stat + stat⊙h/δ), without a temporary
             return stat.addcmul_(stat, hess, value=1.0 / weight_decay).mul_(ess * weight_decay)
         return stat.mul_(hess).mul_(ess)
@@ -136,6 +140,7 @@ def ivon_step_(
     debias: bool = True,
     correction: bool = True,
     scratch: Tensor | None = None,
+    prior_mean: Tensor | None = None,
 ) -> None:
     """One IVON update (module docstring), in place on ``mean``, ``momentum`` and ``hess``.
 
@@ -145,12 +150,14 @@ def ivon_step_(
         h_hat: ĥ (:func:`ivon_hess_estimate`); overwritten (used as a work buffer).
         lr: α (already rescaled by h₀ + δ if the optimizer asks for it).
         beta1, beta2: the rates of ḡ and h.
-        weight_decay: δ.
+        weight_decay: δ, a number, or a tensor shaped like ``mean`` (a prior N(m₀, 1/(Nδ))
+            per coordinate, with ``prior_mean``: the decay term δ⊙(m − m₀)).
         step: t ≥ 1 (for the bias correction 1 − β₁^t).
         clip_radius: r.
         debias: divide ḡ by 1 − β₁^t.
         correction: the improved-BLR term that keeps h + δ > 0 for any ĥ.
         scratch: a work buffer shaped like ``mean`` (allocated if None).
+        prior_mean: m₀, shaped like ``mean`` (None: 0).
 
     Example:
         >>> m, g, h = torch.zeros(3), torch.zeros(3), torch.ones(3)
@@ -160,6 +167,7 @@ def ivon_step_(
         tensor([-0.1000, -0.1000, -0.1000])
     """
     bias = ivon_bias(beta1, step, debias)
+    per_coord = isinstance(weight_decay, Tensor)
     for a, b, work in _chunks(mean.numel(), scratch):
         _ivon_piece(
             mean[a:b],
@@ -171,10 +179,11 @@ def ivon_step_(
             lr=lr,
             beta1=beta1,
             beta2=beta2,
-            weight_decay=weight_decay,
+            weight_decay=weight_decay[a:b] if per_coord else weight_decay,
             bias=bias,
             clip_radius=clip_radius,
             correction=correction,
+            prior_mean=None if prior_mean is None else prior_mean[a:b],
         )
 
 
@@ -193,6 +202,7 @@ def _ivon_piece(
     bias,
     clip_radius,
     correction,
+    prior_mean=None,
 ) -> None:
     momentum.lerp_(g_hat, 1.0 - beta1)  # β₁ḡ + (1 − β₁)ĝ in one pass
     diff = torch.sub(hess, h_hat, out=h_hat)  # h − ĥ, in the ĥ buffer
@@ -202,7 +212,11 @@ def _ivon_piece(
         hess.addcdiv_(diff.square_(), scratch, value=0.5 * (1.0 - beta2) ** 2)
     else:
         hess.sub_(diff, alpha=1.0 - beta2)
-    direction = torch.add(momentum, mean, alpha=weight_decay * bias, out=scratch)
+    if isinstance(weight_decay, Tensor):  # ḡ + bδ⊙(m − m₀): a prior per coordinate
+        m0 = 0.0 if prior_mean is None else prior_mean
+        direction = torch.sub(mean, m0, out=scratch).mul_(weight_decay).mul_(bias).add_(momentum)
+    else:
+        direction = torch.add(momentum, mean, alpha=weight_decay * bias, out=scratch)
     denom = torch.add(hess, weight_decay, out=diff)
     if math.isfinite(clip_radius):
         direction.div_(denom).div_(bias).clamp_(-clip_radius, clip_radius)

@@ -30,6 +30,8 @@ from blr.optim._buckets import Bucket, make_buckets
 from blr.optim._checkpoint import load_buckets, save_buckets
 from blr.optim._distributed import DistributedNoise
 from blr.optim._functional import compiled_draw_, ivon_update_
+from blr.posterior import ParameterPosterior
+from expfam import DiagGaussian, ExpFamily
 
 
 class MonteCarloOptimizer(torch.optim.Optimizer):
@@ -540,6 +542,54 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         """
         return save_buckets(self)
 
+    # ------------------------------------------------------------------ the posterior
+    _posterior_family: ClassVar[ExpFamily] = DiagGaussian()
+
+    def _posterior_fields(
+        self, group: dict, param: Tensor, state: dict[str, Tensor]
+    ) -> tuple[Tensor, ...]:
+        """λ of one parameter's posterior from its ``state_dict`` entry (subclasses)."""
+        raise NotImplementedError
+
+    def posterior(self, model: torch.nn.Module | None = None) -> ParameterPosterior:
+        """The posterior as a :class:`blr.ParameterPosterior` over the trained parameters
+        (group after group), read through :meth:`state_dict` (so it is the mean even when the
+        weights hold a draw); with ``model`` over its parameters in ``model.parameters()``
+        order (each must be trained by this optimizer), its layout carrying their names. λ is a
+        copy.
+
+        Example:
+            >>> import torch
+            >>> from blr.optim import IVON
+            >>> model = torch.nn.Linear(2, 1)
+            >>> opt = IVON(model.parameters(), lr=0.1, ess=50, hess_init=0.5, weight_decay=0.25)
+            >>> q = opt.posterior(model)
+            >>> q.family.name, q.layout.names, q.family.to_moments(q.nat)[1].tolist()  # N(h + δ)
+            ('gaussian_diag', ('weight', 'bias'), [37.5, 37.5, 37.5])
+        """
+        sd = self.state_dict()
+        found: dict[int, tuple[Tensor, ...]] = {}
+        trained: list[Tensor] = []
+        for group, packed in zip(self.param_groups, sd["param_groups"]):
+            for p, k in zip(group["params"], packed["params"]):
+                entry = sd["state"].get(k)
+                if entry is not None:  # (a frozen parameter is not part of the posterior)
+                    found[id(p)] = self._posterior_fields(group, p, entry)
+                    trained.append(p)
+        target: Any = trained
+        if model is not None:
+            named = list(model.named_parameters())
+            for name, p in named:
+                if id(p) not in found:
+                    raise ValueError(f"model's parameter {name!r} is not trained by this optimizer")
+            trained, target = [p for _, p in named], model
+        if not trained:
+            raise ValueError("the optimizer trains no parameter")
+        fam = self._posterior_family
+        count = len(found[id(trained[0])])
+        fields = [torch.cat([found[id(p)][i].reshape(-1) for p in trained]) for i in range(count)]
+        return ParameterPosterior(fam, fam.nat_type(*fields), target)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` of the same optimizer class and parameter layout; any
         mismatch raises ValueError before anything is changed.
@@ -568,11 +618,25 @@ class PrecisionSampler(SamplingOptimizer):
     def _init_bucket(self, group: dict, bucket: Bucket) -> None:
         bucket.state["hess"].fill_(group["hess_init"])
 
+    def _posterior_fields(
+        self, group: dict, param: Tensor, state: dict[str, Tensor]
+    ) -> tuple[Tensor, ...]:
+        """N(m, 1/(N(h + δ))) as λ = (S m, −½S) (δ of a prior of its own, if any)."""
+        prior = getattr(self, "_prior_of", None)
+        delta = prior[id(param)][0] if prior else group["weight_decay"]
+        prec = group["ess"] * (state["hess"] + delta)
+        return prec * state["mean"], -0.5 * prec
+
+    def _delta(self, group: dict, bucket: Bucket) -> float | Tensor:
+        """δ of the bucket: the group's ``weight_decay``, or the per-coordinate δ of a prior."""
+        prior = getattr(bucket, "prior", None)
+        return group["weight_decay"] if prior is None else prior[0]
+
     def _noise(self, group: dict, bucket: Bucket, generator: torch.Generator) -> None:
         ivon_noise(
             bucket.state["hess"],
             ess=group["ess"],
-            weight_decay=group["weight_decay"],
+            weight_decay=self._delta(group, bucket),
             generator=generator,
             out=bucket.noise,
             scratch=bucket.scratch,
@@ -608,5 +672,6 @@ class PrecisionSampler(SamplingOptimizer):
             ess=group["ess"], hess_init=group["hess_init"], weight_decay=group["weight_decay"],
             beta1=group["beta1"], beta2=group["beta2"], step=group["step"],
             clip_radius=group.get("clip_radius", math.inf), impl=impl,
-            scratch=bucket.scratch if impl == "eager" else None, counter=bucket.counter, **how,
+            scratch=bucket.scratch if impl == "eager" else None, counter=bucket.counter,
+            prior=getattr(bucket, "prior", None), **how,
         )  # fmt: skip

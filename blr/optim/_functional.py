@@ -72,6 +72,7 @@ def ivon_update_(
     impl: str = "eager",
     scratch: Tensor | None = None,
     counter: CounterNoise | None = None,
+    prior: tuple[Tensor, Tensor] | None = None,
 ) -> None:
     """One IVON update (module docstring) of the flat state (m, ḡ, h), in place.
 
@@ -92,10 +93,21 @@ def ivon_update_(
         scratch: the eager path's work buffer.
         counter: the counter-based noise of the bucket (``"triton"``): the sample's draw and
             the draw-ahead state, advanced when the step writes the next draw.
+        prior: (δ, m₀), flat tensors: a prior N(m₀, 1/(Nδ)) per coordinate in place of the
+            scalar ``weight_decay`` (``impl="eager"`` only; the lr rescaling keeps the scalar).
     """
     fn = _IMPLS.get(impl)
     if fn is None:
         raise ValueError(f"impl must be one of {tuple(_IMPLS)}, got {impl!r}")
+    if prior is not None:
+        if impl != "eager":
+            raise ValueError(f"a per-coordinate prior needs impl='eager', got {impl!r}")
+        _eager_ivon(
+            mean, momentum, hess, g_hat, stat, ivon_lr(lr, hess_init, weight_decay, rescale_lr),
+            ess, prior[0], beta1, beta2, step, clip_radius, hess_approx, debias, correction,
+            scratch, counter, prior_mean=prior[1],
+        )  # fmt: skip
+        return
     # (positional: the step runs this for every bucket, Python's keyword binding is not free)
     fn(
         mean, momentum, hess, g_hat, stat, ivon_lr(lr, hess_init, weight_decay, rescale_lr), ess,
@@ -106,7 +118,7 @@ def ivon_update_(
 
 def _eager_ivon(
     mean, momentum, hess, g_hat, stat, lr, ess, weight_decay, beta1, beta2, step, clip_radius,
-    hess_approx, debias, correction, scratch, counter,
+    hess_approx, debias, correction, scratch, counter, prior_mean=None,
 ):  # fmt: skip
     """:func:`~blr.kernels.diag_gaussian.ivon_step_` after ĥ from the statistic, in place."""
     h_hat = stat
@@ -117,7 +129,7 @@ def _eager_ivon(
     ivon_step_(
         mean, momentum, hess, g_hat, h_hat, lr=lr, beta1=beta1, beta2=beta2,
         weight_decay=weight_decay, step=step, clip_radius=clip_radius, debias=debias,
-        correction=correction, scratch=scratch,
+        correction=correction, scratch=scratch, prior_mean=prior_mean,
     )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from blr.kernels.bernoulli import bayesbinn_step_, relaxed_sample_, relaxed_scal
 from blr.optim._args import SamplingOptions, Unpack, check_choice, hyper_rules
 from blr.optim._base import SamplingOptimizer
 from blr.optim._buckets import Bucket
+from expfam import Bernoulli
 
 
 class BayesBiNN(SamplingOptimizer):
@@ -105,6 +106,14 @@ class BayesBiNN(SamplingOptimizer):
             init_scale=float(init_scale),
         )
         super().__init__(params, defaults, mc_samples=mc_samples, **options)
+
+    _posterior_family = Bernoulli("pm1")
+
+    def _posterior_fields(
+        self, group: dict, param: Tensor, state: dict[str, Tensor]
+    ) -> tuple[Tensor, ...]:
+        """q(θ = 1) = σ(2λ) on {−1, +1}."""
+        return (state["lam"],)
 
     def _init_bucket(self, group: dict, bucket: Bucket) -> None:
         bucket.state["lam"].mul_(group["init_scale"])

@@ -226,9 +226,10 @@ class BayesByBackprop(MonteCarloOptimizer):
             terms += [t.double() for t in _kl_terms(ps, stds, group["prior_prec"])]
         return torch.stack(terms).sum() if terms else torch.zeros((), dtype=torch.float64)
 
-    def posterior(self, model: nn.Module) -> ParameterPosterior:
-        """q as a :class:`~blr.ParameterPosterior` over ``model``'s parameters (which
-        must be this optimizer's trainable parameters, in ``model.parameters()`` order): a
+    def posterior(self, model: nn.Module | None = None) -> ParameterPosterior:
+        """q as a :class:`~blr.ParameterPosterior` over the optimizer's parameters (or
+        ``model``'s, which must be this optimizer's trainable parameters, in
+        ``model.parameters()`` order, and then name the layout): a
         :class:`~expfam.DiagGaussian` with mean m and precision 1/σ², whose draws come from this
         optimizer's generator.
 
@@ -242,7 +243,7 @@ class BayesByBackprop(MonteCarloOptimizer):
             torch.Size([3])
         """
         mine = self._all_params()
-        theirs = list(model.parameters())
+        theirs = mine if model is None else list(model.parameters())
         if len(mine) != len(theirs) or any(a is not b for a, b in zip(mine, theirs)):
             raise ValueError(
                 "model's parameters must be this optimizer's trainable parameters, in "
@@ -253,7 +254,10 @@ class BayesByBackprop(MonteCarloOptimizer):
             m = torch.cat([p.detach().reshape(-1) for p in mine])
             s = torch.cat([s.reshape(-1) for s in self.std()])
         return ParameterPosterior(
-            fam, fam.from_moments(m, 1.0 / (s * s)), model, generator=self._generator(m.device)
+            fam,
+            fam.from_moments(m, 1.0 / (s * s)),
+            mine if model is None else model,
+            generator=self._generator(m.device),
         )
 
     # ------------------------------------------------------------------ sampling

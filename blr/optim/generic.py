@@ -732,34 +732,26 @@ class _Unit:
             family=family, coords=coords, device=device, dtype=dtype, ess=ess, weight_decay=wd,
             gaussian=gaussian, where=where,
         )  # fmt: skip
-        if init is None:
-            init = unit.default_init(theta0, float(group["hess_init"]))
-        unit.nat = None
-        unit.nat = unit.as_nat(init, "init")
         try:  # the parameters must lie in the family's support
             stats = family.suff_stats(theta0)
         except (ValueError, TypeError) as err:
             raise ValueError(
                 f"params of {where} are not in the support of {family.name}: {err}"
             ) from err
-        for field, t, lam in zip(family.nat_type._fields, stats, unit.nat):
-            if t.shape != lam.shape:
-                raise ValueError(
-                    f"family {family.name} does not describe the {theta0.numel()} coordinates "
-                    f"of {where}: λ.{field} has shape {tuple(lam.shape)}, T(θ).{field} "
-                    f"{tuple(t.shape)}"
-                )
-        unit.center_field = None
-        if not isinstance(family, GaussianLike):
-            unit.center_field = identity_statistic(family, theta0)
-            if unit.center_field is None:
-                raise TypeError(
-                    f"{family.name} has no sufficient statistic T_i(θ) = θ, so E_q[θ] (what the "
-                    f"parameters hold between steps) is not one of its mean parameters ({where})"
-                )
-        unit.prior, unit.prior_as_loss = None, False
+
+        def check_shapes(value: tuple, what: str) -> None:  # λ and T(θ) pair up field by field
+            for field, t, lam in zip(family.nat_type._fields, stats, value):
+                if t.shape != lam.shape:
+                    raise ValueError(
+                        f"{what}.{field} has shape {tuple(lam.shape)}: the family "
+                        f"{family.name} over the {theta0.numel()} coordinates of {where} needs "
+                        f"{tuple(t.shape)}"
+                    )
+
+        unit.nat, unit.prior, unit.prior_as_loss = None, None, False
         if prior is not None:
             unit.prior = unit.as_nat(prior, "prior", check=False)
+            check_shapes(unit.prior, "prior")
         elif isinstance(family, _GAUSSIAN_STEP):
             prec = torch.full_like(theta0, ess * wd)
             unit.prior = (
@@ -771,6 +763,18 @@ class _Unit:
             unit.prior = family.nat_type(torch.zeros_like(theta0))
         else:
             unit.prior_as_loss = wd > 0
+        if init is None:
+            init = unit.default_init(theta0, float(group["hess_init"]))
+        unit.nat = unit.as_nat(init, "init")
+        check_shapes(unit.nat, "init")
+        unit.center_field = None
+        if not isinstance(family, GaussianLike):
+            unit.center_field = identity_statistic(family, theta0)
+            if unit.center_field is None:
+                raise TypeError(
+                    f"{family.name} has no sufficient statistic T_i(θ) = θ, so E_q[θ] (what the "
+                    f"parameters hold between steps) is not one of its mean parameters ({where})"
+                )
         unit.estimator = unit.resolve_estimator(estimator)
         unit.exact_hessian = getattr(unit.estimator, "hessian", None) == "exact" and (
             family.hessian_event_ndim is not None
@@ -778,12 +782,19 @@ class _Unit:
         return unit
 
     def default_init(self, theta0: Tensor, hess_init: float) -> tuple:
+        """Gaussians: mean θ₀, precision N·h₀ + S₀ (the prior's precision; N(h₀ + δ) for the
+        default prior, as IVON); Bernoulli: λ = ±1 at the ±1 weights."""
         family = self.family
-        prec = torch.full_like(theta0, self.ess * (hess_init + self.weight_decay))
-        if isinstance(family, DiagGaussian):
-            return family.from_moments(theta0, prec)
-        if isinstance(family, FullGaussian):
-            return family.from_moments(theta0, torch.diag(prec))
+        if isinstance(family, _GAUSSIAN_STEP):
+            prior_prec = (
+                -(self.prior.lam2 + self.prior.lam2.mT)
+                if isinstance(family, FullGaussian)
+                else -2 * self.prior.lam2
+            )
+            data = torch.full_like(theta0, self.ess * hess_init)
+            if isinstance(family, DiagGaussian):
+                return family.from_moments(theta0, data + prior_prec)
+            return family.from_moments(theta0, torch.diag(data) + prior_prec)
         if isinstance(family, FixedCovGaussian):
             return family.mean_to_nat(family.mean_type(theta0))
         if isinstance(family, Bernoulli):

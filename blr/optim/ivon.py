@@ -21,6 +21,7 @@ from blr.optim._args import (
 from blr.optim._base import PrecisionSampler
 from blr.optim._buckets import Bucket, CounterNoise
 from blr.optim._functional import counter_draw_, counter_noise_
+from blr.posterior import ParameterPosterior
 
 
 class IVON(PrecisionSampler):
@@ -76,6 +77,10 @@ class IVON(PrecisionSampler):
             (a no-op).
         process_group: the ``torch.distributed`` group whose ranks agree on the seed and
             average the samples (default: the default group).
+        prior: a diagonal Gaussian :class:`blr.ParameterPosterior` N(m₀, S₀⁻¹) over the trained
+            parameters (group after group), e.g. the previous task's ``posterior()``: each
+            parameter's δ becomes S₀/N and its decay term δ⊙(m − m₀), in place of
+            ``weight_decay`` (which still rescales lr); needs ``fused=False``.
         fused: ``False`` (vectorized torch ops), ``True`` (the fastest fused path available:
             the Triton kernel for CUDA parameters when triton is installed, else
             ``"compile"``), ``"compile"`` (draw and update in one ``torch.compile``'d loop
@@ -142,8 +147,11 @@ class IVON(PrecisionSampler):
         *,
         fused: bool | str = False,
         draw_ahead: bool = False,
+        prior: ParameterPosterior | None = None,
         **options: Unpack[DistributedOptions],
     ) -> None:
+        if prior is not None and fused is not False:
+            raise ValueError("prior= needs fused=False (the per-coordinate prior is eager-only)")
         if hess_approx not in self.hessian_approx_methods:
             raise ValueError(
                 f"hess_approx must be one of {self.hessian_approx_methods}, got {hess_approx!r}"
@@ -169,6 +177,33 @@ class IVON(PrecisionSampler):
         if fused == "triton":  # refuse now what the first draw would refuse
             for group in self.param_groups:
                 self._check_triton(group["params"])
+        self._prior_of = None if prior is None else self._prior_map(prior)
+
+    def _prior_map(self, prior: ParameterPosterior) -> dict[int, tuple[Tensor, Tensor]]:
+        """Parameter → (δ, m₀) of a diagonal Gaussian prior N(m₀, S₀⁻¹): δ = S₀/N in IVON's
+        units (it replaces ``weight_decay`` for that parameter)."""
+        if not isinstance(prior, ParameterPosterior):
+            raise TypeError(f"prior must be a blr.ParameterPosterior, got {type(prior).__name__}")
+        if prior.family.name != "gaussian_diag":
+            raise ValueError(
+                f"prior must be a diagonal Gaussian posterior (e.g. IVON(...).posterior()), got "
+                f"{prior.family.name}"
+            )
+        trained = [(g, p) for g in self.param_groups for p in g["params"] if p.requires_grad]
+        shapes = [tuple(p.shape) for _, p in trained]
+        theirs = [tuple(s) for s in prior.layout.shapes]
+        if shapes != theirs:
+            raise ValueError(
+                f"prior is a posterior over another model: its parameters have shapes {theirs}, "
+                f"this optimizer's {shapes}"
+            )
+        m0, prec0 = prior.family.to_moments(prior.nat)
+        out = {}
+        for (group, p), start, n in zip(trained, prior.layout.offsets, prior.layout.numels):
+            dtype = torch.promote_types(p.dtype, torch.float32)
+            delta = (prec0[start : start + n] / group["ess"]).reshape(p.shape)
+            out[id(p)] = (delta.to(p.device, dtype), m0[start : start + n].reshape(p.shape))
+        return out
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """As :meth:`SamplingOptimizer.add_param_group`: the group may set its own ``lr``,
@@ -213,6 +248,16 @@ class IVON(PrecisionSampler):
     # ------------------------------------------------------------------ which implementation
     def _init_bucket(self, group: dict, bucket: Bucket) -> None:
         super()._init_bucket(group, bucket)
+        prior = getattr(self, "_prior_of", None)
+        if prior and any(id(p) in prior for p in bucket.params):
+            if not all(id(p) in prior for p in bucket.params):
+                raise ValueError("prior covers only some of a param group's parameters")
+            delta, m0 = bucket.zeros(), bucket.zeros()
+            torch._foreach_copy_(bucket.views(delta), [prior[id(p)][0] for p in bucket.params])
+            torch._foreach_copy_(
+                bucket.views(m0), [prior[id(p)][1].to(delta) for p in bucket.params]
+            )
+            bucket.prior = (delta, m0)
         index, self._n_buckets = self._n_buckets, self._n_buckets + 1
         if self._use_triton(bucket):
             # one Philox key per bucket, a pure function of the optimizer's seed and the bucket
@@ -480,7 +525,7 @@ class VON(IVON):
     __init__ = with_defaults(IVON.__init__, beta1=0.0, beta2=0.999, rescale_lr=False)
 
     def _check_update(self, group: dict, bucket: Bucket, g_hat: Tensor, stat: Tensor) -> None:
-        wd, b2 = group["weight_decay"], group["beta2"]
+        wd, b2 = self._delta(group, bucket), group["beta2"]
         h_hat = ivon_hess_estimate(
             stat,
             bucket.state["hess"],
@@ -488,8 +533,8 @@ class VON(IVON):
             weight_decay=wd,
             hess_approx=self.hess_approx,
         )
-        new = bucket.state["hess"] * b2 + h_hat * (1 - b2)
-        low = new.min().item() + wd if new.numel() else math.inf
+        new = bucket.state["hess"] * b2 + h_hat * (1 - b2) + wd
+        low = new.min().item() if new.numel() else math.inf
         low = -self._agree_max(-low)  # the least over the shards (FSDP): all ranks agree
         if not low > 0:
             raise FloatingPointError(

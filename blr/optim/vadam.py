@@ -80,6 +80,13 @@ class Vadam(SamplingOptimizer):
     def _init_bucket(self, group: dict, bucket: Bucket) -> None:
         bucket.state["exp_avg_sq"].fill_(group["prec_init"])
 
+    def _posterior_fields(
+        self, group: dict, param: Tensor, state: dict[str, Tensor]
+    ) -> tuple[Tensor, ...]:
+        """N(m, 1/(N s + δ)) (the draws' σ) as λ = (S m, −½S)."""
+        prec = group["ess"] * state["exp_avg_sq"] + group["prior_prec"]
+        return prec * state["mean"], -0.5 * prec
+
     def _noise(self, group: dict, bucket: Bucket, generator: torch.Generator) -> None:
         vadam_noise(
             bucket.state["exp_avg_sq"],

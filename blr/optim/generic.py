@@ -28,6 +28,10 @@ estimator                         from each draw θ_k (K draws per step)
 "grad_sq")``, ``Delta("grad_sq")``
 ``BonnetPrice(hessian="exact")``, Ĥ = N·mean ∇²ℓ(θ_k) by D backward passes through the gradient's
 ``Delta("exact")``                graph: call ``loss.backward(create_graph=True)`` (small D)
+``BonnetPrice(hessian="ggn")``,   Ĥ = N·(1/M)Σ_i diag(J_iᵀΛ_iJ_i) over the minibatch's M examples
+``Delta("ggn")``                  (diagonal Gaussians; ``model=`` and ``curvature_loss=``: the
+                                  per-example pass of :class:`blr.curvature.PerExample`, as VOGN
+                                  and OGN); ``"per_example"``: N·(1/M)Σ_i (∇ℓ_i)²
 ``Reparam()``                     θ_k = rsample(λ(μ)), the loss gradient pulled back to μ by
                                   autograd through the family's sampler (any family with
                                   ``rsample``; the default for them)
@@ -63,6 +67,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from blr.curvature import PerExample, resolve
+from blr.curvature.likelihoods import FACTORED
 from blr.engine import natural_gradient
 from blr.estimators import BonnetPrice, Estimator, GumbelSoftmax, Reparam, ScoreFunction
 from blr.functional import ParameterLayout
@@ -162,6 +168,13 @@ class BLROptimizer(MonteCarloOptimizer):
             Gaussians (default: ``GaussianOptions(improved=True)``; ``lr=α`` gives the mean its
             own rate, as IVON).
         max_halvings: backtracking steps of the non-Gaussian families (above).
+        model: the ``nn.Module`` whose per-example curvature ``hessian="ggn"`` or
+            ``"per_example"`` needs (entered inside ``sampled_params(train=True)``: run the
+            model's forward, and for ``"per_example"`` the backward of the minibatch-mean loss,
+            inside it).
+        curvature_loss: the likelihood of ``hessian="ggn"`` (a name of
+            :data:`blr.curvature.NAMES`, e.g. ``"cross_entropy"``, ``"gaussian"``).
+        sigma2: σ² of the ``"gaussian"`` likelihood.
         mc_samples, nonfinite, seed, missing_sample: as in :class:`~blr.optim.IVON`.
 
     Example: a diagonal Gaussian over a linear model, with a closure:
@@ -205,10 +218,18 @@ class BLROptimizer(MonteCarloOptimizer):
         init: tuple | None = None,
         gaussian: GaussianOptions | None = None,
         max_halvings: int = 30,
+        model: torch.nn.Module | None = None,
+        curvature_loss: str | None = None,
+        sigma2: float = 1.0,
         **options: Unpack[MonteCarloOptions],
     ) -> None:
         if int(max_halvings) != max_halvings or max_halvings < 0:
             raise ValueError(f"max_halvings must be an integer ≥ 0, got {max_halvings}")
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if curvature_loss is not None:
+            resolve(curvature_loss, sigma2=sigma2, supported=FACTORED, arg="curvature_loss")
+        self.model, self.curvature_loss, self.sigma2 = model, curvature_loss, float(sigma2)
         self.max_halvings = int(max_halvings)
         self.halvings = 0
         self._posts: list[_Group] = []
@@ -248,6 +269,22 @@ class BLROptimizer(MonteCarloOptimizer):
         param_group = {**param_group, "params": [raw] if isinstance(raw, Tensor) else list(raw)}
         group = {**self.defaults, **param_group}
         post = _Group.build(group, len(self._posts))
+        for unit in post.units:
+            if unit.per_example is None:
+                continue
+            if self.model is None:
+                raise TypeError(
+                    f'hessian="{unit.estimator.hessian}" needs model=, the nn.Module whose '
+                    "per-example curvature is collected"
+                )
+            if unit.per_example == "ggn" and self.curvature_loss is None:
+                raise ValueError('hessian="ggn" needs curvature_loss= (e.g. "cross_entropy")')
+            owned = {id(p) for p in self.model.parameters()}
+            if any(id(p) not in owned for p in param_group["params"]):
+                raise ValueError("params: per-example curvature needs parameters of model")
+            modes = {u.per_example for g in [*self._posts, post] for u in g.units} - {None}
+            if len(modes) > 1:
+                raise ValueError('hessian="ggn" and "per_example" cannot be mixed')
         param_group.setdefault("step", 0)
         super().add_param_group(param_group)
         self._posts.append(post)
@@ -319,17 +356,36 @@ class BLROptimizer(MonteCarloOptimizer):
                 unit_draws = post.draw(self._generator(post.device), train)
                 post.write(group["params"], torch.cat([d.theta for d in unit_draws]))
                 draws.append(unit_draws)
+        modes = {u.per_example for g in self._posts for u in g.units} - {None}
+        pe = None
+        if train and modes:
+            mode = modes.pop()
+            kw = (
+                dict(loss=self.curvature_loss, sigma2=self.sigma2)
+                if mode == "ggn"
+                else dict(reduction="mean")
+            )
+            pe = PerExample(self.model, mode="ggn" if mode == "ggn" else "ef", **kw)
         failed = True
         try:
-            yield handle
+            with contextlib.nullcontext() if pe is None else pe:
+                yield handle
             failed = False
         finally:
             with torch.no_grad():
                 for group, post in zip(self.param_groups, self._posts):
                     post.write(group["params"], post.center())
         if train and not failed:
+            squares = None
+            if pe is not None:
+                if pe.num_examples == 0:
+                    raise RuntimeError(
+                        "the model was not called inside sampled_params(train=True), so there "
+                        "is no per-example curvature"
+                    )
+                squares = (pe.squared_grads(), float(pe.num_examples))
             for group, post, unit_draws in zip(self.param_groups, self._posts, draws):
-                post.collect(group["params"], unit_draws, handle.loss)
+                post.collect(group["params"], unit_draws, handle.loss, squares)
             for pending, unit_draws in zip(self._pending, draws):
                 pending.append(unit_draws)
             self._count += 1
@@ -656,8 +712,15 @@ class _Group:
         views = [v.to(p.dtype) for v, p in zip(self.layout.unflatten(flat).values(), params)]
         torch._foreach_copy_([p.data for p in params], views)
 
-    def collect(self, params: list[Tensor], draws: list[_Draw], loss: Tensor | None) -> None:
-        """The gradients (and exact Hessians, when a block asks for them) of a finished draw."""
+    def collect(
+        self,
+        params: list[Tensor],
+        draws: list[_Draw],
+        loss: Tensor | None,
+        squares: tuple[dict, float] | None = None,
+    ) -> None:
+        """The gradients (and exact Hessians or per-example curvature, when a block asks for
+        them) of a finished draw."""
         grads = [p.grad for p in params]
         flat = torch.cat(
             [
@@ -672,6 +735,19 @@ class _Group:
             d.value = loss
             if unit.exact_hessian:
                 d.hess = unit.exact_hess(params, grads)
+            elif unit.per_example is not None:  # the minibatch mean (1/M)Σ_i ĥ_i
+                sq, m = squares
+                d.hess = (
+                    torch.cat(
+                        [
+                            torch.zeros(p.numel(), device=p.device, dtype=self.dtype)
+                            if p not in sq
+                            else sq[p].detach().reshape(-1).to(self.dtype)
+                            for p in params
+                        ]
+                    )[unit.coords]
+                    / m
+                )
 
 
 def _per_block(value: Any, n: int, name: str, kinds: tuple) -> list:
@@ -776,9 +852,14 @@ class _Unit:
                     f"parameters hold between steps) is not one of its mean parameters ({where})"
                 )
         unit.estimator = unit.resolve_estimator(estimator)
-        unit.exact_hessian = getattr(unit.estimator, "hessian", None) == "exact" and (
-            family.hessian_event_ndim is not None
-        )
+        hessian = getattr(unit.estimator, "hessian", None)
+        unit.exact_hessian = hessian == "exact" and family.hessian_event_ndim is not None
+        unit.per_example = {"ggn": "ggn", "per_example": "ef"}.get(hessian)
+        if unit.per_example is not None and not isinstance(family, DiagGaussian):
+            raise ValueError(
+                f'hessian="{hessian}" gives diagonal curvature: it needs a DiagGaussian, got '
+                f"{family.name} ({where})"
+            )
         return unit
 
     def default_init(self, theta0: Tensor, hess_init: float) -> tuple:
@@ -851,12 +932,8 @@ class _Unit:
             if estimator.points == "sigma":
                 raise ValueError('estimator points="sigma" needs the loss as a function of θ; '
                                  "use blr.functional.ModuleLoss with blr.BLR")  # fmt: skip
-            if estimator.hessian not in ("stein", "grad_sq", "exact"):
-                raise ValueError(
-                    f'estimator hessian="{estimator.hessian}" needs more than the gradients '
-                    'of a training loop: use "stein", "grad_sq" or "exact" (or the functional '
-                    "route, blr.functional.ModuleLoss with blr.BLR)"
-                )
+            if estimator.hessian not in ("stein", "grad_sq", "exact", "ggn", "per_example"):
+                raise ValueError(f"unknown estimator hessian {estimator.hessian!r}")
         elif isinstance(estimator, Reparam):
             if estimator.points != "mc":
                 raise ValueError('Reparam(points="sigma") needs the loss as a function of θ')
@@ -951,7 +1028,7 @@ class _Unit:
         if all(d.value is not None for d in draws):
             values = torch.stack([d.value for d in draws]).to(self.dtype) * n
         hess = None
-        if self.exact_hessian:
+        if self.exact_hessian or self.per_example is not None:
             hess = torch.stack([d.hess for d in draws]) * n
         if self.prior_as_loss:  # −log p₀ = ½Nδ‖θ‖² (+ const)
             grads = grads + n * self.weight_decay * theta
@@ -981,7 +1058,7 @@ class _Unit:
             kind = fam.hessian_event_ndim
             if kind is None:
                 h_hat = None
-            elif est.hessian == "exact":
+            elif est.hessian in ("exact", "ggn", "per_example"):
                 h_hat = hess.mean(0)
                 if self.prior_as_loss:
                     ones = torch.ones_like(g_hat)

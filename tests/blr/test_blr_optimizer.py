@@ -353,7 +353,7 @@ def test_nonfinite_gradients_raise_or_skip_and_leave_the_state():
             "prior.lam1 has shape",
         ),
         ({"estimator": blr.GumbelSoftmax()}, TypeError, "GumbelSoftmax needs a Bernoulli"),
-        ({"estimator": blr.BonnetPrice(hessian="ggn")}, ValueError, 'hessian="ggn"'),
+        ({"estimator": blr.BonnetPrice(points="sigma")}, ValueError, 'points="sigma"'),
         ({"estimator": blr.BonnetPrice(4, "stein")}, ValueError, "n_samples"),
         ({"estimator": blr.Exact()}, TypeError, "cannot be estimated"),
         ({"ess": 0}, ValueError, "ess must be > 0"),
@@ -707,3 +707,64 @@ def test_ivon_refuses_a_prior_that_does_not_fit():
     bern = BayesBiNN(_mlp("pm1").parameters(), lr=0.1, ess=N).posterior()
     with pytest.raises(ValueError, match="diagonal Gaussian posterior"):
         IVON(model.parameters(), lr=0.1, ess=N, prior=bern)
+
+
+# ---------------------------------------------------------------------------- per-example curvature
+@pytest.mark.parametrize(
+    ("fast", "estimator", "curvature"),
+    [
+        ("VOGN", blr.BonnetPrice(hessian="ggn"), "ggn"),
+        ("OGN", blr.Delta("ggn"), "ggn"),
+        ("VOGN", blr.BonnetPrice(hessian="per_example"), "ef"),
+    ],
+)
+def test_vogn_and_ogn_are_the_blr_with_per_example_curvature(fast, estimator, curvature):
+    """VOGN (OGN) with β₁ = 0 on minibatches of 10 is the diagonal Gaussian BLR with the
+    per-example GGN (squared per-example gradients) at a draw (at the mean), ρ = 1 − β₂, mean
+    rate α, without the improved-BLR term: equal to rounding over 20 steps."""
+    from blr.optim import OGN, VOGN
+
+    cls = {"VOGN": VOGN, "OGN": OGN}[fast]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 3, generator=g, dtype=f64)
+    y = torch.randint(0, 3, (N,), generator=g)
+
+    def net():
+        torch.manual_seed(1)
+        return torch.nn.Sequential(
+            torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)
+        ).double()
+
+    m_fast, m_gen = net(), net()
+    fast_opt = cls(m_fast.parameters(), lr=0.1, ess=N, hess_init=0.5, beta1=0.0, beta2=0.95,
+                   weight_decay=0.01, seed=5, model=m_fast, curvature=curvature,
+                   loss="cross_entropy")  # fmt: skip
+    gen = BLROptimizer(m_gen.parameters(), expfam.DiagGaussian(), lr=0.05, ess=N,
+                       weight_decay=0.01, hess_init=0.5, estimator=estimator, model=m_gen,
+                       curvature_loss="cross_entropy",
+                       gaussian=blr.GaussianOptions(lr=0.1, improved=False), seed=5)  # fmt: skip
+    worst = 0.0
+    for idx in _batches(20):
+        for model, opt in ((m_fast, fast_opt), (m_gen, gen)):
+            with opt.sampled_params(train=True):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+        worst = max(worst, _max_diff(fast_opt.posterior().nat, gen.posterior().nat))
+    assert worst <= 1e-10, worst
+
+
+def test_per_example_curvature_needs_the_model_and_a_diagonal_family():
+    model = _mlp()
+    ggn = blr.BonnetPrice(hessian="ggn")
+    with pytest.raises(TypeError, match="needs model="):
+        BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=N, estimator=ggn)
+    with pytest.raises(ValueError, match="needs curvature_loss="):
+        BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=N, estimator=ggn,
+                     model=model)  # fmt: skip
+    with pytest.raises(ValueError, match="it needs a DiagGaussian"):
+        BLROptimizer(model.parameters(), expfam.FullGaussian(), lr=0.1, ess=N, estimator=ggn,
+                     model=model, curvature_loss="gaussian")  # fmt: skip
+    with pytest.raises(ValueError, match="curvature_loss"):
+        BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=N, estimator=ggn,
+                     model=model, curvature_loss="hinge")  # fmt: skip

@@ -239,6 +239,7 @@ def vadam_step_(
     ess: float,
     step: int,
     scratch: Tensor | None = None,
+    prior_mean: Tensor | None = None,
 ) -> None:
     r"""One Vadam update (Khan et al., ICML 2018; Khan & Rue 2023, Table 1 rows 5 and 9), in place:
 
@@ -258,12 +259,18 @@ def vadam_step_(
         >>> m
         tensor([-0.1000, -0.1000])
     """
-    delta = prior_prec / ess
+    delta = prior_prec / ess  # a number, or a tensor (a prior N(m₀, 1/δ) per coordinate)
+    per_coord = isinstance(delta, Tensor)
     exp_avg_sq.mul_(beta2).addcmul_(g_hat, g_hat, value=1.0 - beta2)
-    exp_avg.mul_(beta1).add_(g_hat.add_(mean, alpha=delta), alpha=1.0 - beta1)
+    if per_coord:  # ĝ + (δ/N)⊙(m − m₀)
+        g_hat.add_((mean if prior_mean is None else mean - prior_mean) * delta)
+    else:
+        g_hat.add_(mean, alpha=delta)
+    exp_avg.mul_(beta1).add_(g_hat, alpha=1.0 - beta1)
     for a, b, work in _chunks(mean.numel(), scratch):
         work = torch.empty_like(mean[a:b]) if work is None else work
-        denom = torch.div(exp_avg_sq[a:b], 1.0 - beta2**step, out=work).sqrt_().add_(delta)
+        d = delta[a:b] if per_coord else delta
+        denom = torch.div(exp_avg_sq[a:b], 1.0 - beta2**step, out=work).sqrt_().add_(d)
         mean[a:b].addcdiv_(exp_avg[a:b], denom, value=-lr / (1.0 - beta1**step))
 
 
@@ -279,8 +286,10 @@ def vadam_noise(
     """σ⊙z with σ = (N s + δ)^{-1/2}: the offset of a Vadam draw."""
     out = torch.empty_like(exp_avg_sq) if out is None else out
     torch.randn(exp_avg_sq.shape, generator=generator, out=out, dtype=out.dtype, device=out.device)
+    per_coord = isinstance(prior_prec, Tensor)
     for a, b, work in _chunks(exp_avg_sq.numel(), scratch):
-        scale = torch.mul(exp_avg_sq[a:b], ess, out=work).add_(prior_prec).rsqrt_()
+        d = prior_prec[a:b] if per_coord else prior_prec
+        scale = torch.mul(exp_avg_sq[a:b], ess, out=work).add_(d).rsqrt_()
         out[a:b].mul_(scale)
     return out
 

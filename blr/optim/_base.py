@@ -282,7 +282,58 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         buckets = make_buckets(group["params"], self._state_names, self._alias_first)
         for bucket in buckets:
             self._init_bucket(group, bucket)
+            self._attach_prior(bucket)
         return buckets
+
+    # ------------------------------------------------------------------ a prior of its own
+    def _prior_values(self, group: dict, fields: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """The kernel's per-coordinate prior from λ₀'s fields over one parameter (subclasses
+        that accept ``prior=``)."""
+        raise NotImplementedError
+
+    def _set_prior(self, prior: Any) -> None:
+        """Check ``prior`` (a :class:`blr.ParameterPosterior` of this optimizer's posterior
+        family over its trained parameters, group after group) and keep, per parameter, what
+        the kernel needs (:meth:`_prior_values`); None: the optimizer's scalar prior."""
+        self._prior_of = None
+        if prior is None:
+            return
+        if not isinstance(prior, ParameterPosterior):
+            raise TypeError(f"prior must be a blr.ParameterPosterior, got {type(prior).__name__}")
+        fam = self._posterior_family
+        if prior.family.name != fam.name:
+            raise ValueError(
+                f"prior must be a {fam.name} posterior (e.g. {type(self).__name__}(...)"
+                f".posterior()), got {prior.family.name}"
+            )
+        trained = [(g, p) for g in self.param_groups for p in g["params"] if p.requires_grad]
+        shapes = [tuple(p.shape) for _, p in trained]
+        theirs = [tuple(s) for s in prior.layout.shapes]
+        if shapes != theirs:
+            raise ValueError(
+                f"prior is a posterior over another model: its parameters have shapes {theirs}, "
+                f"this optimizer's {shapes}"
+            )
+        out = {}
+        for (group, p), start, n in zip(trained, prior.layout.offsets, prior.layout.numels):
+            fields = tuple(f[start : start + n].reshape(p.shape) for f in prior.nat)
+            dtype = torch.promote_types(p.dtype, torch.float32)
+            values = self._prior_values(group, fields)
+            out[id(p)] = tuple(v.to(p.device, dtype) for v in values)
+        self._prior_of = out
+
+    def _attach_prior(self, bucket: Bucket) -> None:
+        prior = getattr(self, "_prior_of", None)
+        if not prior or not any(id(p) in prior for p in bucket.params):
+            return
+        if not all(id(p) in prior for p in bucket.params):
+            raise ValueError("prior covers only some of a param group's parameters")
+        flats = []
+        for k in range(len(prior[id(bucket.params[0])])):
+            flat = bucket.zeros()
+            torch._foreach_copy_(bucket.views(flat), [prior[id(p)][k] for p in bucket.params])
+            flats.append(flat)
+        bucket.prior = tuple(flats)
 
     def _all_buckets(self) -> list[list[Bucket]]:
         if self._buckets is None:
@@ -626,6 +677,11 @@ class PrecisionSampler(SamplingOptimizer):
         delta = prior[id(param)][0] if prior else group["weight_decay"]
         prec = group["ess"] * (state["hess"] + delta)
         return prec * state["mean"], -0.5 * prec
+
+    def _prior_values(self, group: dict, fields: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """N(m₀, S₀⁻¹) in IVON's units: (δ = S₀/N, m₀)."""
+        prec0 = -2 * fields[1]
+        return prec0 / group["ess"], fields[0] / prec0
 
     def _delta(self, group: dict, bucket: Bucket) -> float | Tensor:
         """δ of the bucket: the group's ``weight_decay``, or the per-coordinate δ of a prior."""

@@ -106,6 +106,7 @@ class Bucket:
         self.state_dtype = torch.promote_types(self.dtype, torch.float32)
         self.alias = alias_first and self.dtype == self.state_dtype and not self.sharded
         self.first = state_names[0]  # the buffer that starts as the parameters (the mean)
+        self.prior: tuple[Tensor, ...] | None = None  # a per-coordinate prior (prior=)
         self.state: dict[str, Tensor] = {}
         with torch.no_grad():
             for name in state_names:

@@ -11,6 +11,7 @@ from blr.kernels.bernoulli import bayesbinn_step_, relaxed_sample_, relaxed_scal
 from blr.optim._args import SamplingOptions, Unpack, check_choice, hyper_rules
 from blr.optim._base import SamplingOptimizer
 from blr.optim._buckets import Bucket
+from blr.posterior import ParameterPosterior
 from expfam import Bernoulli
 
 
@@ -45,6 +46,9 @@ class BayesBiNN(SamplingOptimizer):
         init_scale: λ = init_scale · (initial parameter values).
         mc_samples: draws per ``step(closure)``.
         eval_point: ``"mean"`` or ``"sign"``.
+        prior: a ±1 Bernoulli :class:`blr.ParameterPosterior` over the trained parameters (group
+            after group), e.g. the previous task's ``posterior()``: λ₀ per coordinate in place of
+            ``prior_lam``.
         nonfinite, seed, missing_sample, process_group: as in :class:`~blr.optim.IVON`.
         sync: per-rank relaxed draws under ``torch.distributed`` (as in
             :class:`~blr.optim.IVON`): the optimizer averages s⊙∇ℓ across ranks itself. With
@@ -93,6 +97,7 @@ class BayesBiNN(SamplingOptimizer):
         init_scale: float = 1.0,
         mc_samples: int = 1,
         eval_point: str = "mean",
+        prior: ParameterPosterior | None = None,
         **options: Unpack[SamplingOptions],
     ) -> None:
         self.eval_point = check_choice(eval_point, "eval_point", ("mean", "sign"))
@@ -106,6 +111,7 @@ class BayesBiNN(SamplingOptimizer):
             init_scale=float(init_scale),
         )
         super().__init__(params, defaults, mc_samples=mc_samples, **options)
+        self._set_prior(prior)
 
     _posterior_family = Bernoulli("pm1")
 
@@ -114,6 +120,9 @@ class BayesBiNN(SamplingOptimizer):
     ) -> tuple[Tensor, ...]:
         """q(θ = 1) = σ(2λ) on {−1, +1}."""
         return (state["lam"],)
+
+    def _prior_values(self, group: dict, fields: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return fields  # λ₀
 
     def _init_bucket(self, group: dict, bucket: Bucket) -> None:
         bucket.state["lam"].mul_(group["init_scale"])
@@ -143,7 +152,7 @@ class BayesBiNN(SamplingOptimizer):
             stat,
             lr=group["lr"],
             ess=group["ess"],
-            prior_lam=group["prior_lam"],
+            prior_lam=group["prior_lam"] if bucket.prior is None else bucket.prior[0],
             kl_weight=group["kl_weight"],
             beta=group["beta"],
             step=group["step"],

@@ -177,33 +177,7 @@ class IVON(PrecisionSampler):
         if fused == "triton":  # refuse now what the first draw would refuse
             for group in self.param_groups:
                 self._check_triton(group["params"])
-        self._prior_of = None if prior is None else self._prior_map(prior)
-
-    def _prior_map(self, prior: ParameterPosterior) -> dict[int, tuple[Tensor, Tensor]]:
-        """Parameter → (δ, m₀) of a diagonal Gaussian prior N(m₀, S₀⁻¹): δ = S₀/N in IVON's
-        units (it replaces ``weight_decay`` for that parameter)."""
-        if not isinstance(prior, ParameterPosterior):
-            raise TypeError(f"prior must be a blr.ParameterPosterior, got {type(prior).__name__}")
-        if prior.family.name != "gaussian_diag":
-            raise ValueError(
-                f"prior must be a diagonal Gaussian posterior (e.g. IVON(...).posterior()), got "
-                f"{prior.family.name}"
-            )
-        trained = [(g, p) for g in self.param_groups for p in g["params"] if p.requires_grad]
-        shapes = [tuple(p.shape) for _, p in trained]
-        theirs = [tuple(s) for s in prior.layout.shapes]
-        if shapes != theirs:
-            raise ValueError(
-                f"prior is a posterior over another model: its parameters have shapes {theirs}, "
-                f"this optimizer's {shapes}"
-            )
-        m0, prec0 = prior.family.to_moments(prior.nat)
-        out = {}
-        for (group, p), start, n in zip(trained, prior.layout.offsets, prior.layout.numels):
-            dtype = torch.promote_types(p.dtype, torch.float32)
-            delta = (prec0[start : start + n] / group["ess"]).reshape(p.shape)
-            out[id(p)] = (delta.to(p.device, dtype), m0[start : start + n].reshape(p.shape))
-        return out
+        self._set_prior(prior)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """As :meth:`SamplingOptimizer.add_param_group`: the group may set its own ``lr``,
@@ -248,16 +222,6 @@ class IVON(PrecisionSampler):
     # ------------------------------------------------------------------ which implementation
     def _init_bucket(self, group: dict, bucket: Bucket) -> None:
         super()._init_bucket(group, bucket)
-        prior = getattr(self, "_prior_of", None)
-        if prior and any(id(p) in prior for p in bucket.params):
-            if not all(id(p) in prior for p in bucket.params):
-                raise ValueError("prior covers only some of a param group's parameters")
-            delta, m0 = bucket.zeros(), bucket.zeros()
-            torch._foreach_copy_(bucket.views(delta), [prior[id(p)][0] for p in bucket.params])
-            torch._foreach_copy_(
-                bucket.views(m0), [prior[id(p)][1].to(delta) for p in bucket.params]
-            )
-            bucket.prior = (delta, m0)
         index, self._n_buckets = self._n_buckets, self._n_buckets + 1
         if self._use_triton(bucket):
             # one Philox key per bucket, a pure function of the optimizer's seed and the bucket

@@ -12,6 +12,7 @@ from blr.kernels.diag_gaussian import vadam_noise, vadam_step_
 from blr.optim._args import SamplingOptions, Unpack, hyper_rules
 from blr.optim._base import SamplingOptimizer
 from blr.optim._buckets import Bucket
+from blr.posterior import ParameterPosterior
 
 
 class Vadam(SamplingOptimizer):
@@ -38,6 +39,9 @@ class Vadam(SamplingOptimizer):
         betas: (β₁, β₂).
         prec_init: initial s (> 0 so that the first draws are not too wide).
         mc_samples: draws per ``step(closure)``.
+        prior: a diagonal Gaussian :class:`blr.ParameterPosterior` over the trained parameters
+            (group after group), e.g. the previous task's ``posterior()``: N(m₀, S₀⁻¹) in place of
+            N(0, δ⁻¹): δ = S₀ and the decay (δ/N)⊙(m − m₀) per coordinate.
         nonfinite, seed, missing_sample, process_group: as in :class:`~blr.optim.IVON`.
         sync: per-rank noise under ``torch.distributed`` (as in :class:`~blr.optim.IVON`): the
             optimizer averages ĝ across ranks itself, and ŝ = ĝ² is formed from the average.
@@ -70,27 +74,35 @@ class Vadam(SamplingOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         prec_init: float = 1.0,
         mc_samples: int = 1,
+        prior: ParameterPosterior | None = None,
         **options: Unpack[SamplingOptions],
     ) -> None:
         defaults = dict(
             lr=lr, ess=ess, prior_prec=prior_prec, betas=tuple(betas), prec_init=prec_init
         )
         super().__init__(params, defaults, mc_samples=mc_samples, **options)
+        self._set_prior(prior)
 
     def _init_bucket(self, group: dict, bucket: Bucket) -> None:
         bucket.state["exp_avg_sq"].fill_(group["prec_init"])
+
+    def _prior_values(self, group: dict, fields: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        prec0 = -2 * fields[1]
+        return prec0, fields[0] / prec0  # (δ per coordinate, m₀)
 
     def _posterior_fields(
         self, group: dict, param: Tensor, state: dict[str, Tensor]
     ) -> tuple[Tensor, ...]:
         """N(m, 1/(N s + δ)) (the draws' σ) as λ = (S m, −½S)."""
-        prec = group["ess"] * state["exp_avg_sq"] + group["prior_prec"]
+        prior = getattr(self, "_prior_of", None)
+        delta = prior[id(param)][0] if prior else group["prior_prec"]
+        prec = group["ess"] * state["exp_avg_sq"] + delta
         return prec * state["mean"], -0.5 * prec
 
     def _noise(self, group: dict, bucket: Bucket, generator: torch.Generator) -> None:
         vadam_noise(
             bucket.state["exp_avg_sq"],
-            prior_prec=group["prior_prec"],
+            prior_prec=group["prior_prec"] if bucket.prior is None else bucket.prior[0],
             ess=group["ess"],
             generator=generator,
             out=bucket.noise,
@@ -110,8 +122,9 @@ class Vadam(SamplingOptimizer):
             lr=group["lr"],
             beta1=beta1,
             beta2=beta2,
-            prior_prec=group["prior_prec"],
+            prior_prec=group["prior_prec"] if bucket.prior is None else bucket.prior[0],
             ess=group["ess"],
             step=group["step"],
             scratch=bucket.scratch,
+            prior_mean=None if bucket.prior is None else bucket.prior[1],
         )

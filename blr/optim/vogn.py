@@ -14,6 +14,7 @@ from blr.optim._args import SamplingOptions, Unpack, check_choice, hyper_rules
 from blr.optim._base import PrecisionSampler
 from blr.optim._buckets import Bucket
 from blr.optim._distributed import _world_size
+from blr.posterior import ParameterPosterior
 
 
 class VOGN(PrecisionSampler):
@@ -58,6 +59,10 @@ class VOGN(PrecisionSampler):
             DDP- or FSDP-wrapped model, or the module inside it).
         mc_samples, nonfinite, seed, missing_sample, process_group: as in
             :class:`~blr.optim.IVON`.
+        prior: a diagonal Gaussian :class:`blr.ParameterPosterior` over the trained parameters
+            (group after group), e.g. the previous task's ``posterior()``: N(m₀, S₀⁻¹) with δ = S₀/N
+            per coordinate and the decay δ⊙(m − m₀), in place of ``weight_decay``; needs
+            ``fused=False``.
         fused: ``False`` (vectorized torch ops) or ``True``/``"compile"``: the draw
             θ = m + σ⊙z and the update each in one ``torch.compile``'d loop (seconds to compile
             on first use; for fp32/fp64 weights, which are the mean itself). Same formulas,
@@ -111,6 +116,7 @@ class VOGN(PrecisionSampler):
         *,
         model: nn.Module | None = None,
         fused: bool | str = False,
+        prior: ParameterPosterior | None = None,
         **options: Unpack[SamplingOptions],
     ) -> None:
         name = type(self).__name__
@@ -133,6 +139,8 @@ class VOGN(PrecisionSampler):
                 raise ValueError(f"curvature={curvature!r} needs the loss (e.g. 'cross_entropy')")
             resolve(loss, sigma2=sigma2, supported=FACTORED, arg="loss")
         self.fused = check_choice(fused, "fused", (False, True, "compile"))
+        if prior is not None and fused is not False:
+            raise ValueError("prior= needs fused=False (the per-coordinate prior is eager-only)")
         defaults = dict(
             lr=lr, ess=ess, weight_decay=weight_decay, beta1=beta1, beta2=beta2, hess_init=hess_init
         )
@@ -147,6 +155,7 @@ class VOGN(PrecisionSampler):
                     )
         self.model, self.curvature, self.loss, self.sigma2 = model, curvature, loss, sigma2
         self.sample = bool(sample)
+        self._set_prior(prior)
         self._pe: PerExample | None = None
         self._squares: dict | None = None
 

@@ -30,13 +30,16 @@ def _inv_softplus(x: float) -> float:
     return x + math.log(-math.expm1(-x))
 
 
-def _kl_terms(means: list[Tensor], stds: list[Tensor], prior_prec: float) -> list[Tensor]:
-    """KL(N(m, σ²) ‖ N(0, δ⁻¹)) of each tensor, summed over its elements:
-    ½Σ(δσ² + δm² − 1 − log δσ²)."""
+def _kl_terms(
+    means: list[Tensor], stds: list[Tensor], priors: list[tuple[float | Tensor, float | Tensor]]
+) -> list[Tensor]:
+    """KL(N(m, σ²) ‖ N(m₀, δ⁻¹)) of each tensor, summed over its elements:
+    ½Σ(δσ² + δ(m − m₀)² − 1 − log δσ²), with (δ, m₀) per tensor (numbers or tensors)."""
     terms = []
-    for m, s in zip(means, stds):
-        var = prior_prec * s * s
-        terms.append(0.5 * (var + prior_prec * m * m - 1 - torch.log(var)).sum())
+    for m, s, (prec, m0) in zip(means, stds, priors):
+        var = prec * s * s
+        d = m - m0
+        terms.append(0.5 * (var + prec * d * d - 1 - torch.log(var)).sum())
     return terms
 
 
@@ -83,6 +86,8 @@ class BayesByBackprop(MonteCarloOptimizer):
         lr: Adam's learning rate α, for m and ρ alike.
         ess: N, the training-set size (the KL is divided by it).
         prior_prec: δ, the prior precision.
+        prior: a diagonal Gaussian :class:`blr.ParameterPosterior` N(m₀, S₀⁻¹) over the trained
+            parameters, e.g. the previous task's ``posterior()``, in place of N(0, δ⁻¹I).
         init_std: σ at the start (ρ₀ = softplus⁻¹(init_std)).
         betas: Adam's (β₁, β₂).
         mc_samples: draws per ``step(closure)``.
@@ -129,6 +134,7 @@ class BayesByBackprop(MonteCarloOptimizer):
         mc_samples: int = 1,
         *,
         eps: float = 1e-8,
+        prior: ParameterPosterior | None = None,
         **options: Unpack[RunOptions],
     ) -> None:
         if isinstance(betas, (tuple, list)):
@@ -141,6 +147,39 @@ class BayesByBackprop(MonteCarloOptimizer):
         self._acc: dict[int, tuple[Tensor, Tensor]] = {}  # id(p) → averaged data gradients
         for group in self.param_groups:
             self._init_group(group)
+        self._prior_of = None if prior is None else self._prior_map(prior)
+
+    def _prior_map(self, prior: ParameterPosterior) -> dict[int, tuple[Tensor, Tensor]]:
+        """Parameter → (δ, m₀) of a diagonal Gaussian prior N(m₀, δ⁻¹) per coordinate."""
+        if not isinstance(prior, ParameterPosterior):
+            raise TypeError(f"prior must be a blr.ParameterPosterior, got {type(prior).__name__}")
+        if prior.family.name != "gaussian_diag":
+            raise ValueError(
+                "prior must be a gaussian_diag posterior (e.g. BayesByBackprop(...).posterior()), "
+                f"got {prior.family.name}"
+            )
+        mine = self._all_params()
+        shapes, theirs = [tuple(p.shape) for p in mine], [tuple(s) for s in prior.layout.shapes]
+        if shapes != theirs:
+            raise ValueError(
+                f"prior is a posterior over another model: its parameters have shapes {theirs}, "
+                f"this optimizer's {shapes}"
+            )
+        m0, prec0 = prior.family.to_moments(prior.nat)
+        return {
+            id(p): (
+                prec0[a : a + n].reshape(p.shape).to(p.device, p.dtype),
+                m0[a : a + n].reshape(p.shape).to(p.device, p.dtype),
+            )
+            for p, a, n in zip(mine, prior.layout.offsets, prior.layout.numels)
+        }
+
+    def _priors(self, group: dict, params: list[Tensor]) -> list[tuple[Any, Any]]:
+        """(δ, m₀) of each parameter: the group's N(0, δ⁻¹), or the prior= posterior's."""
+        if self._prior_of is None:
+            return [(group["prior_prec"], 0.0)] * len(params)
+        scalar = (group["prior_prec"], 0.0)  # (a group added later keeps its own δ)
+        return [self._prior_of.get(id(p), scalar) for p in params]
 
     # ------------------------------------------------------------------ set-up
     def _init_group(self, group: dict[str, Any]) -> None:
@@ -223,7 +262,7 @@ class BayesByBackprop(MonteCarloOptimizer):
         for group in self.param_groups:
             ps = self._params(group)
             stds = [F.softplus(self.state[p]["rho"]) for p in ps]
-            terms += [t.double() for t in _kl_terms(ps, stds, group["prior_prec"])]
+            terms += [t.double() for t in _kl_terms(ps, stds, self._priors(group, ps))]
         return torch.stack(terms).sum() if terms else torch.zeros((), dtype=torch.float64)
 
     def posterior(self, model: nn.Module | None = None) -> ParameterPosterior:
@@ -362,7 +401,7 @@ class BayesByBackprop(MonteCarloOptimizer):
         with torch.enable_grad():
             means = [p.detach().requires_grad_() for p in params]
             rho = [self.state[p]["rho"].detach().requires_grad_() for p in params]
-            terms = _kl_terms(means, [F.softplus(r) for r in rho], group["prior_prec"])
+            terms = _kl_terms(means, [F.softplus(r) for r in rho], self._priors(group, params))
             kl_grads = torch.autograd.grad(
                 terms,
                 [*means, *rho],

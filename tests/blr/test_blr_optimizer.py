@@ -819,3 +819,30 @@ def test_every_optimizer_takes_a_posterior_as_its_prior(name):
     )
     with pytest.raises(ValueError, match="prior must be a"):
         make(_mlp(kind), prior=blr.ParameterPosterior(other, wrong_nat, _mlp(kind)))
+
+
+def test_bayes_by_backprop_takes_a_posterior_as_its_prior():
+    from blr.optim import BayesByBackprop
+
+    x, y = _data()
+    d = 21
+
+    def run(model, **kw):
+        opt = BayesByBackprop(model.parameters(), lr=0.01, ess=N, seed=1, **kw)
+        for idx in _batches(8):
+            _loop_step(opt, model, x[idx], y[idx])
+        return opt
+
+    m1, m2, m3 = _mlp(), _mlp(), _mlp()
+    fam = expfam.DiagGaussian()
+    default = fam.from_moments(torch.zeros(d, dtype=f64), torch.full((d,), 2.0, dtype=f64))
+    a = run(m1, prior_prec=2.0)
+    b = run(m2, prior=blr.ParameterPosterior(fam, default, m2))
+    for u, v in zip(a.posterior().nat, b.posterior().nat):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a.kl(), b.kl(), rtol=1e-12, atol=0)
+    c = run(m3, prior=a.posterior(m1).bind(m3))
+    assert _max_diff(c.posterior().nat, a.posterior().nat) > 1e-6
+    # the KL to the given prior, against the family's closed form
+    q = c.posterior(m3)
+    torch.testing.assert_close(c.kl(), q.kl(a.posterior(m1).bind(m3)).double(), rtol=1e-10, atol=0)

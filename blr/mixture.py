@@ -52,6 +52,7 @@ E_q[ℓ] − H(q) = −½ log 2π ≈ −0.9189):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Literal, NamedTuple
@@ -62,11 +63,18 @@ from torch import Tensor
 
 from blr.engine import check_rho
 from blr.estimators import _hessian_exact, _values
+from blr.gaussian import GaussianOptions
 from blr.quadrature import gauss_hermite_product
 from expfam import DiagGaussian, Mixture, MixtureNat
 from expfam.linalg import sym
 
-__all__ = ["MixtureExpectations", "mixture_expectations", "mixture_objective", "mixture_step"]
+__all__ = [
+    "MixtureExpectations",
+    "MixtureOptions",
+    "mixture_expectations",
+    "mixture_objective",
+    "mixture_step",
+]
 
 Expectation = Literal["gh", "mc", "importance"]
 WeightRule = Literal["exact", "lin", "fixed"]
@@ -93,6 +101,47 @@ class MixtureExpectations(NamedTuple):
     value: Tensor
     grad: Tensor
     hess: Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureOptions(GaussianOptions):
+    """Options of the mixture BLR in :class:`blr.optim.BLROptimizer` (its ``gaussian=`` for an
+    :class:`expfam.Mixture` family): ``improved`` and the weight rule of :func:`mixture_step`,
+    and the weights' own rate. The other fields of :class:`~blr.GaussianOptions` do not apply.
+
+    Attributes:
+        improved: the improved-BLR correction of the components (default True: every S_k stays
+            positive definite).
+        weights: ``"lin"`` (Lin et al.'s rule; the default), ``"exact"`` (the λ-space BLR of c;
+            needs ``improved=False``) or ``"fixed"`` (π unchanged).
+        weights_lr: ρ_π > 0, the rate of the ``"lin"`` rule
+            log(π_k/π_K) ← log(π_k/π_K) − ρ_π(E_{q_k}[f] − E_{q_K}[f]); None: the group's lr.
+
+    Example:
+        >>> from blr.mixture import MixtureOptions
+        >>> MixtureOptions(weights="fixed").improved
+        True
+        >>> MixtureOptions(improved=True, weights="exact")
+        Traceback (most recent call last):
+        ...
+        ValueError: weights='exact' is the λ-space BLR of c and needs improved=False
+    """
+
+    improved: bool = True
+    weights: WeightRule = "lin"
+    weights_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.weights not in _WEIGHTS:
+            raise ValueError(f"weights must be one of {_WEIGHTS}, got {self.weights!r}")
+        if self.weights == "exact" and self.improved:
+            raise ValueError("weights='exact' is the λ-space BLR of c and needs improved=False")
+        if self.weights_lr is not None:
+            if self.weights != "lin":
+                raise ValueError(f"weights_lr is the rate of weights='lin', got {self.weights!r}")
+            if not float(self.weights_lr) > 0:
+                raise ValueError(f"weights_lr must be > 0, got {self.weights_lr}")
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 import expfam
 from blr.functional import ParameterLayout
-from expfam import ExpFamily, GaussianLike, Product
+from expfam import ExpFamily, GaussianLike, Mixture, MixturePoint, Product
 from expfam.tree import tmap
 
 __all__ = ["ParameterPosterior", "expected_theta", "identity_statistic"]
@@ -66,6 +66,9 @@ def expected_theta(family: ExpFamily, nat: tuple) -> Tensor:
     """
     if isinstance(family, GaussianLike):
         return family.location(nat)
+    if isinstance(family, Mixture):  # Σ_k π_k m_k
+        weights = torch.exp(family.log_weights(nat)).unsqueeze(-1)
+        return (weights * family.component.location(family.components(nat))).sum(-2)
     if isinstance(family, Product):
         return family.join_sample(
             [expected_theta(f, part) for f, part in zip(family.families, family.split(nat))]
@@ -194,7 +197,8 @@ class ParameterPosterior:
             torch.Size([5, 3])
         """
         gen = self.generator if generator is None else generator
-        return self.family.sample(self.nat, tuple(sample_shape), gen, validate=False)
+        draws = self.family.sample(self.nat, tuple(sample_shape), gen, validate=False)
+        return draws.theta if isinstance(draws, MixturePoint) else draws  # (θ, z) of a mixture
 
     def kl(self, other: ParameterPosterior) -> Tensor:
         """KL(q ‖ p) to another posterior of the same family and layout (a scalar).

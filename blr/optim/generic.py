@@ -46,6 +46,10 @@ halved until λ − (ρ/2ʲ)·d is valid (backtracking, at most ``max_halvings``
 :attr:`BLROptimizer.halvings`); a NaN/Inf loss or gradient raises FloatingPointError (or skips
 the step with ``nonfinite="skip"``). Nothing is written before every group's step is valid.
 
+A group's family may be a mixture of Gaussians, :class:`expfam.Mixture` (the mixture BLR of Lin,
+Khan & Schmidt, ICML 2019, :mod:`blr.mixture`: K draws a step, one per component, Stein or exact
+curvature, options in :class:`blr.mixture.MixtureOptions`; see docs/mixture_network.md).
+
 A group's family may be an :class:`expfam.Product`: each block (a full Gaussian on the last
 layer's coordinates, a diagonal Gaussian elsewhere, ±1 Bernoulli weights, ...) is drawn, estimated
 and updated by its own rule above, with its own estimator (``estimator=`` one for all blocks, or
@@ -84,6 +88,7 @@ from expfam import (
     FixedCovGaussian,
     FullGaussian,
     GaussianLike,
+    Mixture,
     Product,
 )
 from expfam import generic as expfam_generic
@@ -320,6 +325,12 @@ class BLROptimizer(MonteCarloOptimizer):
             params = model
         if len(self._posts) == 1:
             family, nat = self._posts[0].family, self._posts[0].nat
+        elif any(isinstance(g.family, Mixture) for g in self._posts):
+            raise ValueError(
+                "posterior(): a mixture is not a block of an expfam.Product (its points are "
+                "(θ, z) pairs), so an optimizer with a mixture group and other groups has no "
+                "single posterior object; give the mixture group its own optimizer"
+            )
         else:
             family = Product([(g.family, g.layout.size) for g in self._posts])
             nat = family.join([g.nat for g in self._posts])
@@ -366,29 +377,28 @@ class BLROptimizer(MonteCarloOptimizer):
                 else dict(reduction="mean")
             )
             pe = PerExample(self.model, mode="ggn" if mode == "ggn" else "ef", **kw)
-        failed = True
         try:
             with contextlib.nullcontext() if pe is None else pe:
                 yield handle
-            failed = False
+            if train:  # collected while the parameters still hold the draw: the gradients'
+                # graph (an exact Hessian's backward passes) reads them
+                squares = None
+                if pe is not None:
+                    if pe.num_examples == 0:
+                        raise RuntimeError(
+                            "the model was not called inside sampled_params(train=True), so "
+                            "there is no per-example curvature"
+                        )
+                    squares = (pe.squared_grads(), float(pe.num_examples))
+                for group, post, unit_draws in zip(self.param_groups, self._posts, draws):
+                    post.collect(group["params"], unit_draws, handle.loss, squares)
+                for pending, unit_draws in zip(self._pending, draws):
+                    pending.append(unit_draws)
+                self._count += 1
         finally:
             with torch.no_grad():
                 for group, post in zip(self.param_groups, self._posts):
                     post.write(group["params"], post.center())
-        if train and not failed:
-            squares = None
-            if pe is not None:
-                if pe.num_examples == 0:
-                    raise RuntimeError(
-                        "the model was not called inside sampled_params(train=True), so there "
-                        "is no per-example curvature"
-                    )
-                squares = (pe.squared_grads(), float(pe.num_examples))
-            for group, post, unit_draws in zip(self.param_groups, self._posts, draws):
-                post.collect(group["params"], unit_draws, handle.loss, squares)
-            for pending, unit_draws in zip(self._pending, draws):
-                pending.append(unit_draws)
-            self._count += 1
 
     @contextlib.contextmanager
     def mean_params(self) -> Iterator[None]:
@@ -662,15 +672,22 @@ class _Group:
         options = group["gaussian"]
         if options is not None and not isinstance(options, GaussianOptions):
             raise TypeError(f"gaussian must be a blr.GaussianOptions, got {type(options).__name__}")
-        if options is not None and not any(isinstance(f, _GAUSSIAN_STEP) for f, _ in blocks):
+        from blr.mixture import MixtureOptions
+        from blr.optim._mixture_unit import MixtureUnit  # a mixture of Gaussians: its own block
+
+        gaussian_like = (*_GAUSSIAN_STEP, Mixture)
+        if options is not None and not any(isinstance(f, gaussian_like) for f, _ in blocks):
             raise TypeError(
                 f"gaussian options need a DiagGaussian or FullGaussian ({where}), got {family.name}"
             )
+        if isinstance(options, MixtureOptions) and not isinstance(family, Mixture):
+            raise TypeError(f"gaussian: MixtureOptions need a Mixture family ({where}), got "
+                            f"{family.name}")  # fmt: skip
         units = []
         for k, (fam, coords) in enumerate(blocks):
             name = where if n == 1 else f"{where}, block {k} ({fam.name})"
             units.append(
-                _Unit.build(
+                (MixtureUnit if isinstance(fam, Mixture) else _Unit).build(
                     fam,
                     coords,
                     theta0[coords],

@@ -846,3 +846,28 @@ def test_bayes_by_backprop_takes_a_posterior_as_its_prior():
     # the KL to the given prior, against the family's closed form
     q = c.posterior(m3)
     torch.testing.assert_close(c.kl(), q.kl(a.posterior(m1).bind(m3)).double(), rtol=1e-10, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+@pytest.mark.parametrize("family", [expfam.DiagGaussian(), expfam.FullGaussian()])
+def test_exact_hessian_at_draws_of_a_network_equals_the_functional_route(family):
+    """BonnetPrice(hessian="exact") at Monte Carlo draws of a nonlinear network (the Hessian's
+    backward passes must read the draw, not the mean) equals the engine's on ModuleLoss."""
+    x, y = _data()
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    model = model.double()
+    est = blr.BonnetPrice(hessian="exact")
+    opt = BLROptimizer(model.parameters(), family, lr=0.1, ess=N, seed=3, estimator=est)
+    unit = opt._posts[0].units[0]
+    loss = ModuleLoss(model, mse, (x, y), scale=N)
+    engine = blr.BLR(family, unit.nat, loss, estimator=est, rho=0.1, prior=unit.prior,
+                     gaussian=blr.GaussianOptions(improved=True),
+                     generator=torch.Generator().manual_seed(3))  # fmt: skip
+    for idx in _batches(5):
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            mse(model(x[idx]), y[idx]).backward(create_graph=True)
+        opt.step()
+        engine.step(loss.with_batch((x[idx], y[idx])))
+        assert _max_diff(opt.posterior().nat, engine.posterior) <= 1e-10

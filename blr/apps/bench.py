@@ -1,11 +1,17 @@
 """Benchmarks behind ``blr bench`` (and the scripts in ``bench/``): optimizer-side time and memory
-of the :mod:`blr.optim` drop-ins against torch's AdamW on the two reference models.
+of the :mod:`blr.optim` drop-ins and the generic :class:`~blr.optim.BLROptimizer` against
+torch's AdamW on the two reference models.
 
 Optimizer-side time is everything an optimizer adds to a training step besides forward and
 backward: for a sampling optimizer, drawing and writing the sample, restoring the mean, collecting
 the gradient and the update; for AdamW, ``step()``. Gradients are prepared once and assigned
 inside the timed region, so the model's own compute is excluded. Memory held by the optimizer
 counts parameters, gradients, state and persistent buffers in bytes (each storage once).
+
+The generic optimizer runs as ``BLROptimizer(params, expfam.DiagGaussian(), ...)`` with its default
+Stein estimator (row ``BLROptimizer diag``), measured exactly as IVON (draw and write on entering
+``sampled_params``, restore and gradient collection on leaving it, ``step()``); each row also
+reports its ratio to IVON's time in the same run (``x_ivon``).
 """
 
 from __future__ import annotations
@@ -134,14 +140,28 @@ def time_optimizer(
     }
 
 
+IVON_ROW = "blr IVON"
+BLR_DIAG_ROW = "BLROptimizer diag"
+
+
+def blr_diag(params: Any) -> torch.optim.Optimizer:
+    """The generic optimizer as the benchmark runs it: a diagonal Gaussian over all parameters,
+    the default Stein estimator, IVON's lr and ess (one draw per step)."""
+    import expfam
+    from blr.optim import BLROptimizer
+
+    return BLROptimizer(params, expfam.DiagGaussian(), lr=0.1, ess=50_000, seed=0)
+
+
 def default_optimizers() -> dict[str, Callable]:
     from blr.optim import IVON
 
     return {
         "adamw-foreach": lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True),
         "adamw-fused": lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True),
-        "blr IVON": lambda p: IVON(p, lr=0.1, ess=50_000, seed=0),
+        IVON_ROW: lambda p: IVON(p, lr=0.1, ess=50_000, seed=0),
         "blr IVON fused": lambda p: IVON(p, lr=0.1, ess=50_000, seed=0, fused=True),
+        BLR_DIAG_ROW: blr_diag,
     }
 
 
@@ -150,14 +170,17 @@ def optim_table(
     models: Sequence[str] = ("cnn", "mlp"),
     repeats: int = 20,
 ) -> list[dict[str, Any]]:
-    """One row per (model, optimizer): median ms, bytes, and both relative to AdamW(foreach)."""
+    """One row per (model, optimizer): median ms, bytes, both relative to AdamW(foreach), and
+    the time relative to IVON's (``x_ivon``); a ratio is None when its reference row is not
+    among ``optimizers``."""
     optimizers = optimizers or default_optimizers()
     rows = []
     for name in models:
         results = {
             k: time_optimizer(MODELS[name], f, repeats=repeats) for k, f in optimizers.items()
         }
-        base = results.get("adamw-foreach") or next(iter(results.values()))
+        base = results.get("adamw-foreach")
+        ivon = results.get(IVON_ROW)
         for k, r in results.items():
             rows.append(
                 {
@@ -166,9 +189,10 @@ def optim_table(
                     "params": r["params"],
                     "ms": round(r["ms"], 3),
                     "min_ms": round(r["min_ms"], 3),
-                    "x_adamw_foreach": round(r["ms"] / base["ms"], 2),
+                    "x_adamw_foreach": None if base is None else round(r["ms"] / base["ms"], 2),
+                    "x_ivon": None if ivon is None else round(r["ms"] / ivon["ms"], 2),
                     "bytes": r["bytes"],
-                    "bytes_x_adamw": round(r["bytes"] / base["bytes"], 3),
+                    "bytes_x_adamw": None if base is None else round(r["bytes"] / base["bytes"], 3),
                 }
             )
     return rows
@@ -215,8 +239,9 @@ def time_train_steps(
 
 
 def train_step_table(repeats: int = 20, device: str | torch.device = "cpu") -> list[dict[str, Any]]:
-    """AdamW vs the sampling optimizers, whole training steps on the MLP (batch 128), on
-    ``device`` (interleaved: :func:`time_train_steps`)."""
+    """AdamW vs the sampling optimizers (IVON, VOGN, OGN and the generic BLROptimizer with a
+    diagonal Gaussian), whole training steps on the MLP (batch 128), on ``device`` (interleaved:
+    :func:`time_train_steps`)."""
     from blr.optim import IVON, VOGN
 
     def vogn(curvature: str, **kw: Any) -> Callable[[nn.Module], torch.optim.Optimizer]:
@@ -236,6 +261,7 @@ def train_step_table(repeats: int = 20, device: str | torch.device = "cpu") -> l
         "blr OGN ef fused": vogn("ef", fused=True, sample=False),
         "blr VOGN mc_fisher": vogn("mc_fisher"),
         "blr VOGN ggn": vogn("ggn"),
+        BLR_DIAG_ROW: lambda m: blr_diag(m.parameters()),
     }
     times = time_train_steps(makers, repeats=repeats, device=device)
     base = times["adamw-foreach"]
@@ -245,29 +271,54 @@ def train_step_table(repeats: int = 20, device: str | torch.device = "cpu") -> l
             "optimizer": k,
             "step_ms": round(v, 3),
             "x_adamw_foreach": round(v / base, 2),
+            "x_ivon": round(v / times[IVON_ROW], 2),
         }
         for k, v in times.items()
     ]
 
 
+def _ratio(x: float | None, width: int = 6, digits: int = 2) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:{width}.{digits}f}"
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = f"{'model':6} {'optimizer':16} {'params':>9} {'ms':>8} {'min ms':>8} {'×AdamW':>7} "
-    head += f"{'MiB held':>9} {'×AdamW':>7}"
+    head = f"{'model':6} {'optimizer':18} {'params':>9} {'ms':>8} {'min ms':>8} {'×AdamW':>7} "
+    head += f"{'×IVON':>6} {'MiB held':>9} {'×AdamW':>7}"
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['model']:6} {r['optimizer']:16} {r['params']:9d} {r['ms']:8.3f} "
-            f"{r['min_ms']:8.3f} {r['x_adamw_foreach']:7.2f} {r['bytes'] / 2**20:9.2f} "
-            f"{r['bytes_x_adamw']:7.3f}"
+            f"{r['model']:6} {r['optimizer']:18} {r['params']:9d} {r['ms']:8.3f} "
+            f"{r['min_ms']:8.3f} {_ratio(r['x_adamw_foreach'], 7)} {_ratio(r['x_ivon'])} "
+            f"{r['bytes'] / 2**20:9.2f} {_ratio(r['bytes_x_adamw'], 7, 3)}"
         )
 
 
 def main(argv: Sequence[str] | None = None, extra: dict[str, Callable] | None = None) -> int:
     """``blr bench optim``: the optimizer table (``--json`` for machines)."""
-    parser = argparse.ArgumentParser(prog="blr bench optim", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="blr bench optim",
+        description=(
+            "Optimizer-side time per step (sampled_params entry and exit + step(): the draw, "
+            "the restore, the gradient collection and the update; forward and backward "
+            "excluded) and memory held, on the CNN and the MLP, with ratios to AdamW(foreach) "
+            "and to IVON; then whole training steps on the MLP, which add VOGN and OGN."
+        ),
+        epilog=(
+            f"rows of the optimizer-side table: {', '.join(default_optimizers())} (and any a "
+            "script adds). BLROptimizer diag is blr.optim.BLROptimizer(params, "
+            "expfam.DiagGaussian(), lr=0.1, ess=50_000) with its default Stein estimator."
+        ),
+    )
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=sorted(MODELS))
+    parser.add_argument(
+        "--optimizers",
+        nargs="+",
+        metavar="NAME",
+        help="only these rows of the optimizer-side table (default: all; quote names with "
+        "spaces, e.g. 'blr IVON' 'BLROptimizer diag')",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead")
     parser.add_argument(
@@ -277,6 +328,11 @@ def main(argv: Sequence[str] | None = None, extra: dict[str, Callable] | None = 
     if args.threads:
         torch.set_num_threads(args.threads)
     optimizers = {**default_optimizers(), **(extra or {})}
+    if args.optimizers:
+        unknown = [k for k in args.optimizers if k not in optimizers]
+        if unknown:
+            parser.error(f"unknown optimizer(s) {unknown}; choose from {list(optimizers)}")
+        optimizers = {k: optimizers[k] for k in args.optimizers}
     rows = optim_table(optimizers, args.models, args.repeats)
     steps = [] if args.no_train_step else train_step_table(args.repeats)
     if args.json:
@@ -287,9 +343,15 @@ def main(argv: Sequence[str] | None = None, extra: dict[str, Callable] | None = 
         "time per step (median of repeats)"
     )
     print_table(rows)
+    for r in rows:
+        if r["optimizer"] == BLR_DIAG_ROW and r["x_ivon"] is not None:
+            print(f"{BLR_DIAG_ROW} / {IVON_ROW}, optimizer side, {r['model']}: {r['x_ivon']:.2f}×")
     if steps:
         print("\nwhole training step on the MLP, batch 128 (forward, backward, curvature, update)")
-        print(f"{'optimizer':20} {'ms':>8} {'×AdamW':>7}")
+        print(f"{'optimizer':20} {'ms':>8} {'×AdamW':>7} {'×IVON':>6}")
         for r in steps:
-            print(f"{r['optimizer']:20} {r['step_ms']:8.3f} {r['x_adamw_foreach']:7.2f}")
+            print(
+                f"{r['optimizer']:20} {r['step_ms']:8.3f} {r['x_adamw_foreach']:7.2f} "
+                f"{r['x_ivon']:6.2f}"
+            )
     return 0

@@ -1,7 +1,7 @@
 """The ``blr`` command line: ``blr table`` (the paper's table, derived and verified), ``blr demo``
-(IVON vs AdamW vs SGD: accuracy and calibration), ``blr bench optim`` (optimizer time and memory)
-and ``blr bench uci --data DIR`` (the UCI regression protocol); without a subcommand, ``blr``
-prints its help.
+(IVON vs AdamW vs SGD: accuracy and calibration), ``blr bench optim`` (optimizer time and memory:
+AdamW, IVON, VOGN and the generic BLROptimizer) and ``blr bench uci --data DIR`` (the UCI
+regression protocol); without a subcommand, ``blr`` prints its help.
 
 The console script ``blr`` and ``python -m blr`` both call :func:`main`. The subcommands load
 their modules lazily: :mod:`derivations` and the benchmarks only when asked for.
@@ -84,8 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench = sub.add_parser(
         "bench",
-        help="benchmark tables: optimizer-side time and memory (optim), the UCI regression "
-        "protocol (uci)",
+        help="benchmark tables: optimizer-side time and memory of AdamW, IVON, VOGN and the "
+        "generic BLROptimizer (optim), the UCI regression protocol (uci)",
+        description="Benchmark tables. optim: optimizer-side time per step and memory held "
+        "(AdamW, IVON and the generic BLROptimizer with a diagonal Gaussian, with its ratio to "
+        "IVON; whole training steps add VOGN and OGN); uci: the UCI regression protocol. "
+        "'blr bench TARGET --help' lists the target's options.",
     )
     bench.add_argument("target", choices=["optim", "uci"], help="what to benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the target (--help)")

@@ -90,6 +90,7 @@ def gaussian_step(
     options: GaussianOptions = GaussianOptions(),
     momentum: float = 0.0,
     prev_nat: tuple | None = None,
+    validate: bool = True,
 ) -> tuple:
     r"""One Gaussian BLR step in (m, S) coordinates (module docstring), from the total
     ∇_μE_q[ℓ̄] (``grad_mean``; add a Gaussian prior as ∇_μ − λ₀ first).
@@ -102,6 +103,9 @@ def gaussian_step(
         options: :class:`GaussianOptions`.
         momentum: γ ≥ 0 (needs ``prev_nat`` = λ_{t−1} when > 0).
         prev_nat: λ_{t−1}.
+        validate: check λ_t on entry and λ_{t+1} (finite, in the domain) on exit; a caller that
+            keeps λ valid and has checked ``grad_mean`` for NaN/Inf passes False (the
+            precision's positivity is checked either way).
 
     Returns:
         λ_{t+1}. Raises ValueError naming ``nat.lam2`` if the precision is no longer positive
@@ -121,7 +125,8 @@ def gaussian_step(
     """
     if not isinstance(family, (FullGaussian, DiagGaussian)):
         raise TypeError(f"gaussian_step needs a FullGaussian or DiagGaussian, got {family.name}")
-    family.validate_nat(nat, "nat")
+    if validate:
+        family.validate_nat(nat, "nat")
     beta = float(rho)
     if not beta > 0:
         raise ValueError(f"rho must be positive, got {rho}")
@@ -131,7 +136,8 @@ def gaussian_step(
     if gamma > 0:
         if prev_nat is None:
             raise ValueError("momentum > 0 needs prev_nat (λ_{t−1})")
-        family.validate_nat(prev_nat, "prev_nat")
+        if validate:
+            family.validate_nat(prev_nat, "prev_nat")
     alpha = beta if options.lr is None else float(options.lr)
     g_hat, h_hat = family.gh_from_mean_grad(nat, grad_mean)
     full = isinstance(family, FullGaussian)
@@ -194,5 +200,6 @@ def gaussian_step(
             else:
                 m_new = m_new + gamma * (m - m_prev)
         new = family.nat_type(s_new * m_new, -0.5 * s_new)
-    family.validate_nat(new, "nat")
+    if validate:
+        family.validate_nat(new, "nat")
     return new

@@ -458,9 +458,9 @@ class BLROptimizer(MonteCarloOptimizer):
         if self._count == 0:
             self._no_sample()
             return loss
-        finite = all(
-            bool(torch.isfinite(d.grad).all())
-            and (d.hess is None or bool(torch.isfinite(d.hess).all()))
+        finite = all(  # NaN/Inf propagate through a sum: one reduction per tensor
+            bool(torch.isfinite(d.grad.sum()))
+            and (d.hess is None or bool(torch.isfinite(d.hess.sum())))
             and (d.value is None or bool(torch.isfinite(d.value)))
             for pending in self._pending
             for unit_draws in pending
@@ -1039,8 +1039,11 @@ class _Unit:
     def update(self, rho: float, draws: list[_Draw], max_halvings: int) -> tuple[tuple, int]:
         """λ_{t+1} of the block (and the number of halvings it took)."""
         n = self.ess
-        theta = torch.stack([d.theta for d in draws])
-        grads = torch.stack([d.grad for d in draws]) * n  # ∇(Nℓ) at each draw
+        if len(draws) == 1:  # (no copies for one draw)
+            theta, grads = draws[0].theta.unsqueeze(0), (draws[0].grad * n).unsqueeze(0)
+        else:
+            theta = torch.stack([d.theta for d in draws])
+            grads = torch.stack([d.grad for d in draws]) * n  # ∇(Nℓ) at each draw
         values = None
         if all(d.value is not None for d in draws):
             values = torch.stack([d.value for d in draws]).to(self.dtype) * n
@@ -1055,7 +1058,15 @@ class _Unit:
         fam = self.family
         if isinstance(fam, _GAUSSIAN_STEP) and self.prior is not None:
             total = tmap(torch.sub, grad_mean, self.prior)
-            return gaussian_step(fam, self.nat, total, rho=rho, options=self.gaussian), 0
+            # λ is valid by construction and the draws were checked for NaN/Inf: the step
+            # checks the new precision's positivity only
+            new = gaussian_step(fam, self.nat, total, rho=rho, options=self.gaussian,
+                                validate=False)  # fmt: skip
+            if not bool(torch.isfinite(new[0].sum())):  # (an overflow, with finite inputs)
+                raise FloatingPointError(
+                    f"the BLR step overflowed in {self.where}; the state was not changed"
+                )
+            return new, 0
         direction = natural_gradient(fam, self.nat, grad_mean, self.prior)
         return self.safe_apply(direction, rho, max_halvings)
 

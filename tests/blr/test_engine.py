@@ -278,3 +278,27 @@ def test_bad_arguments_name_what_is_wrong():
         blr.gaussian_step(fam, nat, nat, rho=0.1, momentum=0.5)
     with pytest.raises(ValueError, match="state is missing"):
         blr.BLR(fam, nat, quartic, estimator=blr.Delta()).load_state_dict({"nat": nat})
+
+
+@pytest.mark.parametrize("family", [expfam.DiagGaussian(), expfam.FullGaussian()])
+def test_gaussian_step_without_validation_is_the_same_step(family):
+    """validate=False skips the λ checks only: the same λ_{t+1}; a non-positive new precision is
+    still refused, and a λ_t with NaN passes unchecked (the caller's promise)."""
+    d = 3
+    prec = torch.eye(d, dtype=torch.float64) * 2.0
+    if family.hessian_event_ndim == 1:
+        prec = prec.diagonal()
+    nat = family.from_moments(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64), prec)
+    g = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    h = torch.full_like(prec, 0.3) + prec
+    grad = family.mean_grad_from_gh(nat, g, h)
+    a = blr.gaussian_step(family, nat, grad, rho=0.5)
+    b = blr.gaussian_step(family, nat, grad, rho=0.5, validate=False)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    bad = family.mean_grad_from_gh(nat, g, -10 * h)  # a step to an indefinite precision
+    with pytest.raises(ValueError, match="lam2"):
+        blr.gaussian_step(family, nat, bad, rho=0.9, validate=False)
+    nan = family.nat_type(nat.lam1.clone().fill_(float("nan")), nat.lam2)
+    with pytest.raises(ValueError, match="lam1"):
+        blr.gaussian_step(family, nan, grad, rho=0.5)
+    blr.gaussian_step(family, nan, grad, rho=0.5, validate=False)

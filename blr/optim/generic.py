@@ -655,6 +655,8 @@ class _Group:
         dtype = torch.promote_types(params[0].dtype, torch.float32)
         device = params[0].device
         layout = ParameterLayout.from_params(params)
+        if layout.size == 0:
+            raise ValueError(f"the parameters of {where} have no elements")
         theta0 = layout.flatten(params).to(dtype)
         if isinstance(family, Product):
             if family.dim != layout.size:
@@ -976,10 +978,18 @@ class _Unit:
         return estimator
 
     # ------------------------------------------------------------------ draws
+    def location(self) -> Tensor:
+        """m of a Gaussian block, computed once per λ (a full Gaussian's costs a Cholesky)."""
+        cached = getattr(self, "_location", None)
+        if cached is None or cached[0] is not self.nat:
+            cached = (self.nat, self.family.location(self.nat))
+            self._location = cached
+        return cached[1]
+
     def center(self) -> Tensor:
         """E_q[θ] of the block."""
         if self.center_field is None:
-            return self.family.location(self.nat)
+            return self.location()
         return self.family.nat_to_mean(self.nat, validate=False)[self.center_field]
 
     def draw(self, gen: torch.Generator, train: bool) -> _Draw:
@@ -988,7 +998,7 @@ class _Unit:
             return _Draw(fam.sample(nat, (1,), gen, validate=False)[0])
         if isinstance(est, BonnetPrice):
             if est.points == "mean":
-                return _Draw(fam.location(nat).clone())
+                return _Draw(self.location().clone())
             return _Draw(fam.sample(nat, (1,), gen, validate=False)[0])
         if isinstance(est, Reparam):
             state = gen.get_state()
@@ -1095,12 +1105,12 @@ class _Unit:
             elif est.hessian == "grad_sq":
                 h_hat = g_hat.unsqueeze(-1) * g_hat.unsqueeze(-2) if kind == 2 else g_hat * g_hat
             elif kind == 2:  # Stein: sym(S(θ − m)∇ℓᵀ)
-                r = theta - fam.location(nat)
+                r = theta - self.location()
                 sr = r @ (-2 * nat.lam2).mT  # S is symmetric: rows (S r_k)ᵀ
                 outer = sr.unsqueeze(-1) * grads.unsqueeze(-2)
                 h_hat = (0.5 * (outer + outer.mT)).mean(0)
             else:
-                h_hat = (grads * (theta - fam.location(nat)) * (-2 * nat.lam2)).mean(0)
+                h_hat = (grads * (theta - self.location()) * (-2 * nat.lam2)).mean(0)
             return fam.mean_grad_from_gh(nat, g_hat, h_hat)
         if isinstance(est, Reparam):
             with torch.enable_grad():

@@ -871,3 +871,8 @@ def test_exact_hessian_at_draws_of_a_network_equals_the_functional_route(family)
         opt.step()
         engine.step(loss.with_batch((x[idx], y[idx])))
         assert _max_diff(opt.posterior().nat, engine.posterior) <= 1e-10
+
+
+def test_a_group_without_elements_is_refused():
+    with pytest.raises(ValueError, match="have no elements"):
+        BLROptimizer([torch.zeros(0, 3, requires_grad=True)], expfam.FullGaussian(), lr=0.1, ess=N)

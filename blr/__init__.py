@@ -135,7 +135,6 @@ _MOVED = {
     "mixture_expectations": "blr.mixture",
     "mixture_objective": "blr.mixture",
     "mixture_step": "blr.mixture",
-    "ParameterPosterior": "blr.predict",
     "predict_classification": "blr.predict",
     "predict_regression": "blr.predict",
     **dict.fromkeys(

@@ -668,7 +668,7 @@ class _Group:
         else:
             blocks = [(family, slice(0, layout.size))]
         n = len(blocks)
-        estimators = _per_block(group["estimator"], n, "estimator", (Estimator,))
+        estimators = _per_block(group["estimator"], n, "estimator")
         priors = _per_block_nat(group["prior"], family, layout, n, "prior", device, dtype)
         inits = _per_block_nat(group["init"], family, layout, n, "init", device, dtype)
         options = group["gaussian"]
@@ -769,7 +769,8 @@ class _Group:
                 )
 
 
-def _per_block(value: Any, n: int, name: str, kinds: tuple) -> list:
+def _per_block(value: Any, n: int, name: str) -> list:
+    """One entry for every block, or a sequence of one per block (checked by each block)."""
     if isinstance(value, (list, tuple)):
         if len(value) != n:
             raise ValueError(f"{name} must give one entry per block ({n}), got {len(value)}")

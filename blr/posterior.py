@@ -33,7 +33,7 @@ from blr.functional import ParameterLayout
 from expfam import ExpFamily, GaussianLike, Mixture, MixturePoint, Product
 from expfam.tree import tmap
 
-__all__ = ["ParameterPosterior", "expected_theta", "identity_statistic"]
+__all__ = ["ParameterPosterior", "as_prior", "expected_theta", "identity_statistic"]
 
 
 def identity_statistic(family: ExpFamily, x: Tensor) -> int | None:
@@ -73,13 +73,53 @@ def expected_theta(family: ExpFamily, nat: tuple) -> Tensor:
         return family.join_sample(
             [expected_theta(f, part) for f, part in zip(family.families, family.split(nat))]
         )
-    field = identity_statistic(family, family.sample(nat, (), None, validate=False))
+    # a point of the support to find the identity statistic at: drawn from a generator of its
+    # own, so that E_q[θ] leaves the global random state alone
+    gen = torch.Generator(device=nat[0].device).manual_seed(0)
+    field = identity_statistic(family, family.sample(nat, (), gen, validate=False))
     if field is None:
         raise TypeError(
             f"{family.name} has no sufficient statistic T_i(θ) = θ, so E_q[θ] is not one of its "
             "mean parameters"
         )
     return family.nat_to_mean(nat, validate=False)[field]
+
+
+def as_prior(
+    value: Any, family: str, shapes: Sequence[Sequence[int]], whose: str = "this optimizer's"
+) -> ParameterPosterior:
+    """``value`` checked as a ``prior=``: a :class:`ParameterPosterior` of the family named
+    ``family`` over parameters of exactly these ``shapes`` (in order); a TypeError or ValueError
+    naming ``prior`` otherwise.
+
+    Example:
+        >>> import torch, expfam
+        >>> from blr.posterior import ParameterPosterior, as_prior
+        >>> fam = expfam.DiagGaussian()
+        >>> q = ParameterPosterior(fam, fam.from_moments(torch.zeros(3), torch.ones(3)),
+        ...                        torch.nn.Linear(2, 1))
+        >>> as_prior(q, "gaussian_diag", [(1, 2), (1,)]) is q
+        True
+        >>> as_prior(q, "gaussian_diag", [(1, 3), (1,)])
+        Traceback (most recent call last):
+        ...
+        ValueError: prior is a posterior over another model: its parameters have shapes [(1, 2), (1,)], this optimizer's [(1, 3), (1,)]
+    """  # noqa: E501
+    if not isinstance(value, ParameterPosterior):
+        raise TypeError(f"prior must be a blr.ParameterPosterior, got {type(value).__name__}")
+    if value.family.name != family:
+        raise ValueError(
+            f"prior must be a {family} posterior, got a posterior of another family "
+            f"({value.family.name})"
+        )
+    theirs = [tuple(s) for s in value.layout.shapes]
+    mine = [tuple(s) for s in shapes]
+    if theirs != mine:
+        raise ValueError(
+            f"prior is a posterior over another model: its parameters have shapes {theirs}, "
+            f"{whose} {mine}"
+        )
+    return value
 
 
 def _family_spec(family: ExpFamily) -> Any:
@@ -389,6 +429,23 @@ class ParameterPosterior:
         layout = ParameterLayout(tuple(state["names"]), tuple(tuple(s) for s in state["shapes"]))
         nat = family.nat_type(*state["nat"])
         return cls(family, nat, params, layout=layout, generator=generator)
+
+    def fields_per_parameter(self) -> list[tuple[Tensor, ...]]:
+        """λ's fields cut into one tuple per parameter of the layout, each shaped like it.
+
+        Example:
+            >>> import torch, expfam
+            >>> from blr.posterior import ParameterPosterior
+            >>> fam = expfam.DiagGaussian()
+            >>> q = ParameterPosterior(fam, fam.from_moments(torch.zeros(3), torch.ones(3)),
+            ...                        torch.nn.Linear(2, 1))
+            >>> [tuple(t.shape for t in fields) for fields in q.fields_per_parameter()]
+            [((1, 2), (1, 2)), ((1,), (1,))]
+        """
+        return [
+            tuple(f[a : a + n].reshape(shape) for f in self.nat)
+            for a, n, shape in zip(self.layout.offsets, self.layout.numels, self.layout.shapes)
+        ]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         """The same posterior with λ on another device or dtype.

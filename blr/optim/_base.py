@@ -30,7 +30,7 @@ from blr.optim._buckets import Bucket, make_buckets
 from blr.optim._checkpoint import load_buckets, save_buckets
 from blr.optim._distributed import DistributedNoise
 from blr.optim._functional import compiled_draw_, ivon_update_
-from blr.posterior import ParameterPosterior
+from blr.posterior import ParameterPosterior, as_prior
 from expfam import DiagGaussian, ExpFamily
 
 
@@ -298,25 +298,10 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         self._prior_of = None
         if prior is None:
             return
-        if not isinstance(prior, ParameterPosterior):
-            raise TypeError(f"prior must be a blr.ParameterPosterior, got {type(prior).__name__}")
-        fam = self._posterior_family
-        if prior.family.name != fam.name:
-            raise ValueError(
-                f"prior must be a {fam.name} posterior (e.g. {type(self).__name__}(...)"
-                f".posterior()), got {prior.family.name}"
-            )
         trained = [(g, p) for g in self.param_groups for p in g["params"] if p.requires_grad]
-        shapes = [tuple(p.shape) for _, p in trained]
-        theirs = [tuple(s) for s in prior.layout.shapes]
-        if shapes != theirs:
-            raise ValueError(
-                f"prior is a posterior over another model: its parameters have shapes {theirs}, "
-                f"this optimizer's {shapes}"
-            )
+        prior = as_prior(prior, self._posterior_family.name, [p.shape for _, p in trained])
         out = {}
-        for (group, p), start, n in zip(trained, prior.layout.offsets, prior.layout.numels):
-            fields = tuple(f[start : start + n].reshape(p.shape) for f in prior.nat)
+        for (group, p), fields in zip(trained, prior.fields_per_parameter()):
             dtype = torch.promote_types(p.dtype, torch.float32)
             values = self._prior_values(group, fields)
             out[id(p)] = tuple(v.to(p.device, dtype) for v in values)

@@ -17,7 +17,7 @@ from torch.optim.adam import adam
 from blr.optim._args import RunOptions, Unpack, hyper_rules
 from blr.optim._base import MonteCarloOptimizer
 from blr.optim._checkpoint import check_entry, check_layout, header, restore_header
-from blr.posterior import ParameterPosterior
+from blr.posterior import ParameterPosterior, as_prior
 from expfam import DiagGaussian
 
 __all__ = ["BayesByBackprop"]
@@ -151,28 +151,13 @@ class BayesByBackprop(MonteCarloOptimizer):
 
     def _prior_map(self, prior: ParameterPosterior) -> dict[int, tuple[Tensor, Tensor]]:
         """Parameter → (δ, m₀) of a diagonal Gaussian prior N(m₀, δ⁻¹) per coordinate."""
-        if not isinstance(prior, ParameterPosterior):
-            raise TypeError(f"prior must be a blr.ParameterPosterior, got {type(prior).__name__}")
-        if prior.family.name != "gaussian_diag":
-            raise ValueError(
-                "prior must be a gaussian_diag posterior (e.g. BayesByBackprop(...).posterior()), "
-                f"got {prior.family.name}"
-            )
         mine = self._all_params()
-        shapes, theirs = [tuple(p.shape) for p in mine], [tuple(s) for s in prior.layout.shapes]
-        if shapes != theirs:
-            raise ValueError(
-                f"prior is a posterior over another model: its parameters have shapes {theirs}, "
-                f"this optimizer's {shapes}"
-            )
-        m0, prec0 = prior.family.to_moments(prior.nat)
-        return {
-            id(p): (
-                prec0[a : a + n].reshape(p.shape).to(p.device, p.dtype),
-                m0[a : a + n].reshape(p.shape).to(p.device, p.dtype),
-            )
-            for p, a, n in zip(mine, prior.layout.offsets, prior.layout.numels)
-        }
+        prior = as_prior(prior, "gaussian_diag", [p.shape for p in mine])
+        out = {}
+        for p, (lam1, lam2) in zip(mine, prior.fields_per_parameter()):
+            prec0 = -2 * lam2
+            out[id(p)] = (prec0.to(p.device, p.dtype), (lam1 / prec0).to(p.device, p.dtype))
+        return out
 
     def _priors(self, group: dict, params: list[Tensor]) -> list[tuple[Any, Any]]:
         """(δ, m₀) of each parameter: the group's N(0, δ⁻¹), or the prior= posterior's."""

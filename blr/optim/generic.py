@@ -80,7 +80,7 @@ from blr.gaussian import GaussianOptions, gaussian_step
 from blr.optim._args import MonteCarloOptions, Unpack, hyper_rules
 from blr.optim._base import MonteCarloOptimizer
 from blr.optim._checkpoint import check_layout, header, restore_header
-from blr.posterior import ParameterPosterior, identity_statistic
+from blr.posterior import ParameterPosterior, as_prior, identity_statistic
 from expfam import (
     Bernoulli,
     DiagGaussian,
@@ -785,18 +785,7 @@ def _per_block_nat(value, family, layout, n, name, device, dtype) -> list:
     if isinstance(value, ParameterPosterior):
         if name != "prior":
             raise TypeError("init must be λ of the family, not a ParameterPosterior")
-        if value.family.name != family.name:
-            raise ValueError(
-                f"prior is a posterior of another family ({value.family.name}, the group's is "
-                f"{family.name})"
-            )
-        shapes = value.layout.shapes
-        if len(shapes) != len(layout.shapes) or any(a != b for a, b in zip(shapes, layout.shapes)):
-            raise ValueError(
-                "prior is a posterior over another model: its parameters have shapes "
-                f"{[tuple(s) for s in shapes]}, the group's {[tuple(s) for s in layout.shapes]}"
-            )
-        value = value.nat
+        value = as_prior(value, family.name, layout.shapes, "the group's").nat
     if not isinstance(value, tuple) or type(value) is not family.nat_type:
         if not (isinstance(value, tuple) and len(value) == len(family.nat_type._fields)):
             raise TypeError(

@@ -876,3 +876,18 @@ def test_exact_hessian_at_draws_of_a_network_equals_the_functional_route(family)
 def test_a_group_without_elements_is_refused():
     with pytest.raises(ValueError, match="have no elements"):
         BLROptimizer([torch.zeros(0, 3, requires_grad=True)], expfam.FullGaussian(), lr=0.1, ess=N)
+
+
+def test_the_mean_of_a_posterior_leaves_the_global_random_state_alone():
+    """E_q[θ] of a non-Gaussian family (found through its identity statistic at a point of the
+    support) draws that point from a generator of its own."""
+    model = _mlp("positive")
+    q = blr.ParameterPosterior(expfam.Gamma(), _gamma_init(model), model)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    mean = q.mean()
+    assert torch.equal(torch.rand(3), expected)
+    torch.testing.assert_close(
+        mean, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    )

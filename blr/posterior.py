@@ -439,7 +439,7 @@ class ParameterPosterior:
             >>> fam = expfam.DiagGaussian()
             >>> q = ParameterPosterior(fam, fam.from_moments(torch.zeros(3), torch.ones(3)),
             ...                        torch.nn.Linear(2, 1))
-            >>> [tuple(t.shape for t in fields) for fields in q.fields_per_parameter()]
+            >>> [tuple(tuple(t.shape) for t in fields) for fields in q.fields_per_parameter()]
             [((1, 2), (1, 2)), ((1,), (1,))]
         """
         return [

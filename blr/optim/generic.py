@@ -171,7 +171,25 @@ class BLROptimizer(MonteCarloOptimizer):
             λ = ±1 at the initial ±1 weights; other families need it.
         gaussian: :class:`~blr.GaussianOptions` of the (m, S)-form step of diagonal and full
             Gaussians (default: ``GaussianOptions(improved=True)``; ``lr=α`` gives the mean its
-            own rate, as IVON).
+            own rate, as IVON; ``damping=ε`` is added to the mean's preconditioner).
+            ``GaussianOptions(sqrt_scaling=True)`` is refused here: see ``sqrt_scaling``.
+        sqrt_scaling: the square-root scaling of Vprop/Vadam (Khan et al., ICML 2018; Khan & Rue
+            2023, Table 1 rows 5 and 9) for diagonal Gaussians: S − S₀ (the data part of the
+            precision) moves by the group's rule, and the mean step is
+
+            .. math::
+                m \leftarrow m - \alpha\,\frac{\hat g + S_0(m - m_0)}
+                    {\sqrt{N (S - S_0)/c_t} + S_0 + \varepsilon},\qquad
+                c_t = 1 - \textstyle\prod_{i\le t}(1 - \rho_i)
+
+            (Adam's bias correction, 1 − β₂ᵗ for a constant ρ = 1 − β₂; c_t = 1 while every
+            ρ_i has been 0), ĝ = ∇(Nℓ) and α = ``gaussian.lr`` (None: ρ). With it, the squared
+            gradient curvature ``hessian="grad_sq"`` is taken per example, Ĥ = N·ḡ⊙ḡ (ḡ the
+            mean-loss gradient averaged over the draws), so that S stays the precision of the
+            draws; other curvature estimates are already N times a per-example one. Vadam
+            (β₁ = 0) is this with ``estimator=BonnetPrice(hessian="grad_sq")``,
+            ``lr=1 − β₂``, ``weight_decay=δ/N``, ``hess_init=s₀`` and
+            ``gaussian=GaussianOptions(lr=α, improved=False)`` (a test checks it).
         max_halvings: backtracking steps of the non-Gaussian families (above).
         model: the ``nn.Module`` whose per-example curvature ``hessian="ggn"`` or
             ``"per_example"`` needs (entered inside ``sampled_params(train=True)``: run the
@@ -222,6 +240,7 @@ class BLROptimizer(MonteCarloOptimizer):
         hess_init: float = 1.0,
         init: tuple | None = None,
         gaussian: GaussianOptions | None = None,
+        sqrt_scaling: bool = False,
         max_halvings: int = 30,
         model: torch.nn.Module | None = None,
         curvature_loss: str | None = None,
@@ -253,6 +272,7 @@ class BLROptimizer(MonteCarloOptimizer):
             hess_init=hess_init,
             init=init,
             gaussian=gaussian,
+            sqrt_scaling=sqrt_scaling,
         )
         super().__init__(params, defaults, **options)
 
@@ -291,6 +311,8 @@ class BLROptimizer(MonteCarloOptimizer):
             if len(modes) > 1:
                 raise ValueError('hessian="ggn" and "per_example" cannot be mixed')
         param_group.setdefault("step", 0)
+        if group["sqrt_scaling"]:
+            param_group.setdefault("scale_decay", 1.0)  # Π_i (1 − ρ_i), for c_t
         super().add_param_group(param_group)
         self._posts.append(post)
         self._pending.append([])
@@ -472,21 +494,29 @@ class BLROptimizer(MonteCarloOptimizer):
             return loss
         try:  # every block of every group is computed and checked before anything is written
             new, halvings = [], 0
+            decays = []  # Π_{i≤t}(1 − ρ_i) of the square-root-scaled groups
             for group, post, pending in zip(self.param_groups, self._posts, self._pending):
-                nats = []
+                nats, kw = [], {}
+                if group["sqrt_scaling"]:
+                    decays.append(group["scale_decay"] * (1.0 - group["lr"]))
+                    kw["debias"] = 1.0 - decays[-1] if decays[-1] != 1.0 else 1.0  # c_t
                 for i, unit in enumerate(post.units):
+                    unit_kw = kw if getattr(unit, "sqrt_scaling", False) else {}
                     nat, j = unit.update(group["lr"], [unit_draws[i] for unit_draws in pending],
-                                         self.max_halvings)  # fmt: skip
+                                         self.max_halvings, **unit_kw)  # fmt: skip
                     nats.append(nat)
                     halvings += j
                 new.append(nats)
         except Exception:
             self._clear()
             raise
+        decay = iter(decays)
         for group, post, nats in zip(self.param_groups, self._posts, new):  # commit
             for unit, nat in zip(post.units, nats):
                 unit.nat = tmap(lambda t: t.detach(), nat)
             group["step"] += 1
+            if group["sqrt_scaling"]:
+                group["scale_decay"] = next(decay)
             post.write(group["params"], post.center())
         self.halvings += halvings
         self._clear()
@@ -682,6 +712,19 @@ class _Group:
             raise TypeError(
                 f"gaussian options need a DiagGaussian or FullGaussian ({where}), got {family.name}"
             )
+        if options is not None and options.sqrt_scaling:
+            raise ValueError(
+                "gaussian: GaussianOptions(sqrt_scaling=True) preconditions by √S in the engine's "
+                "units; the optimizer's square-root scaling (Vprop/Vadam) is "
+                f"BLROptimizer(sqrt_scaling=True) ({where})"
+            )
+        if group["sqrt_scaling"]:
+            wrong = [f.name for f, _ in blocks if isinstance(f, (GaussianLike, Mixture))
+                     and not isinstance(f, DiagGaussian)]  # fmt: skip
+            if wrong or not any(isinstance(f, DiagGaussian) for f, _ in blocks):
+                raise ValueError(
+                    f"sqrt_scaling needs diagonal Gaussians ({where}), got {family.name}"
+                )
         if isinstance(options, MixtureOptions) and not isinstance(family, Mixture):
             raise TypeError(f"gaussian: MixtureOptions need a Mixture family ({where}), got "
                             f"{family.name}")  # fmt: skip
@@ -816,6 +859,7 @@ class _Unit:
         unit = cls(
             family=family, coords=coords, device=device, dtype=dtype, ess=ess, weight_decay=wd,
             gaussian=gaussian, where=where,
+            sqrt_scaling=bool(group["sqrt_scaling"]) and isinstance(family, DiagGaussian),
         )  # fmt: skip
         try:  # the parameters must lie in the family's support
             stats = family.suff_stats(theta0)
@@ -1036,8 +1080,11 @@ class _Unit:
         return torch.stack(rows).to(self.dtype).detach()
 
     # ------------------------------------------------------------------ the update
-    def update(self, rho: float, draws: list[_Draw], max_halvings: int) -> tuple[tuple, int]:
-        """λ_{t+1} of the block (and the number of halvings it took)."""
+    def update(
+        self, rho: float, draws: list[_Draw], max_halvings: int, debias: float = 1.0
+    ) -> tuple[tuple, int]:
+        """λ_{t+1} of the block (and the number of halvings it took); ``debias`` is c_t of the
+        square-root scaling."""
         n = self.ess
         if len(draws) == 1:  # (no copies for one draw)
             theta, grads = draws[0].theta.unsqueeze(0), (draws[0].grad * n).unsqueeze(0)
@@ -1054,8 +1101,21 @@ class _Unit:
             grads = grads + n * self.weight_decay * theta
             if values is not None:
                 values = values + 0.5 * n * self.weight_decay * (theta * theta).sum(-1)
-        grad_mean = self.grad_mean(theta, grads, values, hess, draws)
         fam = self.family
+        if self.sqrt_scaling:
+            if isinstance(self.estimator, BonnetPrice):
+                g_hat, h_hat = self.bonnet_price(theta, grads, hess)
+            else:
+                g_hat, h_hat = fam.gh_from_mean_grad(
+                    self.nat, self.grad_mean(theta, grads, values, hess, draws)
+                )
+            new = self.sqrt_scaled_step(rho, g_hat, h_hat, debias)
+            if not bool(torch.isfinite(new[0].sum())):
+                raise FloatingPointError(
+                    f"the BLR step overflowed in {self.where}; the state was not changed"
+                )
+            return new, 0
+        grad_mean = self.grad_mean(theta, grads, values, hess, draws)
         if isinstance(fam, _GAUSSIAN_STEP) and self.prior is not None:
             total = tmap(torch.sub, grad_mean, self.prior)
             # λ is valid by construction and the draws were checked for NaN/Inf: the step
@@ -1082,26 +1142,7 @@ class _Unit:
         fam, nat, est = self.family, self.nat, self.estimator
         k = theta.shape[0]
         if isinstance(est, BonnetPrice):
-            g_hat = grads.mean(0)
-            kind = fam.hessian_event_ndim
-            if kind is None:
-                h_hat = None
-            elif est.hessian in ("exact", "ggn", "per_example"):
-                h_hat = hess.mean(0)
-                if self.prior_as_loss:
-                    ones = torch.ones_like(g_hat)
-                    eye = ones if kind == 1 else torch.diag(ones)
-                    h_hat = h_hat + self.ess * self.weight_decay * eye
-            elif est.hessian == "grad_sq":
-                h_hat = g_hat.unsqueeze(-1) * g_hat.unsqueeze(-2) if kind == 2 else g_hat * g_hat
-            elif kind == 2:  # Stein: sym(S(θ − m)∇ℓᵀ)
-                r = theta - self.location()
-                sr = r @ (-2 * nat.lam2).mT  # S is symmetric: rows (S r_k)ᵀ
-                outer = sr.unsqueeze(-1) * grads.unsqueeze(-2)
-                h_hat = (0.5 * (outer + outer.mT)).mean(0)
-            else:
-                h_hat = (grads * (theta - self.location()) * (-2 * nat.lam2)).mean(0)
-            return fam.mean_grad_from_gh(nat, g_hat, h_hat)
+            return fam.mean_grad_from_gh(nat, *self.bonnet_price(theta, grads, hess))
         if isinstance(est, Reparam):
             with torch.enable_grad():
                 mean = tmap(lambda t: t.detach().requires_grad_(), fam.nat_to_mean(nat))
@@ -1139,6 +1180,61 @@ class _Unit:
         score = (centred * (t - mu)).mean(0)
         sol = solve_psd(expfam_generic.fisher(fam, nat), score)
         return unflatten(sol, nat, fam.event_ndims)
+
+    def bonnet_price(
+        self, theta: Tensor, grads: Tensor, hess: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """(ĝ, Ĥ) of the Bonnet/Price estimators from the draws (Ĥ None for FixedCov)."""
+        fam, nat, est = self.family, self.nat, self.estimator
+        g_hat = grads.mean(0)
+        kind = fam.hessian_event_ndim
+        if kind is None:
+            return g_hat, None
+        if est.hessian in ("exact", "ggn", "per_example"):
+            h_hat = hess.mean(0)
+            if self.prior_as_loss:
+                ones = torch.ones_like(g_hat)
+                eye = ones if kind == 1 else torch.diag(ones)
+                h_hat = h_hat + self.ess * self.weight_decay * eye
+            return g_hat, h_hat
+        if est.hessian == "grad_sq":
+            if kind == 2:
+                return g_hat, g_hat.unsqueeze(-1) * g_hat.unsqueeze(-2)
+            if self.sqrt_scaling:  # per example: N·ḡ⊙ḡ = ĝ⊙ĝ/N
+                return g_hat, g_hat * g_hat / self.ess
+            return g_hat, g_hat * g_hat
+        r = theta - self.location()
+        if kind == 2:  # Stein: sym(S(θ − m)∇ℓᵀ)
+            sr = r @ (-2 * nat.lam2).mT  # S is symmetric: rows (S r_k)ᵀ
+            outer = sr.unsqueeze(-1) * grads.unsqueeze(-2)
+            return g_hat, (0.5 * (outer + outer.mT)).mean(0)
+        return g_hat, (grads * r * (-2 * nat.lam2)).mean(0)
+
+    def sqrt_scaled_step(self, rho: float, g_hat: Tensor, h_hat: Tensor, debias: float) -> tuple:
+        """The square-root-scaled step of a diagonal Gaussian (``BLROptimizer(sqrt_scaling=
+        True)``): S − S₀ by the (improved) BLR with rate ρ, then
+        m ← m − α(ĝ + S₀(m − m₀))/(√(N(S − S₀)/c_t) + S₀ + ε)."""
+        nat, prior, opts = self.nat, self.prior, self.gaussian
+        s, s0 = -2 * nat.lam2, -2 * prior.lam2
+        m = nat.lam1 / s
+        data = s - s0
+        big_g = h_hat - data
+        data_new = data + rho * big_g
+        if opts.improved:
+            data_new = data_new + 0.5 * rho**2 * big_g * big_g / s
+        in_mean = data if opts.improved and opts.improved_mean == "old" else data_new
+        precond = torch.sqrt(self.ess * in_mean.clamp_min(0) / debias) + s0 + opts.damping
+        if not bool((data_new >= 0).all()) or not bool((precond > 0).all()):
+            raise ValueError(
+                f"the square-root-scaled step of {self.where} needs S − S₀ ≥ 0 and a positive "
+                f"preconditioner (min S − S₀ {data_new.min().item():.3g}); use a non-negative "
+                "curvature estimate, GaussianOptions(improved=True) or a smaller lr; the state "
+                "was not changed"
+            )
+        alpha = rho if opts.lr is None else float(opts.lr)
+        m_new = m - alpha * (g_hat + s0 * m - prior.lam1) / precond
+        s_new = data_new + s0
+        return self.family.nat_type(s_new * m_new, -0.5 * s_new)
 
     def safe_apply(self, direction: tuple, rho: float, max_halvings: int) -> tuple[tuple, int]:
         """λ − (ρ/2ʲ)·d for the smallest j that stays in the family's domain."""

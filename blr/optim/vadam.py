@@ -27,9 +27,12 @@ class Vadam(SamplingOptimizer):
             + \delta/N}.
 
     It is Adam run at weight-perturbed points with a Gaussian prior N(0, δ⁻¹I) (Khan & Rue 2023,
-    Table 1 row 5, the square-root scaling heuristic, and row 9's sampling); with β₁ = 0 and no bias
-    correction the mean and scale steps are :func:`blr.gaussian_step` with ``sqrt_scaling`` and
-    damping δ/N (a test checks it).
+    Table 1 row 5, the square-root scaling heuristic, and row 9's sampling). With β₁ = 0 it is
+    :class:`~blr.optim.BLROptimizer` over a diagonal Gaussian with ``sqrt_scaling=True``,
+    ``estimator=BonnetPrice(hessian="grad_sq")``, ρ = 1 − β₂, ``weight_decay=δ/N``,
+    ``hess_init=s₀`` and ``gaussian=GaussianOptions(lr=α, improved=False)``: the posterior
+    N(m, (Ns + δ)⁻¹) is the one its draws come from (tests check it, and the step as
+    :func:`blr.gaussian_step` with ``sqrt_scaling``).
 
     Args:
         params: parameters or param groups.

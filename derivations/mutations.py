@@ -6,11 +6,11 @@ the BLR side, one on the classical side, a term dropped, a test problem moved ou
 claim needs — and :func:`run_mutation` applies one to a fresh copy of the module, runs the copy's
 ``check()`` and reports how far out of tolerance the row lands. A mutation is *caught* when some
 comparison fails; its **margin** is the value/tolerance ratio of the comparison that catches it, the
-largest finite ratio among the failing ones (so a margin of 1e6 means the bug shows up a million
-times above the tolerance). ``tests/derivations/test_mutations.py`` requires every mutation to be
-caught with a margin of at least :data:`MIN_MARGIN`, every row to carry the three basic kinds, and
-``docs/table.md`` to show the margins (``blr table --mutations`` prints them:
-:func:`blr.apps.table.format_margins`).
+largest finite ratio among the failing ones, near-ties (within 12%) going to the first in the
+check's order (so a margin of 1e6 means the bug shows up a million times above the tolerance).
+``tests/derivations/test_mutations.py`` requires every mutation to be caught with a margin of at
+least :data:`MIN_MARGIN`, every row to carry the three basic kinds, and ``docs/table.md`` to
+show the margins (``blr table --mutations`` prints them: :func:`blr.apps.table.format_margins`).
 
 The edit is textual and local: ``old`` must occur exactly once inside the function, method or
 class named by ``where`` (or, with ``where=""``, once in the module outside ``MUTATIONS``
@@ -120,10 +120,17 @@ class MutationResult:
     def worst(self) -> Comparison | None:
         """The comparison that measures the mutation: the largest finite value/tolerance among
         the failing comparisons (an infinite ratio — a zero-tolerance bound — only when no
-        finite one fails), else the largest ratio overall."""
+        finite one fails), else the largest ratio overall. Comparisons within 12% of the largest
+        ratio (0.05 in log₁₀) count as a tie, won by the first in the check's order: two
+        comparisons that measure the same quantity (a run against two references that agree)
+        differ by rounding, which another CPU may order the other way."""
         failing = [c for c in self.comparisons if not c.passed]
         finite = [c for c in failing if math.isfinite(c.ratio)]
-        return max(finite or failing or self.comparisons, key=lambda c: c.ratio, default=None)
+        pool = finite or failing or self.comparisons
+        best = max(pool, key=lambda c: c.ratio, default=None)
+        if best is None or not (math.isfinite(best.ratio) and best.ratio > 0):
+            return best
+        return next(c for c in pool if c.ratio >= best.ratio * 10**-0.05)
 
     @property
     def margin(self) -> float:

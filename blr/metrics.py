@@ -261,8 +261,8 @@ def rmse(mean: Tensor, y: Tensor) -> float:
 
     Example:
         >>> import torch
-        >>> rmse(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 4.0]))
-        1.4142135623730951
+        >>> round(rmse(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 4.0])), 12)   # √2
+        1.414213562373
     """
     _regression_inputs(mean, y)
     return float(((mean.double() - y.double()) ** 2).mean().sqrt())

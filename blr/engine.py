@@ -169,13 +169,24 @@ def objective(family: ExpFamily, nat: tuple, expected_loss: Tensor, prior: tuple
     """E_q[ℓ̄] − H(q): E_q[ℓ] − H(q) without a prior, E_q[ℓ] + KL(q ‖ p₀) with a conjugate prior
     (E_q[−log p₀] − H(q) = KL(q‖p₀)).
 
+    ``expected_loss`` has the family's batch shape, or a prefix of it (a loss that couples the
+    trailing batch elements, e.g. one value for D binary weights held as D Bernoullis, or a
+    scalar): H and KL are summed over the batch dimensions the loss does not keep.
+
     Example:
         >>> import torch, expfam, blr
         >>> fam = expfam.DiagGaussian()
         >>> nat = fam.from_moments(torch.zeros(1), torch.ones(1))
         >>> blr.objective(fam, nat, torch.tensor(0.0), prior=nat)   # KL(q ‖ q) = 0
         tensor(0.)
+        >>> bern = expfam.Bernoulli("pm1")                           # 3 weights, one loss value
+        >>> blr.objective(bern, expfam.BernoulliNat(torch.zeros(3)), torch.tensor(1.0), None)
+        tensor(-1.0794)
     """
     if prior is None:
-        return expected_loss - family.entropy(nat, validate=False)
-    return expected_loss + family.kl(nat, prior, validate=False)
+        term = -family.entropy(nat, validate=False)
+    else:
+        term = family.kl(nat, prior, validate=False)
+    if term.ndim > expected_loss.ndim:  # the loss couples the trailing batch elements
+        term = term.sum(tuple(range(expected_loss.ndim, term.ndim)))
+    return expected_loss + term

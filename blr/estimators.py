@@ -487,8 +487,8 @@ class GumbelSoftmax(Estimator):
               \nabla_\mu\mathbb{E}_q[\ell] \approx s\odot\nabla_\theta\ell(\theta_\tau),\quad
               s = \frac{1-\theta_\tau^2}{\tau(1-\tanh^2\lambda)}
 
-    (biased for τ > 0, consistent as τ → 0). On {0, 1} the loss sees (θ_τ + 1)/2 and the chain
-    rule for μ₀₁ = (μ±₁ + 1)/2 is applied.
+    (biased for τ > 0, consistent as τ → 0; s is computed in log space, :meth:`scale`). On
+    {0, 1} the loss sees (θ_τ + 1)/2 and the chain rule for μ₀₁ = (μ±₁ + 1)/2 is applied.
 
     Args:
         temperature: τ > 0.
@@ -511,6 +511,22 @@ class GumbelSoftmax(Estimator):
             raise ValueError(f"n_samples must be ≥ 1, got {n_samples}")
         self.temperature, self.n_samples = float(temperature), int(n_samples)
 
+    def scale(self, arg: Tensor, lam: Tensor) -> Tensor:
+        r"""s = (1 − tanh²a)/(τ(1 − tanh²λ)) = exp(2A(λ) − 2A(a))/τ for a relaxed draw
+        θ_τ = tanh a, a = (λ + ε)/τ, with A(x) = log(eˣ + e⁻ˣ) the ±1 Bernoulli's
+        log-partition: no 0/0 however large |λ| or |a| (1 − tanh² underflows to 0 beyond
+        |x| ≈ 19 in float64).
+
+        Example:
+            >>> import torch, blr
+            >>> lam = torch.tensor([0.0, 40.0], dtype=torch.float64)
+            >>> blr.GumbelSoftmax(1.0).scale(lam + 0.5, lam)   # sech²(λ + ½)/sech²(λ)
+            tensor([0.7864, 0.3679], dtype=torch.float64)
+        """
+        a_lam = torch.logaddexp(lam, -lam)
+        a_arg = torch.logaddexp(arg, -arg)
+        return torch.exp(2 * (a_lam - a_arg)) / self.temperature
+
     def __call__(self, family, nat, loss, *, generator=None) -> Estimate:
         if not isinstance(family, Bernoulli):
             raise TypeError(f"GumbelSoftmax needs a Bernoulli family, got {family.name}")
@@ -520,14 +536,14 @@ class GumbelSoftmax(Estimator):
             (k, *lam_pm.shape), dtype=lam_pm.dtype, device=lam_pm.device, generator=generator
         )
         eps = 0.5 * (torch.log(u) - torch.log1p(-u))
-        theta_pm = torch.tanh((lam_pm + eps) / tau)
+        arg = (lam_pm + eps) / tau
+        theta_pm = torch.tanh(arg)
         x = theta_pm if family.support == "pm1" else (theta_pm + 1) / 2
         x = x.detach().requires_grad_()
         with torch.enable_grad():
             values = _values(loss, x, k, family.batch_shape(nat))
             (gx,) = torch.autograd.grad(values.sum(), x)
         g_pm = gx if family.support == "pm1" else 0.5 * gx
-        scale = (1 - theta_pm.square()) / (tau * (1 - torch.tanh(lam_pm).square()))
-        grad_pm = (scale * g_pm).mean(0)
+        grad_pm = (self.scale(arg, lam_pm) * g_pm).mean(0)
         grad = grad_pm if family.support == "pm1" else 2 * grad_pm
         return Estimate(type(nat)(grad), values.detach().mean(0))

@@ -163,7 +163,7 @@ class BLR:
                 new = tmap(lambda x, a, b: x + self.momentum * (a - b), new, nat, self._prev)
                 family.validate_nat(new, "nat")
         # commit only after every check passed
-        value = objective(family, nat, est.value.sum() if est.value.ndim else est.value, self.prior)
+        value = objective(family, nat, est.value.sum(), self.prior)  # a scalar: the total
         self._prev, self._nat = nat, tmap(lambda t: t.detach(), new)
         self.t += 1
         self.last_estimate = est

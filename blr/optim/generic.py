@@ -106,7 +106,7 @@ class _Draw:
     it, and the gradient, exact Hessian and loss the loop computed there."""
 
     theta: Tensor
-    replay: Any = None  # Reparam: the generator state before the draw; Gumbel: θ on {−1, +1}
+    replay: Any = None  # Reparam: the generator state before the draw; Gumbel: a = (λ + ε)/τ
     grad: Tensor | None = None
     hess: Tensor | None = None
     value: Tensor | None = None
@@ -1042,9 +1042,10 @@ class _Unit:
             u = torch.rand((1, *lam_pm.shape), dtype=lam_pm.dtype, device=lam_pm.device,
                            generator=gen)  # fmt: skip
             eps = 0.5 * (torch.log(u) - torch.log1p(-u))
-            theta_pm = torch.tanh((lam_pm + eps) / est.temperature)[0]
+            arg = ((lam_pm + eps) / est.temperature)[0]
+            theta_pm = torch.tanh(arg)
             x = theta_pm if fam.support == "pm1" else (theta_pm + 1) / 2
-            return _Draw(x, replay=theta_pm)
+            return _Draw(x, replay=arg)
         return _Draw(fam.sample(nat, (1,), gen, validate=False)[0])  # score function
 
     def exact_hess(self, params: list[Tensor], grads: list[Tensor | None]) -> Tensor:
@@ -1159,10 +1160,9 @@ class _Unit:
             )
         if isinstance(est, GumbelSoftmax):
             lam_pm = nat.lam1 if fam.support == "pm1" else 0.5 * nat.lam1
-            theta_pm = torch.stack([d.replay for d in draws])
+            arg = torch.stack([d.replay for d in draws])  # a = (λ + ε)/τ, θ_τ = tanh a
             g_pm = grads if fam.support == "pm1" else 0.5 * grads
-            scale = (1 - theta_pm.square()) / (est.temperature * (1 - torch.tanh(lam_pm).square()))
-            grad_pm = (scale * g_pm).mean(0)
+            grad_pm = (est.scale(arg, lam_pm) * g_pm).mean(0)
             return fam.nat_type(grad_pm if fam.support == "pm1" else 2 * grad_pm)
         # score function: F⁻¹ mean((ℓ̄_k − b_k)(T(θ_k) − μ))
         if values is None:

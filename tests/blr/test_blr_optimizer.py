@@ -262,6 +262,38 @@ def test_bayesbinn_is_the_bernoulli_blr_with_gumbel_softmax():
         torch.testing.assert_close(p, q, rtol=0, atol=1e-10)
 
 
+def test_bayesbinn_equivalence_holds_where_tanh_saturates():
+    """With λ far beyond 19 (1 − tanh²λ = 0 in float64) the Gumbel-softmax step of BLROptimizer
+    stays finite and still equals BayesBiNN (whose kernel works in log space), 10 steps."""
+    x, y = _data()
+    m_fast, m_gen = _mlp("pm1"), _mlp("pm1")
+    fast = BayesBiNN(m_fast.parameters(), lr=0.01, ess=N, temperature=0.7, seed=4)
+    init = expfam.BernoulliNat(
+        30.0 * torch.cat([p.detach().reshape(-1) for p in m_gen.parameters()])
+    )
+    fast.load_state_dict(_bayesbinn_with_lam(fast, init.lam1))
+    gen = BLROptimizer(m_gen.parameters(), expfam.Bernoulli("pm1"), lr=0.01, ess=N, init=init,
+                       estimator=blr.GumbelSoftmax(0.7), seed=4)  # fmt: skip
+    for idx in _batches(10):
+        for model, opt in ((m_fast, fast), (m_gen, gen)):
+            _loop_step(opt, model, x[idx], y[idx])
+    state = fast.state_dict()["state"]
+    lam = torch.cat([state[i]["lam"].reshape(-1) for i in sorted(state)])
+    assert torch.isfinite(gen.posterior().nat.lam1).all()
+    torch.testing.assert_close(gen.posterior().nat.lam1, lam, rtol=0, atol=1e-10)
+
+
+def _bayesbinn_with_lam(opt, lam):
+    """``opt``'s state_dict with λ replaced, group by group, by the flat ``lam``."""
+    sd = opt.state_dict()
+    start = 0
+    for i in sorted(sd["state"]):
+        n = sd["state"][i]["lam"].numel()
+        sd["state"][i]["lam"] = lam[start : start + n].reshape(sd["state"][i]["lam"].shape).clone()
+        start += n
+    return sd
+
+
 def test_param_groups_each_with_their_family_and_schedulers():
     x, y = _data()
     model = _mlp()

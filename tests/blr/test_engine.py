@@ -302,3 +302,32 @@ def test_gaussian_step_without_validation_is_the_same_step(family):
     with pytest.raises(ValueError, match="lam1"):
         blr.gaussian_step(family, nan, grad, rho=0.5)
     blr.gaussian_step(family, nan, grad, rho=0.5, validate=False)
+
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize(
+    ("family", "nat", "prior"),
+    [
+        (expfam.Bernoulli("pm1"), expfam.BernoulliNat(torch.tensor([0.3, -1.2, 2.0], dtype=F64)),
+         None),
+        (expfam.Gamma(), expfam.GammaNat(torch.tensor([1.0, 2.0, 0.5], dtype=F64),
+                                         -torch.tensor([1.0, 4.0, 2.0], dtype=F64)),
+         expfam.GammaNat(torch.zeros(3, dtype=F64), -torch.ones(3, dtype=F64))),
+    ],
+    ids=["bernoulli", "gamma_with_prior"],
+)  # fmt: skip
+def test_blr_step_returns_the_scalar_objective_for_scalar_event_families(family, nat, prior):
+    """For D scalar-event coordinates and one loss value per draw, BLR.step() returns one number,
+    E_q[ℓ] − Σ_d H(q_d) (or + Σ_d KL(q_d ‖ p₀_d) with a prior). It returned a (D,) vector: the
+    loss minus each coordinate's entropy."""
+    weights = torch.tensor([1.0, -0.5, 0.25], dtype=F64)
+    opt = blr.BLR(family, nat, lambda th: (th * weights).sum(-1), estimator=blr.ScoreFunction(4),
+                  rho=1e-3, prior=prior, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    value = opt.step()
+    assert value.shape == ()
+    term = -family.entropy(nat) if prior is None else family.kl(nat, prior)
+    torch.testing.assert_close(
+        value, opt.last_estimate.value.sum() + term.sum(), rtol=0, atol=1e-12
+    )

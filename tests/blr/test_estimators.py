@@ -242,3 +242,26 @@ def test_estimator_arguments_are_checked():
         blr.Reparam()(expfam.Poisson(), expfam.PoissonNat(torch.zeros(2, dtype=f64)), quadratic)
     with pytest.raises(ValueError, match="loss must return shape"):
         blr.Delta()(fam, nat, lambda th: th)
+
+
+@pytest.mark.parametrize("support", ["pm1", "01"])
+@pytest.mark.parametrize("lam", [19.5, 25.0, -40.0, 300.0])
+def test_gumbel_softmax_is_finite_and_exact_for_large_natural_parameters(support, lam):
+    """Beyond |λ| ≈ 19, 1 − tanh²λ underflows to 0 in float64 and the scale s = (1 − θ²)/(τ(1 −
+    tanh²λ)) was 0/0 = NaN (issue: BLR training of binary weights stopped once λ grew). The
+    log-space scale equals the independent form cosh²λ/cosh²a (no cancellation below |x| ≈ 350)
+    and stays finite beyond."""
+    fam = expfam.Bernoulli(support)
+    lam_t = torch.tensor([lam, 0.5], dtype=f64)
+    nat = expfam.BernoulliNat(lam_t if support == "pm1" else 2 * lam_t)
+    weights = torch.tensor([1.0, -2.0], dtype=f64)
+    est = blr.GumbelSoftmax(0.5, 4)(
+        fam, nat, lambda x: (x * weights).sum(-1) ** 2, generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.isfinite(est.grad.lam1).all(), est.grad.lam1
+    arg = lam_t + torch.tensor([-3.0, 2.0, 30.0], dtype=f64).unsqueeze(-1)
+    scale = blr.GumbelSoftmax(0.5).scale(arg, lam_t)
+    if abs(lam) < 350:
+        reference = torch.cosh(lam_t) ** 2 / torch.cosh(arg) ** 2 / 0.5
+        torch.testing.assert_close(scale, reference, rtol=1e-12, atol=0)
+    assert torch.isfinite(scale).all()

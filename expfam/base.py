@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -565,6 +566,54 @@ def check_positive(x: Tensor, where: str, what: str = "> 0") -> None:
     check_finite(x, where)
     if not (x > 0).all():
         raise ValueError(f"{where} must be {what}, got min {x.min().item():.6g}")
+
+
+def check_simplex(p: Tensor, where: str) -> None:
+    """Raise ValueError unless every entry of ``p`` is finite and positive and ``p`` sums to one
+    along its last dimension (within √ε·K of the dtype: rounding, not a modelling error).
+
+    Example:
+        >>> import torch
+        >>> from expfam.base import check_simplex
+        >>> check_simplex(torch.tensor([0.2, 0.8]), "probs")
+        >>> check_simplex(torch.tensor([0.5, 0.7]), "probs")
+        Traceback (most recent call last):
+        ...
+        ValueError: probs must sum to one along the last dimension, got sums from 1.2 to 1.2
+    """
+    check_positive(p, where, "> 0 (probabilities)")
+    total = p.sum(-1)
+    tol = math.sqrt(torch.finfo(p.dtype).eps) * p.shape[-1]
+    if not bool(((total - 1).abs() <= tol).all()):
+        raise ValueError(
+            f"{where} must sum to one along the last dimension, got sums from "
+            f"{total.min().item():.6g} to {total.max().item():.6g}"
+        )
+
+
+def check_symmetric(x: Tensor, where: str) -> None:
+    """Raise ValueError unless the matrices ``x`` (``(*batch, d, d)``) are finite and symmetric
+    within √ε of their largest entry.
+
+    Example:
+        >>> import torch
+        >>> from expfam.base import check_symmetric
+        >>> check_symmetric(torch.tensor([[2.0, 1.0], [1.0, 2.0]]), "prec")
+        >>> check_symmetric(torch.tensor([[2.0, 1.0], [0.0, 2.0]]), "prec")
+        Traceback (most recent call last):
+        ...
+        ValueError: prec must be symmetric, got max |prec − precᵀ| = 1 (entries up to 2)
+    """
+    check_finite(x, where)
+    if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"{where} must be square matrices (*batch, d, d), got {tuple(x.shape)}")
+    dev = (x - x.mT).abs().amax(dim=(-2, -1))
+    scale = x.abs().amax(dim=(-2, -1))
+    if not bool((dev <= math.sqrt(torch.finfo(x.dtype).eps) * scale).all()):
+        raise ValueError(
+            f"{where} must be symmetric, got max |{where} − {where}ᵀ| = {dev.max().item():.6g} "
+            f"(entries up to {scale.max().item():.6g})"
+        )
 
 
 def check_event_dim(x: Tensor, size: int, where: str, what: str, dim: int = -1) -> None:

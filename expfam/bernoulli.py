@@ -100,6 +100,7 @@ class Bernoulli(ExpFamily):
             >>> fam.logits(nat)
             tensor([0., 3.])
         """
+        check_finite(logits, "logits")
         return BernoulliNat(logits / self._c)
 
     # the contract

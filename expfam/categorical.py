@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from expfam.base import ExpFamily, check_finite
+from expfam.base import ExpFamily, check_finite, check_simplex
 
 
 class CategoricalNat(NamedTuple):
@@ -88,6 +88,7 @@ class Categorical(ExpFamily):
             >>> fam.log_probs(nat).exp()
             tensor([0.2000, 0.3000, 0.5000])
         """
+        check_simplex(probs, "probs")
         logp = torch.log(probs)
         return CategoricalNat(logp[..., :-1] - logp[..., -1:])
 

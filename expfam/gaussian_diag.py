@@ -68,7 +68,14 @@ class DiagGaussian(ExpFamily):
             >>> fam.to_moments(nat)
             (tensor([ 1., -2.]), tensor([4.0000, 0.5000]))
         """
+        check_finite(m, "m")
         check_positive(prec, "prec")
+        try:
+            m, prec = torch.broadcast_tensors(m, prec)
+        except RuntimeError:
+            raise ValueError(
+                f"m {tuple(m.shape)} and prec {tuple(prec.shape)} must have broadcastable shapes"
+            ) from None
         return DiagNat(prec * m, -0.5 * prec)
 
     def to_moments(self, nat: DiagNat) -> tuple[Tensor, Tensor]:

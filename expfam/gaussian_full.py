@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from expfam.base import ExpFamily, Tolerances, check_finite
+from expfam.base import ExpFamily, Tolerances, check_finite, check_symmetric
 from expfam.linalg import chol_or_raise, sym
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -83,6 +83,20 @@ class FullGaussian(ExpFamily):
             >>> torch.allclose(m2, m), torch.allclose(prec2, prec)
             (True, True)
         """
+        check_finite(m, "m")
+        check_symmetric(prec, "prec")
+        if m.ndim < 1 or prec.shape[-1] != m.shape[-1]:
+            raise ValueError(
+                f"m (*batch, d) and prec (*batch, d, d) must share d: got m {tuple(m.shape)}, "
+                f"prec {tuple(prec.shape)}"
+            )
+        try:
+            torch.broadcast_shapes(m.shape[:-1], prec.shape[:-2])
+        except RuntimeError:
+            raise ValueError(
+                f"the batch shapes of m {tuple(m.shape[:-1])} and prec {tuple(prec.shape[:-2])} "
+                "do not broadcast"
+            ) from None
         chol_or_raise(sym(prec), "prec must be symmetric positive definite")
         return FullNat((prec @ m.unsqueeze(-1)).squeeze(-1), -0.5 * prec)
 

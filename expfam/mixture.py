@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from expfam.base import ExpFamily, Tolerances, check_finite
+from expfam.base import ExpFamily, Tolerances, check_finite, check_simplex
 from expfam.gaussian_diag import DiagGaussian
 from expfam.gaussian_full import FullGaussian
 
@@ -146,10 +146,7 @@ class Mixture(ExpFamily):
             >>> nat.c.shape, fam.log_weights(nat).exp()
             (torch.Size([1]), tensor([0.2500, 0.7500]))
         """
-        if not (weights > 0).all():
-            raise ValueError("weights must be positive")
-        if not torch.allclose(weights.sum(-1), torch.ones_like(weights[..., 0])):
-            raise ValueError("weights must sum to one along the last dimension")
+        check_simplex(weights, "weights")
         self.component.validate_nat(comp_nat, "comp_nat")
         a = self.component._log_partition(comp_nat)
         logw = torch.log(weights)

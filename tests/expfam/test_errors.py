@@ -234,3 +234,65 @@ def test_register_rejects_duplicates_and_non_families():
         expfam.register(expfam.DiagGaussian())
     with pytest.raises(TypeError, match="ExpFamily instance"):
         expfam.register("gaussian")
+
+
+_FULL, _DIAG = expfam.FullGaussian(), expfam.DiagGaussian()
+
+
+def _t(*values):
+    return torch.tensor(values, dtype=f64)
+
+
+def _z(*shape):
+    return torch.zeros(shape, dtype=f64)
+
+
+_EYE2 = torch.eye(2, dtype=f64)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: _FULL.from_moments(_z(2), _t([2.0, 1.0], [0.0, 2.0])), r"prec must be symmetric"),
+        (lambda: _FULL.from_moments(_t(0.0, float("nan")), _EYE2), r"m must be finite"),
+        (lambda: _FULL.from_moments(_z(3), _EYE2),
+         r"m \(\*batch, d\) and prec \(\*batch, d, d\) must share d"),
+        (lambda: _FULL.from_moments(_z(3, 2), _EYE2.expand(4, 2, 2)),
+         r"batch shapes of m \(3,\) and prec \(4,\) do not broadcast"),
+        (lambda: _FULL.from_moments(_z(2), _t(1.0, 1.0)), r"prec must be square matrices"),
+        (lambda: _DIAG.from_moments(_t(float("inf")), _t(1.0)), r"m must be finite"),
+        (lambda: _DIAG.from_moments(_z(3), _t(1.0, 1.0)),
+         r"m \(3,\) and prec \(2,\) must have broadcastable shapes"),
+        (lambda: expfam.Categorical().from_probs(_t(0.5, 0.7, 0.1)), r"probs must sum to one"),
+        (lambda: expfam.Categorical().from_probs(_t(1.2, -0.2, 0.0)), r"probs must be > 0"),
+        (lambda: expfam.Bernoulli().from_logits(_t(0.0, float("nan"))), r"logits must be finite"),
+        (lambda: expfam.Mixture(_DIAG).from_components(
+            _t(0.5, 0.6), _DIAG.from_moments(_z(2, 1), _t([1.0], [1.0]))),
+         r"weights must sum to one"),
+    ],
+    ids=["full_nonsymmetric", "full_nan_mean", "full_d", "full_batch", "full_not_square",
+         "diag_inf_mean", "diag_shapes", "categorical_sum", "categorical_negative",
+         "bernoulli_nan", "mixture_weights"],
+)  # fmt: skip
+def test_constructors_validate_their_arguments_by_name(make, match):
+    """The moment/probability constructors refuse what would give a λ outside the family or a
+    raw torch error later (issue: a non-symmetric precision failed only in ``entropy``, naming
+    ``nat.lam2``; probabilities off the simplex and NaN logits gave λ silently)."""
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_constructors_accept_what_rounding_leaves_and_broadcast():
+    """Nearly symmetric precisions (A Aᵀ + I in float32) and probabilities that sum to one up to
+    rounding are accepted; a scalar precision broadcasts over the mean (both fields share the
+    shape)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 5, generator=g)
+    prec = a @ a.T + torch.eye(5)
+    expfam.FullGaussian().from_moments(torch.zeros(5), prec)
+    probs = torch.softmax(torch.randn(7, generator=g), -1)
+    expfam.Categorical().from_probs(probs)
+    nat = expfam.DiagGaussian().from_moments(
+        torch.zeros(3, dtype=f64), torch.tensor(2.0, dtype=f64)
+    )
+    assert nat.lam1.shape == nat.lam2.shape == (3,)

@@ -103,7 +103,34 @@ class MonteCarloOptimizer(torch.optim.Optimizer):
             1
         """
         check_hyper({**self.defaults, **param_group}, self._hyper)
+        raw = param_group["params"]
+        param_group = {**param_group, "params": [raw] if isinstance(raw, Tensor) else list(raw)}
+        self._check_new_params(param_group["params"])
         super().add_param_group(param_group)
+
+    def _check_new_params(self, params: list) -> None:
+        """Refuse, naming ``params``, what would fail only at the first draw: a parameter listed
+        twice (in this group or an earlier one) or one on the meta device (no values yet)."""
+        seen = {id(p): (g, i) for g, group in enumerate(self.param_groups)
+                for i, p in enumerate(group["params"])}  # fmt: skip
+        here = len(self.param_groups)
+        for i, p in enumerate(params):
+            if not isinstance(p, Tensor):
+                continue  # torch.optim names it
+            if p.device.type == "meta":
+                raise ValueError(
+                    f"params: parameter {i} of param group {here} is on the meta device (it has "
+                    "no values yet); materialize the model (e.g. model.to_empty(device=...) and "
+                    "its initialization) before creating the optimizer"
+                )
+            if id(p) in seen:
+                g, j = seen[id(p)]
+                raise ValueError(
+                    f"params: parameter {i} of param group {here} is parameter {j} of param "
+                    f"group {g} too; list each parameter once (e.g. tied weights appear once in "
+                    "model.parameters())"
+                )
+            seen[id(p)] = (here, i)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         """The shared-noise generator of ``device``: seeded once, identical on every rank."""
@@ -355,7 +382,10 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
 
         fp32/fp64 weights are the mean itself (no copy is kept): a training draw is added in
         place and subtracted on exit, which restores m up to one rounding of the weights
-        (|Δm| ≤ ulp(m + σz)); prediction draws (``train=False``) restore m exactly.
+        (|Δm| ≤ ulp(m + σz)); prediction draws (``train=False``) restore m exactly. A
+        prediction draw may be nested in an open draw (e.g. a validation pass inside the
+        training draw): on exit the open draw is back, exactly; a nested training draw raises
+        RuntimeError and changes nothing.
 
         Under ``torch.distributed`` the first draw makes the seed agree across ranks (see the
         class docstring), so every rank must take it.
@@ -372,6 +402,16 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             >>> torch.equal(model.weight, mean)  # the mean again on exit
             True
         """
+        outer = getattr(self, "_open_draw", None)
+        if outer is not None and train:
+            raise RuntimeError(
+                "sampled_params(train=True) inside another sampled_params context: a training "
+                f"draw cannot be nested (a {outer} draw is open); nothing was changed"
+            )
+        if outer is not None:  # a prediction draw inside an open draw: restore it exactly
+            with self._nested_prediction_draw():
+                yield
+            return
         self._resolve_seed()
         groups = self._all_buckets()
         self._stash()  # a new draw overwrites the buffers that hold a single collected sample
@@ -388,11 +428,13 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
                 else:
                     b.write_params(self._draw(group, b, gen))
         failed = True
+        self._open_draw = "training" if train else "prediction"
         try:
             with self._sample_context() if train else contextlib.nullcontext():
                 yield
             failed = False
         finally:
+            self._open_draw = None
             for group, buckets in zip(self.param_groups, groups):
                 for b in buckets:
                     if id(b) in saved:
@@ -403,6 +445,40 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
                         b.write_params(self._center(group, b))
         if train and not failed:
             self._collect()
+
+    @contextlib.contextmanager
+    def _nested_prediction_draw(self) -> Iterator[None]:
+        """A prediction draw θ = m + σz taken while another draw is open (e.g. a validation
+        pass inside the training draw): the weights and the draw buffer are saved, and restored
+        exactly on exit, so the open draw goes on as if the nested one had not happened."""
+        groups = self._all_buckets()
+        if any(b.counter is not None for buckets in groups for b in buckets):
+            raise RuntimeError(
+                "a prediction draw inside an open draw needs the noise in a buffer; the Triton "
+                "path regenerates it (fused='triton'): close the open draw first"
+            )
+        saved = []
+        for buckets in groups:
+            for b in buckets:
+                weights = torch.cat([t.detach().reshape(-1) for t in b.targets()])
+                saved.append((b, weights, b.noise.clone()))
+        draw, self._draws = self._draws, self._draws + 1
+        try:
+            with torch.no_grad():
+                for group, buckets in zip(self.param_groups, groups):
+                    for b in buckets:
+                        gen = self._noise_generator(b, draw)
+                        if b.alias:  # weights = m + σz_open: back to m, then m + σz
+                            self._undraw_aliased(group, b, False)
+                            self._draw_aliased(group, b, gen, False)
+                        else:
+                            b.write_params(self._draw(group, b, gen))
+            yield
+        finally:
+            with torch.no_grad():
+                for b, weights, noise in saved:
+                    torch._foreach_copy_(b.targets(), b.views(weights))
+                    b.noise.copy_(noise)
 
     @contextlib.contextmanager
     def mean_params(self) -> Iterator[None]:

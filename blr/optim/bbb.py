@@ -144,6 +144,7 @@ class BayesByBackprop(MonteCarloOptimizer):
         )
         super().__init__(params, defaults, mc_samples=mc_samples, **options)
         self._inside = False
+        self._open_means: dict[Tensor, Tensor] = {}  # the means while a draw is open
         self._acc: dict[int, tuple[Tensor, Tensor]] = {}  # id(p) → averaged data gradients
         for group in self.param_groups:
             self._init_group(group)
@@ -292,6 +293,8 @@ class BayesByBackprop(MonteCarloOptimizer):
         mean m again, exactly (also when the body raises). With ``train=True`` the gradients
         ``∇ℓ(θ)`` present on exit are collected, with z, as one Monte Carlo sample for the next
         :meth:`step` (accumulate micro-batches by calling ``backward`` several times inside).
+        A prediction draw may be nested in an open draw (on exit the open draw is back,
+        exactly); a nested training draw raises RuntimeError.
 
         Example:
             >>> import torch
@@ -305,17 +308,24 @@ class BayesByBackprop(MonteCarloOptimizer):
             >>> torch.equal(model.weight, mean)  # the mean again on exit
             True
         """
-        if self._inside:
-            raise RuntimeError("BayesByBackprop.sampled_params() is already active (not nested)")
+        outer = self._inside
+        if outer and train:
+            raise RuntimeError(
+                "sampled_params(train=True) inside another sampled_params context: a training "
+                "draw cannot be nested; nothing was changed"
+            )
         drawn: list[tuple[Tensor, Tensor, Tensor]] = []  # (parameter, its mean, z)
         with torch.no_grad():
             for p in self._all_params():
                 gen = self._generator(p.device)
                 z = torch.randn(p.shape, dtype=p.dtype, device=p.device, generator=gen)
-                mean = p.detach().clone()
+                held = p.detach().clone()  # the mean, or the open draw (nested prediction)
+                mean = self._open_means[p] if outer else held
                 p.copy_(mean + F.softplus(self.state[p]["rho"]) * z)
-                drawn.append((p, mean, z))
+                drawn.append((p, held, z))
         self._draws += 1
+        if not outer:
+            self._open_means = {p: held for p, held, _ in drawn}
         self._inside = True
         failed = True
         try:
@@ -323,9 +333,11 @@ class BayesByBackprop(MonteCarloOptimizer):
             failed = False
         finally:
             with torch.no_grad():
-                for p, mean, _ in drawn:
-                    p.copy_(mean)
-            self._inside = False
+                for p, held, _ in drawn:
+                    p.copy_(held)
+            self._inside = outer
+            if not outer:
+                self._open_means = {}
         if train and not failed:
             self._collect(drawn)
 

@@ -292,6 +292,7 @@ class BLROptimizer(MonteCarloOptimizer):
         """
         raw = param_group["params"]
         param_group = {**param_group, "params": [raw] if isinstance(raw, Tensor) else list(raw)}
+        self._check_new_params(param_group["params"])
         group = {**self.defaults, **param_group}
         post = _Group.build(group, len(self._posts))
         for unit in post.units:
@@ -366,7 +367,9 @@ class BLROptimizer(MonteCarloOptimizer):
         ``train=True``: the estimator's draw, e.g. a relaxed Bernoulli draw); on exit they hold
         E_q[θ] again. With ``train=True`` the gradients present on exit are collected, with the
         draw, as one Monte Carlo sample for the next :meth:`step` (zero the gradients before
-        each draw). Yields a :class:`DrawHandle` to record the draw's loss.
+        each draw). Yields a :class:`DrawHandle` to record the draw's loss. A prediction draw
+        may be nested in an open draw (on exit the open draw is back, exactly); a nested
+        training draw raises RuntimeError and changes nothing.
 
         Example:
             >>> import torch, expfam
@@ -381,6 +384,14 @@ class BLROptimizer(MonteCarloOptimizer):
             >>> torch.equal(model.weight, mean)
             True
         """
+        outer = getattr(self, "_open_draw", None)
+        if outer is not None and train:
+            raise RuntimeError(
+                "sampled_params(train=True) inside another sampled_params context: a training "
+                f"draw cannot be nested (a {outer} draw is open); nothing was changed"
+            )
+        if outer is not None:  # a prediction draw inside an open draw: restore it on exit
+            held = [[p.detach().clone() for p in g["params"]] for g in self.param_groups]
         handle = DrawHandle()
         draws = []
         with torch.no_grad():
@@ -399,6 +410,7 @@ class BLROptimizer(MonteCarloOptimizer):
                 else dict(reduction="mean")
             )
             pe = PerExample(self.model, mode="ggn" if mode == "ggn" else "ef", **kw)
+        self._open_draw = outer or ("training" if train else "prediction")
         try:
             with contextlib.nullcontext() if pe is None else pe:
                 yield handle
@@ -418,9 +430,14 @@ class BLROptimizer(MonteCarloOptimizer):
                     pending.append(unit_draws)
                 self._count += 1
         finally:
+            self._open_draw = outer
             with torch.no_grad():
-                for group, post in zip(self.param_groups, self._posts):
-                    post.write(group["params"], post.center())
+                if outer is not None:
+                    for group, values in zip(self.param_groups, held):
+                        torch._foreach_copy_([p.data for p in group["params"]], values)
+                else:
+                    for group, post in zip(self.param_groups, self._posts):
+                        post.write(group["params"], post.center())
 
     @contextlib.contextmanager
     def mean_params(self) -> Iterator[None]:

@@ -58,7 +58,7 @@ class IVON(PrecisionSampler):
         lr: α.
         ess: N, the effective sample size (usually the training-set size).
         hess_init: h₀.
-        beta1, beta2: momentum and Hessian rates.
+        beta1, beta2: momentum and Hessian rates, β₁ ∈ [0, 1) and β₂ ∈ [0, 1] (β₂ = 1 freezes h).
         weight_decay: δ, the prior precision per example.
         mc_samples: draws per step with ``step(closure)``.
         hess_approx: ``"price"`` or ``"gradsq"``.
@@ -126,7 +126,8 @@ class IVON(PrecisionSampler):
         nonnegative=("lr", "weight_decay"),
         positive=("ess", "hess_init"),
         radius=("clip_radius",),
-        rate_closed=("beta1", "beta2"),
+        rate=("beta1",),  # 1 − β₁^t divides ḡ
+        rate_closed=("beta2",),
     )
 
     def __init__(

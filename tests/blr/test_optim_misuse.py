@@ -1,0 +1,176 @@
+"""The optimizers of blr.optim under the misuse that real training loops produce: nested draws,
+parameters listed twice or on the meta device, out-of-range rates (issue "The optimizers in the
+training loops people use", item 5). Each check failed before the fix: a prediction draw inside a
+training draw moved the mean, two nested training draws broke the optimizer for good, and the
+bad parameters failed only at the first draw with a misleading message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import expfam
+from blr.optim import (
+    IVON,
+    OGN,
+    VOGN,
+    BayesBiNN,
+    BayesByBackprop,
+    BLROptimizer,
+    Vadam,
+)
+
+f64 = torch.float64
+
+
+def _model(binary: bool = False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    model = model.double()
+    if binary:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.where(p >= 0, 1.0, -1.0))
+    return model
+
+
+MAKERS = {
+    "IVON": lambda ps, m: IVON(ps, lr=0.1, ess=50, seed=0),
+    "VOGN": lambda ps, m: VOGN(ps, lr=0.1, ess=50, seed=0, model=m, curvature="ef"),
+    "OGN": lambda ps, m: OGN(ps, lr=0.1, ess=50, seed=0, model=m, curvature="ef"),
+    "Vadam": lambda ps, m: Vadam(ps, lr=0.1, ess=50, seed=0),
+    "BayesBiNN": lambda ps, m: BayesBiNN(ps, lr=0.1, ess=50, seed=0),
+    "BayesByBackprop": lambda ps, m: BayesByBackprop(ps, lr=0.1, ess=50, seed=0),
+    "BLROptimizer": lambda ps, m: BLROptimizer(ps, expfam.DiagGaussian(), lr=0.1, ess=50, seed=0),
+}
+NAMES = list(MAKERS)
+
+
+def _make(name: str, params=None, model=None):
+    """The model and its optimizer, after one prediction draw (BayesBiNN writes E_q[θ] = tanh λ
+    into the ±1 weights at its first draw)."""
+    model = _model(binary=name == "BayesBiNN") if model is None else model
+    params = list(model.parameters()) if params is None else params
+    opt = MAKERS[name](params, model)
+    with opt.sampled_params():
+        pass
+    return model, opt
+
+
+def _values(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _close(a, b) -> bool:
+    """Equal up to one rounding: a training draw added in place and subtracted again."""
+    return all(torch.allclose(x, y, rtol=1e-15, atol=1e-15) for x, y in zip(a, b))
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 3, generator=g, dtype=f64), torch.randn(8, 1, generator=g, dtype=f64)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_prediction_draw_inside_a_training_draw_restores_it_exactly(name):
+    """Inside a training draw, a nested prediction draw (a validation pass) holds another draw,
+    and on exit the training draw is back bit for bit; the step then equals the one without the
+    nested draw (same gradients at the same θ; the nested draw only consumes random numbers, so
+    the comparison takes the step right after)."""
+    x, y = _batch()
+    results = []
+    for nested in (False, True):
+        model, opt = _make(name)
+        mean = _values(model)
+        with opt.sampled_params(train=True):
+            theta = _values(model)
+            if nested:
+                with opt.sampled_params(train=False):
+                    inner = _values(model)
+                    if name != "OGN":  # (OGN's draws are the mean: the delta method)
+                        assert not _same(inner, theta) and not _same(inner, mean)
+                assert _same(_values(model), theta)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+        assert _close(_values(model), mean)
+        opt.step()
+        results.append(_values(model))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_prediction_draw_nested_in_a_prediction_draw_is_a_draw_from_q(name):
+    """The nested draw is θ' ~ q around the mean (not around the open draw): its offset from
+    the mean is independent of the open draw's offset."""
+    model, opt = _make(name)
+    mean = _values(model)
+    with opt.sampled_params():
+        outer = _values(model)
+        with opt.sampled_params():
+            inner = _values(model)
+        assert _same(_values(model), outer)
+    assert _same(_values(model), mean)
+    if name == "OGN":  # the delta method: every draw is the mean
+        assert _same(inner, mean) and _same(outer, mean)
+        return
+    if name == "BayesBiNN":  # ±1 draws: the inner one is a fresh draw, not the outer one
+        assert not _same(inner, outer)
+        return
+    d_outer = torch.cat([(o - m).reshape(-1) for o, m in zip(outer, mean)])
+    d_inner = torch.cat([(i - m).reshape(-1) for i, m in zip(inner, mean)])
+    # around m, not around the outer draw: the offsets are not correlated like θ' − m = θ − m + ε
+    assert float((d_inner - d_outer).norm()) > 0.5 * float(d_outer.norm())
+    assert abs(float(torch.dot(d_inner, d_outer))) < 0.9 * float(d_inner.norm() * d_outer.norm())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_nested_training_draw_is_refused_and_the_optimizer_still_works(name):
+    x, y = _batch()
+    model, opt = _make(name)
+    mean = _values(model)
+    with opt.sampled_params(train=True):
+        theta = _values(model)
+        with pytest.raises(RuntimeError, match="training draw cannot be nested"):
+            with opt.sampled_params(train=True):
+                pass  # pragma: no cover
+        assert _same(_values(model), theta)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+    assert _close(_values(model), mean)
+    opt.step()  # the optimizer is not broken
+    with opt.sampled_params(train=True):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_parameter_listed_twice_is_refused_by_name(name):
+    model = _model(binary=name == "BayesBiNN")
+    params = list(model.parameters())
+    with pytest.raises(ValueError, match=r"params: parameter 4 of param group 0 is parameter 0"):
+        _make(name, params=[*params, params[0]], model=model)
+    _, opt = _make(name, params=params[:2], model=model)
+    with pytest.raises(ValueError, match=r"params: parameter 0 of param group 1 is parameter 1"):
+        opt.add_param_group({"params": [params[1], params[2]]})
+    assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_meta_device_parameter_is_refused_at_construction(name):
+    with torch.device("meta"):
+        model = torch.nn.Linear(3, 1)
+    with pytest.raises(ValueError, match=r"params: parameter 0 of param group 0 is on the meta"):
+        MAKERS[name](list(model.parameters()), model)
+
+
+@pytest.mark.parametrize("beta1", [1.0, 1.5])
+def test_ivon_refuses_beta1_of_one(beta1):
+    """1 − β₁ᵗ divides the momentum: β₁ = 1 was accepted and then divided by zero. β₂ = 1
+    (a frozen Hessian estimate) stays valid."""
+    with pytest.raises(ValueError, match=r"beta1 must lie in \[0, 1\)"):
+        IVON(_model().parameters(), lr=0.1, ess=10, beta1=beta1)
+    IVON(_model().parameters(), lr=0.1, ess=10, beta2=1.0)

@@ -56,6 +56,11 @@ class MonteCarloOptimizer(torch.optim.Optimizer):
     """
 
     _hyper: ClassVar[Mapping[str, str]] = {}
+    _momentum_key: ClassVar[str | None] = None
+    """The group key of the optimizer's momentum rate (``"beta1"``, ``"beta"``), if it has one
+    and no ``betas`` pair: each group also carries it as ``"momentum"``, the key torch's cycling
+    schedulers move (``OneCycleLR``/``CyclicLR`` with ``cycle_momentum=True``); a change to
+    either key is taken at the next step (:meth:`_sync_momentum`)."""
 
     def __init__(
         self,
@@ -74,6 +79,9 @@ class MonteCarloOptimizer(torch.optim.Optimizer):
             )
         check_hyper(defaults, self._hyper)
         check_run_options(mc_samples, nonfinite, missing_sample)
+        if self._momentum_key is not None:
+            defaults = {**defaults, "momentum": defaults[self._momentum_key]}
+        self._momentum_seen: dict[int, float] = {}
         super().__init__(params, defaults)
         self.mc_samples = int(mc_samples)
         self.nonfinite = nonfinite
@@ -102,11 +110,41 @@ class MonteCarloOptimizer(torch.optim.Optimizer):
             >>> len(opt.param_groups)
             1
         """
+        key = self._momentum_key
+        if key is not None and ("momentum" in param_group) != (key in param_group):
+            given = param_group["momentum" if "momentum" in param_group else key]
+            param_group = {**param_group, key: given, "momentum": given}  # one value, two keys
+        elif key is not None and "momentum" in param_group:
+            if param_group["momentum"] != param_group[key]:
+                raise ValueError(
+                    f"momentum ({param_group['momentum']}) is an alias of {key} "
+                    f"({param_group[key]}) for torch's schedulers: give one of them"
+                )
         check_hyper({**self.defaults, **param_group}, self._hyper)
         raw = param_group["params"]
         param_group = {**param_group, "params": [raw] if isinstance(raw, Tensor) else list(raw)}
         self._check_new_params(param_group["params"])
         super().add_param_group(param_group)
+        if key is not None:
+            self._momentum_seen[len(self.param_groups) - 1] = self.param_groups[-1][key]
+
+    def _sync_momentum(self) -> None:
+        """Reconcile each group's momentum rate and its ``"momentum"`` alias before a step:
+        the one that changed since the last step (a cycling scheduler moves ``"momentum"``, a
+        user may set either) is copied to the other, checked like the constructor's."""
+        key = self._momentum_key
+        if key is None:
+            return
+        for i, group in enumerate(self.param_groups):
+            rate = group[key]
+            alias = group.setdefault("momentum", rate)
+            seen = self._momentum_seen.get(i, rate)  # (set when the group was added)
+            if alias != seen:
+                check_hyper({key: alias}, self._hyper)
+                group[key] = alias
+            elif rate != seen:
+                group["momentum"] = rate
+            self._momentum_seen[i] = group[key]
 
     def _check_new_params(self, params: list) -> None:
         """Refuse, naming ``params``, what would fail only at the first draw: a parameter listed
@@ -602,6 +640,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         if self._count == 0:
             self._no_sample()
             return loss
+        self._sync_momentum()
         groups = self._all_buckets()
         # all-reduce first: a NaN on one rank reaches every rank, and all raise (or skip) alike
         # instead of one raising while the others wait in the all-reduce
@@ -718,6 +757,10 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             True
         """
         load_buckets(self, state_dict)
+        if self._momentum_key is not None:  # the groups' values are the checkpoint's
+            self._momentum_seen = {
+                i: g[self._momentum_key] for i, g in enumerate(self.param_groups)
+            }
 
 
 class PrecisionSampler(SamplingOptimizer):
@@ -726,6 +769,7 @@ class PrecisionSampler(SamplingOptimizer):
     VOGN, OGN), updated by :func:`blr.optim._functional.ivon_update_`."""
 
     _state_names = ("mean", "momentum", "hess")
+    _momentum_key = "beta1"
 
     def _init_bucket(self, group: dict, bucket: Bucket) -> None:
         bucket.state["hess"].fill_(group["hess_init"])

@@ -81,6 +81,7 @@ class BayesBiNN(SamplingOptimizer):
 
     _state_names = ("lam", "momentum")
     _alias_first = False  # the parameters hold draws or tanh λ, not λ
+    _momentum_key = "beta"
     _hyper = hyper_rules(
         nonnegative=("lr", "kl_weight"), positive=("ess", "temperature"), rate=("beta",)
     )

@@ -174,3 +174,86 @@ def test_ivon_refuses_beta1_of_one(beta1):
     with pytest.raises(ValueError, match=r"beta1 must lie in \[0, 1\)"):
         IVON(_model().parameters(), lr=0.1, ess=10, beta1=beta1)
     IVON(_model().parameters(), lr=0.1, ess=10, beta2=1.0)
+
+
+# ---------------------------------------------------------------------------- cycling schedulers
+def _schedule(kind: str, steps: int) -> list[tuple[float, float]]:
+    """(lr, momentum) per step from torch's scheduler driving torch.optim.SGD(momentum=...):
+    the oracle, computed by an optimizer torch's schedulers were written for."""
+    sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
+    sched = _scheduler(kind, sgd, steps)
+    out = []
+    for _ in range(steps):
+        out.append((sgd.param_groups[0]["lr"], sgd.param_groups[0]["momentum"]))
+        sgd.step()
+        sched.step()
+    return out
+
+
+def _scheduler(kind, opt, steps):
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.2, total_steps=steps)
+    return torch.optim.lr_scheduler.CyclicLR(opt, 0.01, 0.2, step_size_up=3)
+
+
+@pytest.mark.parametrize("kind", ["onecycle", "cyclic"])
+@pytest.mark.parametrize("name", ["IVON", "VOGN", "BayesBiNN"])
+def test_cycling_schedulers_move_the_momentum_rate(kind, name):
+    """OneCycleLR and CyclicLR with the default cycle_momentum=True raised ("optimizer must
+    support momentum or beta1"). Now they drive the optimizer's momentum rate (β₁; BayesBiNN's
+    β) through the group's ``"momentum"`` alias: 8 steps equal a run whose lr and rate are set
+    by hand to the values the scheduler gives torch.optim.SGD, bit for bit."""
+    x, y = _batch()
+    key = "beta" if name == "BayesBiNN" else "beta1"
+    steps = 8
+    plan = _schedule(kind, steps)
+    runs = []
+    for scheduled in (True, False):
+        model, opt = _make(name)
+        sched = _scheduler(kind, opt, steps) if scheduled else None
+        for lr, momentum in plan:
+            if scheduled:
+                assert opt.param_groups[0]["lr"] == lr
+            else:
+                opt.param_groups[0]["lr"], opt.param_groups[0][key] = lr, momentum
+            with opt.sampled_params(train=True):
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            assert opt.param_groups[0][key] == momentum == opt.param_groups[0]["momentum"]
+            if sched is not None:
+                sched.step()
+        runs.append(_values(model))
+    assert _same(*runs)
+
+
+def test_the_momentum_alias_follows_the_rate_and_is_checked():
+    """Setting β₁ by hand updates the alias at the next step; a scheduler's out-of-range value is
+    refused by the rate's rule; a group giving both keys must give one value; a checkpoint
+    resumes both."""
+    x, y = _batch()
+    model, opt = _make("IVON")
+
+    def step():
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+    opt.param_groups[0]["beta1"] = 0.5
+    step()
+    assert opt.param_groups[0]["momentum"] == 0.5
+    opt.param_groups[0]["momentum"] = 1.0
+    with pytest.raises(ValueError, match=r"beta1 must lie in \[0, 1\)"):
+        step()
+    opt.param_groups[0]["momentum"] = 0.7
+    step()
+    assert opt.param_groups[0]["beta1"] == 0.7
+    _, other = _make("IVON")
+    other.load_state_dict(opt.state_dict())
+    assert other.param_groups[0]["beta1"] == other.param_groups[0]["momentum"] == 0.7
+    extra = torch.nn.Linear(2, 1).double()
+    with pytest.raises(ValueError, match=r"momentum \(0.5\) is an alias of beta1 \(0.9\)"):
+        opt.add_param_group({"params": extra.parameters(), "momentum": 0.5, "beta1": 0.9})
+    opt.add_param_group({"params": extra.parameters(), "momentum": 0.5})
+    assert opt.param_groups[1]["beta1"] == 0.5

@@ -42,7 +42,9 @@ class BayesBiNN(SamplingOptimizer):
         temperature: τ > 0.
         kl_weight: κ ≥ 0 (κ = 1 is the BLR).
         prior_lam: λ₀ (a number; 0 is the uniform prior).
-        beta: momentum of the bracket, in [0, 1).
+        beta: momentum of the bracket, in [0, 1); also held as the group key ``"momentum"``,
+            which ``OneCycleLR``/``CyclicLR`` with ``cycle_momentum=True`` move (pass
+            ``cycle_momentum=False`` to keep β).
         init_scale: λ = init_scale · (initial parameter values).
         mc_samples: draws per ``step(closure)``.
         eval_point: ``"mean"`` or ``"sign"``.

@@ -59,6 +59,9 @@ class IVON(PrecisionSampler):
         ess: N, the effective sample size (usually the training-set size).
         hess_init: h₀.
         beta1, beta2: momentum and Hessian rates, β₁ ∈ [0, 1) and β₂ ∈ [0, 1] (β₂ = 1 freezes h).
+            Each param group also holds β₁ as ``"momentum"``, the key that ``OneCycleLR`` and
+            ``CyclicLR`` (``cycle_momentum=True``) move; a change to either is taken at the
+            next step.
         weight_decay: δ, the prior precision per example.
         mc_samples: draws per step with ``step(closure)``.
         hess_approx: ``"price"`` or ``"gradsq"``.

@@ -46,7 +46,8 @@ class VOGN(PrecisionSampler):
         lr: α.
         ess: N, the training-set size.
         weight_decay: δ, the prior precision per example.
-        beta1, beta2: rates of ḡ and h.
+        beta1, beta2: rates of ḡ and h (β₁ is also the group key ``"momentum"``, which
+            ``OneCycleLR``/``CyclicLR`` with ``cycle_momentum=True`` move).
         hess_init: h₀.
         curvature: ``"ggn"``, ``"mc_fisher"`` or ``"ef"``.
         loss: the likelihood on the model's output for ``"ggn"``/``"mc_fisher"``: a name of

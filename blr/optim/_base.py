@@ -270,6 +270,13 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
 
     _state_names: tuple[str, ...] = ("mean",)
     _alias_first = True  # the first state buffer is the mean of a Gaussian: alias the weights
+    # torch.amp.GradScaler hands the scale to step() (``grad_scale``, ``found_inf``) instead of
+    # unscaling the .grad tensors: ĝ and the statistic are unscaled together there
+    _step_supports_amp_scaling = True
+    # the statistic of a single sample is formed at step() (or before the draw buffer is
+    # reused), from the gradients as they are then: unscale_ and clipping between the sample
+    # and step() reach ĝ and ĥ alike. VOGN's comes from the per-example pass: at collection
+    _defer_stat = True
 
     def __init__(
         self,
@@ -287,6 +294,8 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         self._alias_first = type(self)._alias_first and not sync
         self._buckets: list[list[Bucket]] | None = None
         self._stashed = False
+        self._deferred = False  # a single sample's statistic is still to be formed
+        self._fingerprints: dict[int, Tensor] = {}  # ‖grad‖ at collection (see _collect)
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _init_bucket(self, group: dict, bucket: Bucket) -> None:
@@ -319,9 +328,15 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         bucket.state[bucket.first].sub_(bucket.noise)
 
     def _single_stat(self, group: dict, bucket: Bucket) -> Tensor:
-        """The statistic of a single collected sample (default: computed by ``_collect`` into
-        ``bucket.noise``; kernels that defer it compute it here)."""
+        """The statistic of a single collected sample (default: in ``bucket.noise``, formed
+        by :meth:`_form_stats`; kernels that regenerate the draw compute it here)."""
         return bucket.noise
+
+    def _stat_power(self) -> int:
+        """p with statistic(c·g) = cᵖ·statistic(g): how the per-sample statistic scales with
+        the gradient (σz⊙g: 1, g⊙g: 2, a GGN that does not use g: 0). GradScaler's scale S is
+        removed from ĝ as 1/S and from the statistic as 1/Sᵖ."""
+        return 1
 
     def _center(self, group: dict, bucket: Bucket) -> Tensor:
         """The values the parameters hold outside ``sampled_params`` (default: the mean m)."""
@@ -541,15 +556,64 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
     def _collect(self) -> None:
         self._count += 1
         k = self._count
+        self._deferred = k == 1 and self._defer_stat
         for group, buckets in zip(self.param_groups, self._all_buckets()):
             for b in buckets:
                 grad = b.sync_grads()
                 if b.counter is not None and k == 1:
                     continue  # the fused kernel regenerates the draw itself
+                if self._deferred:
+                    continue  # formed at step() from the gradients as they are then
                 stat = self._sample_stat(group, b, grad, out=b.noise)  # the draw is spent
                 if k > 1:  # Welford means (the first sample was stashed)
                     b.acc_grad.add_(grad - b.acc_grad, alpha=1.0 / k)
                     b.acc_stat.add_(stat - b.acc_stat, alpha=1.0 / k)
+                # gradients changed after this (unscale_, clipping) would not reach what was
+                # formed from them: remembered, and checked at step()
+                self._fingerprints[id(b)] = torch.linalg.vector_norm(grad)
+
+    @torch.no_grad()
+    def _form_stats(self) -> None:
+        """Form the deferred statistic of a single collected sample (into ``bucket.noise``)."""
+        if not self._deferred:
+            return
+        for group, buckets in zip(self.param_groups, self._all_buckets()):
+            for b in buckets:
+                if b.counter is None:
+                    self._sample_stat(group, b, b.state_grad, out=b.noise)
+        self._deferred = False
+
+    @torch.no_grad()
+    def _unscale(self, grad_scale: Tensor) -> None:
+        """Remove GradScaler's scale S from the collected samples: ĝ/S, statistic/Sᵖ."""
+        inv = 1.0 / grad_scale.double()
+        inv_stat = inv ** self._stat_power()
+        for buckets in self._all_buckets():
+            for b in buckets:
+                g_hat, stat = self._sample_buffers(b)
+                g_hat.mul_(inv.to(g_hat.dtype))
+                if stat is not None and not (self._deferred and stat is b.noise):
+                    stat.mul_(inv_stat.to(stat.dtype))
+
+    def _check_fingerprints(self) -> None:
+        """Raise if a gradient was changed after its sample was collected (scaler.unscale_ or
+        clip_grad_norm_ between sampled_params and step): the statistic formed from it at
+        collection (several samples; VOGN's per-example curvature) would not follow."""
+        for buckets in self._all_buckets():
+            for b in buckets:
+                seen = self._fingerprints.get(id(b))
+                if seen is None:
+                    continue
+                now = torch.linalg.vector_norm(b.state_grad)
+                if not torch.isclose(now, seen.to(now.dtype), rtol=1e-6, atol=0, equal_nan=True):
+                    raise RuntimeError(
+                        "the gradients changed after their sample was collected (e.g. "
+                        "scaler.unscale_ or clip_grad_norm_ between sampled_params(train=True) "
+                        "and step()), but the curvature statistic was formed from them at "
+                        "collection (several samples per step, or VOGN's per-example "
+                        "curvature): clip inside the sampled_params block, and let "
+                        "GradScaler.step unscale (no unscale_); the state was not changed"
+                    )
 
     @torch.no_grad()
     def _stash(self) -> None:
@@ -557,6 +621,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         averages, before either is overwritten (a second draw, ``zero_grad``)."""
         if self._count != 1 or self._stashed:
             return
+        self._form_stats()
         for group, buckets in zip(self.param_groups, self._all_buckets()):
             for b in buckets:
                 if b.acc_grad is None:
@@ -593,6 +658,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             super().zero_grad(set_to_none)
             return
         self._stash()
+        self._fingerprints.clear()  # the collected samples are kept; their gradients go
         owned = set()
         for buckets in self._buckets:
             for b in buckets:
@@ -609,6 +675,8 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
     def _reset_samples(self) -> None:
         self._count = 0
         self._stashed = False
+        self._deferred = False
+        self._fingerprints.clear()
         for buckets in self._buckets or []:
             for b in buckets:
                 b.reset_samples()
@@ -641,6 +709,20 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             self._no_sample()
             return loss
         self._sync_momentum()
+        found_inf = getattr(self, "found_inf", None)  # set by torch.amp.GradScaler.step
+        grad_scale = getattr(self, "grad_scale", None)
+        if found_inf is not None and bool(found_inf.sum() > 0):  # an overflow: skip, drop it
+            self._reset_samples()
+            self.skipped_steps += 1
+            return loss
+        try:
+            self._check_fingerprints()
+        except RuntimeError:
+            self._reset_samples()
+            raise
+        if grad_scale is not None:
+            self._unscale(grad_scale)
+        self._form_stats()
         groups = self._all_buckets()
         # all-reduce first: a NaN on one rank reaches every rank, and all raise (or skip) alike
         # instead of one raising while the others wait in the all-reduce
@@ -654,6 +736,9 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         # sharded parameters: a NaN may reach one rank's shards only; every rank must agree
         if self._agree_max(float(bad)) > 0:
             self._reset_samples()
+            if grad_scale is not None:  # under GradScaler an overflow is expected: skip
+                self.skipped_steps += 1
+                return loss
             self._nonfinite_step("the gradients")
             return loss
         try:  # every bucket is checked before any is written

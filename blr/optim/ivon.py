@@ -432,6 +432,9 @@ class IVON(PrecisionSampler):
             self._counter_draw(group, bucket, draw, subtract=False)
             c.hold(draw, fresh=True)
 
+    def _stat_power(self) -> int:
+        return 2 if self.hess_approx == "gradsq" else 1  # ĝ² or σz⊙ĝ
+
     def _single_stat(self, group: dict, bucket: Bucket) -> Tensor:
         if bucket.counter is None:
             return bucket.noise

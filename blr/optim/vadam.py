@@ -112,6 +112,9 @@ class Vadam(SamplingOptimizer):
             scratch=bucket.scratch,
         )
 
+    def _stat_power(self) -> int:
+        return 0  # no statistic: ŝ = ĝ² is formed from the (unscaled) average in the update
+
     def _sample_stat(self, group: dict, bucket: Bucket, grad: Tensor, out: Tensor) -> Tensor:
         return out.zero_()  # Vadam's curvature is ĝ² of the averaged gradient
 

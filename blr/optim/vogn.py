@@ -204,6 +204,11 @@ class VOGN(PrecisionSampler):
             if isinstance(module, FSDPModule):
                 module.reshard()
 
+    _defer_stat = False  # formed from the per-example pass, inside the sample's context
+
+    def _stat_power(self) -> int:
+        return 2 if self.curvature == "ef" else 0  # (the GGN and MC Fisher do not use ĝ)
+
     def _sample_stat(self, group: dict, bucket: Bucket, grad: Tensor, out: Tensor) -> Tensor:
         pe = self._pe
         if pe is None:

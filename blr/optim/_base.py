@@ -128,6 +128,36 @@ class MonteCarloOptimizer(torch.optim.Optimizer):
         if key is not None:
             self._momentum_seen[len(self.param_groups) - 1] = self.param_groups[-1][key]
 
+    def _amp_state(self) -> tuple[Tensor | None, bool]:
+        """(grad_scale, overflow) that torch.amp.GradScaler.step hands this optimizer when it
+        supports the protocol (``_step_supports_amp_scaling``); (None, False) otherwise."""
+        found_inf = getattr(self, "found_inf", None)
+        overflow = found_inf is not None and bool(found_inf.sum() > 0)
+        return getattr(self, "grad_scale", None), overflow
+
+    def _grad_norm(self) -> Tensor:
+        """‖(∇θ of every trained parameter)‖ (0 for none): remembered when a sample is
+        collected, to refuse gradients changed afterwards that cannot reach it."""
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+    def _check_grads_unchanged(self, seen: Tensor | None) -> None:
+        """Raise if the gradients were changed (clipped, unscaled) after the last sample was
+        collected from them (zeroed gradients excepted)."""
+        if seen is None:
+            return
+        now = self._grad_norm()
+        if bool(now > 0) and not torch.isclose(now, seen.to(now.dtype), rtol=1e-6, equal_nan=True):
+            raise RuntimeError(
+                f"the gradients changed after their sample was collected (e.g. scaler.unscale_ "
+                f"or clip_grad_norm_ between sampled_params(train=True) and step()); "
+                f"{type(self).__name__} takes the gradients when the sample is collected: clip "
+                "inside the sampled_params block, and let GradScaler.step unscale (no "
+                "unscale_); the state was not changed"
+            )
+
     def _sync_momentum(self) -> None:
         """Reconcile each group's momentum rate and its ``"momentum"`` alias before a step:
         the one that changed since the last step (a cycling scheduler moves ``"momentum"``, a

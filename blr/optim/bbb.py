@@ -119,6 +119,8 @@ class BayesByBackprop(MonteCarloOptimizer):
         ICML 2015.
     """
 
+    # torch.amp.GradScaler hands the scale to step(): removed from the collected gradients
+    _step_supports_amp_scaling = True
     _hyper = hyper_rules(
         nonnegative=("lr", "eps"), positive=("ess", "prior_prec", "init_std"), rate_pair=("betas",)
     )
@@ -146,6 +148,7 @@ class BayesByBackprop(MonteCarloOptimizer):
         self._inside = False
         self._open_means: dict[Tensor, Tensor] = {}  # the means while a draw is open
         self._acc: dict[int, tuple[Tensor, Tensor]] = {}  # id(p) → averaged data gradients
+        self._collected_norm: Tensor | None = None  # ‖grads‖ at the last collection
         for group in self.param_groups:
             self._init_group(group)
         self._prior_of = None if prior is None else self._prior_map(prior)
@@ -377,6 +380,7 @@ class BayesByBackprop(MonteCarloOptimizer):
             )
         self._count += 1
         k = self._count
+        self._collected_norm = self._grad_norm()
         with torch.no_grad():
             for (p, _, _), gm, gr in zip(drawn, grads, g_rho):
                 if k == 1 or id(p) not in self._acc:
@@ -389,6 +393,7 @@ class BayesByBackprop(MonteCarloOptimizer):
     def _reset_samples(self) -> None:
         self._count = 0
         self._acc = {}
+        self._collected_norm = None
 
     # ------------------------------------------------------------------ the step
     def _elbo_grads(
@@ -445,6 +450,22 @@ class BayesByBackprop(MonteCarloOptimizer):
         if self._count == 0:
             self._no_sample()
             return loss
+        grad_scale, overflow = self._amp_state()
+        if overflow:  # GradScaler found an Inf: skip the step, drop the sample
+            self._reset_samples()
+            self.skipped_steps += 1
+            return loss
+        try:
+            self._check_grads_unchanged(self._collected_norm)
+        except RuntimeError:
+            self._reset_samples()
+            raise
+        if grad_scale is not None:  # both parts are linear in the gradient: 1/S
+            inv = 1.0 / grad_scale.double()
+            with torch.no_grad():
+                for am, ar in self._acc.values():
+                    am.mul_(inv.to(am.dtype))
+                    ar.mul_(inv.to(ar.dtype))
         plans = []
         for group in self.param_groups:
             params = [p for p in self._params(group) if id(p) in self._acc]
@@ -455,6 +476,9 @@ class BayesByBackprop(MonteCarloOptimizer):
             for _, _, g_m, g_rho in plans
         )
         self._reset_samples()
+        if bad and grad_scale is not None:  # under GradScaler an overflow is expected: skip
+            self.skipped_steps += 1
+            return loss
         if bad:
             self._nonfinite_step("the ELBO gradient")
             return loss

@@ -225,6 +225,8 @@ class BLROptimizer(MonteCarloOptimizer):
         ('gaussian_diag', ('weight', 'bias'))
     """
 
+    # torch.amp.GradScaler hands the scale to step(): removed from the collected draws
+    _step_supports_amp_scaling = True
     _hyper = hyper_rules(nonnegative=("lr", "weight_decay"), positive=("ess", "hess_init"))
 
     def __init__(
@@ -256,6 +258,7 @@ class BLROptimizer(MonteCarloOptimizer):
         self.model, self.curvature_loss, self.sigma2 = model, curvature_loss, float(sigma2)
         self.max_halvings = int(max_halvings)
         self.halvings = 0
+        self._collected_norm: Tensor | None = None  # ‖grads‖ at the last collection
         self._posts: list[_Group] = []
         self._pending: list[list[list[_Draw]]] = []
         params = list(params) if not isinstance(params, Tensor) else [params]
@@ -429,6 +432,7 @@ class BLROptimizer(MonteCarloOptimizer):
                 for pending, unit_draws in zip(self._pending, draws):
                     pending.append(unit_draws)
                 self._count += 1
+                self._collected_norm = self._grad_norm()
         finally:
             self._open_draw = outer
             with torch.no_grad():
@@ -468,6 +472,7 @@ class BLROptimizer(MonteCarloOptimizer):
 
     def _clear(self) -> None:
         self._count = 0
+        self._collected_norm = None
         for pending in self._pending:
             pending.clear()
 
@@ -497,6 +502,18 @@ class BLROptimizer(MonteCarloOptimizer):
         if self._count == 0:
             self._no_sample()
             return loss
+        grad_scale, overflow = self._amp_state()
+        if overflow:  # GradScaler found an Inf: skip the step, drop the draws
+            self._clear()
+            self.skipped_steps += 1
+            return loss
+        try:
+            self._check_grads_unchanged(self._collected_norm)
+        except RuntimeError:
+            self._clear()
+            raise
+        if grad_scale is not None:
+            self._unscale(1.0 / grad_scale.double())
         finite = all(  # NaN/Inf propagate through a sum: one reduction per tensor
             bool(torch.isfinite(d.grad.sum()))
             and (d.hess is None or bool(torch.isfinite(d.hess.sum())))
@@ -507,6 +524,9 @@ class BLROptimizer(MonteCarloOptimizer):
         )
         if not finite:
             self._clear()
+            if grad_scale is not None:  # under GradScaler an overflow is expected: skip
+                self.skipped_steps += 1
+                return loss
             self._nonfinite_step("the gradients or the loss")
             return loss
         try:  # every block of every group is computed and checked before anything is written
@@ -538,6 +558,17 @@ class BLROptimizer(MonteCarloOptimizer):
         self.halvings += halvings
         self._clear()
         return loss
+
+    def _unscale(self, inv: Tensor) -> None:
+        """GradScaler's 1/S out of the collected draws: the gradients (1/S), exact Hessians
+        (1/S) and per-example squared gradients (1/S²); the GGN does not use the gradient."""
+        for post, pending in zip(self._posts, self._pending):
+            for unit_draws in pending:
+                for unit, d in zip(post.units, unit_draws):
+                    d.grad = d.grad * inv.to(d.grad.dtype)
+                    if d.hess is not None:
+                        power = {"ggn": 0, "ef": 2}.get(getattr(unit, "per_example", None), 1)
+                        d.hess = d.hess * (inv**power).to(d.hess.dtype)
 
     # ------------------------------------------------------------------ state_dict
     def state_dict(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import blr
 import expfam
 from blr.optim import (
     IVON,
@@ -365,5 +366,36 @@ def test_changing_gradients_formed_into_a_statistic_at_collection_is_refused(nam
     """Where the statistic is formed when the sample is collected (VOGN's per-example curvature;
     several samples per step), clipping or unscale_ afterwards cannot reach it: a clear error,
     the state unchanged."""
+    with pytest.raises(RuntimeError, match="the gradients changed after their sample"):
+        _amp_run(name, None, steps=1, mc=mc, clip=("between", 1e-3))
+
+
+OTHER_AMP = {
+    "BayesByBackprop": lambda ps, m: BayesByBackprop(ps, lr=0.01, ess=50, seed=0),
+    "BLROptimizer": lambda ps, m: BLROptimizer(ps, expfam.DiagGaussian(), lr=0.1, ess=50, seed=0),
+    "BLROptimizer_ef": lambda ps, m: BLROptimizer(
+        ps, expfam.DiagGaussian(), lr=0.1, ess=50, seed=0, model=m,
+        estimator=blr.BonnetPrice(hessian="per_example"),
+    ),
+    "BLROptimizer_ggn": lambda ps, m: BLROptimizer(
+        ps, expfam.DiagGaussian(), lr=0.1, ess=50, seed=0, model=m, curvature_loss="gaussian",
+        estimator=blr.BonnetPrice(hessian="ggn"),
+    ),
+}  # fmt: skip
+AMP_MAKERS.update(OTHER_AMP)
+
+
+@pytest.mark.parametrize("mc", [1, 2])
+@pytest.mark.parametrize("name", list(OTHER_AMP))
+def test_grad_scaler_with_bayes_by_backprop_and_the_generic_optimizer(name, mc):
+    """The same protocol for the optimizers that take the gradients when a draw is collected:
+    the GradScaler run equals the unscaled run bit for bit (gradients 1/S; per-example squared
+    gradients 1/S²; the GGN unchanged), an overflow is skipped, and clipping after the sampled
+    block is refused with a clear error (it cannot reach the collected gradients)."""
+    _, plain = _amp_run(name, None, mc=mc)
+    _, scaled = _amp_run(name, 2.0**12, mc=mc)
+    assert _same(plain, scaled)
+    opt, values = _amp_run(name, 2.0**12, steps=3, overflow_at=1, mc=mc)
+    assert opt.skipped_steps == 1 and all(torch.isfinite(v).all() for v in values)
     with pytest.raises(RuntimeError, match="the gradients changed after their sample"):
         _amp_run(name, None, steps=1, mc=mc, clip=("between", 1e-3))

@@ -329,7 +329,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _init_bucket(self, group: dict, bucket: Bucket) -> None:
-        """Initialize a new bucket's state buffers (``mean`` is already the parameters)."""
+        """Initialize a new bucket's state buffers (the mean is already the parameters)."""
 
     def _noise(self, group: dict, bucket: Bucket, generator: torch.Generator) -> None:
         raise NotImplementedError
@@ -351,11 +351,11 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
     ) -> None:
         """Turn the weights (= m) into a draw in place, keeping the offset in ``bucket.noise``."""
         self._noise(group, bucket, generator)
-        bucket.state[bucket.first].add_(bucket.noise)
+        bucket.add_to_params(bucket.noise)
 
     def _undraw_aliased(self, group: dict, bucket: Bucket, train: bool = True) -> None:
         """Undo :meth:`_draw_aliased`: m = (m + σz) − σz, exact up to one rounding."""
-        bucket.state[bucket.first].sub_(bucket.noise)
+        bucket.add_to_params(bucket.noise, alpha=-1.0)
 
     def _single_stat(self, group: dict, bucket: Bucket) -> Tensor:
         """The statistic of a single collected sample (default: in ``bucket.noise``, formed
@@ -502,11 +502,11 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         draw, self._draws = self._draws, self._draws + 1
         for group, buckets in zip(self.param_groups, groups):
             for b in buckets:
-                b.check_alias()
+                b.check_params()
                 gen = self._noise_generator(b, draw)
                 if b.alias:
                     if not train:  # prediction draws restore m exactly (not the hot path)
-                        saved[id(b)] = b.state[b.first].clone()
+                        saved[id(b)] = [t.clone() for t in b.targets()]
                     self._draw_aliased(group, b, gen, train)
                 else:
                     b.write_params(self._draw(group, b, gen))
@@ -521,7 +521,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             for group, buckets in zip(self.param_groups, groups):
                 for b in buckets:
                     if id(b) in saved:
-                        b.state[b.first].copy_(saved[id(b)])
+                        torch._foreach_copy_(b.targets(), saved[id(b)])
                     elif b.alias:  # m = (m + σz) − σz, exact up to one rounding of the weights
                         self._undraw_aliased(group, b, train)
                     else:
@@ -783,12 +783,13 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             for b in buckets:
                 g_hat, stat = self._sample_buffers(b)
                 b.frozen_idx = frozen = b.untouched(g_hat)  # parameters without a gradient
-                self._before_update(group, b, stat)
-                saved = b.save_segments(frozen)  # ... keep their state unchanged
-                self._update(group, b, g_hat, stat)
-                b.restore_segments(frozen, saved)
-                self._after_update(group, b)
-                b.write_params(self._center(group, b))
+                with b.flat_first():  # (an aliased mean: gathered here, written back on exit)
+                    self._before_update(group, b, stat)
+                    saved = b.save_segments(frozen)  # ... keep their state unchanged
+                    self._update(group, b, g_hat, stat)
+                    b.restore_segments(frozen, saved)
+                    self._after_update(group, b)
+                    b.write_params(self._center(group, b))
         self._reset_samples()
         return loss
 
@@ -921,14 +922,15 @@ class PrecisionSampler(SamplingOptimizer):
     def _compiled_draw(self, group: dict, bucket: Bucket, generator: torch.Generator) -> None:
         """:meth:`_draw_aliased` in one ``torch.compile``'d loop after the normal draw: σ⊙z
         into ``bucket.noise`` and θ = m + σ⊙z into the weights (= m), in place."""
-        compiled_draw_(
-            bucket.state["mean"],
-            bucket.state["hess"],
-            bucket.noise,
-            ess=group["ess"],
-            weight_decay=group["weight_decay"],
-            generator=generator,
-        )
+        with bucket.flat_first() as mean:
+            compiled_draw_(
+                mean,
+                bucket.state["hess"],
+                bucket.noise,
+                ess=group["ess"],
+                weight_decay=group["weight_decay"],
+                generator=generator,
+            )
 
     def _ivon_update(
         self,

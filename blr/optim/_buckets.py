@@ -2,16 +2,19 @@
 
 The weight-perturbation optimizers keep their state per bucket: the trainable parameters of one
 param group on one (device, dtype) (and sharding), with flat fp32 (fp64 for fp64 parameters)
-state buffers. With fp32/fp64 weights each parameter's ``.data`` is a view of the flat mean, so
-the optimizer keeps no copy of the weights (the parameters then share one storage); the
-gradients live in one flat buffer whose views are the parameters' ``.grad``. Buckets that
-draw their noise from a counter (the fused Triton kernels) carry a :class:`CounterNoise`.
+state buffers. With fp32/fp64 weights the parameters themselves hold the mean, each in its own
+storage (so ``safetensors`` and ``accelerate`` save them as the model's own tensors), and the
+optimizer keeps no copy of the weights: draws are added to them in place, and the update works on
+a transient flat copy (:meth:`Bucket.flat_first`). The gradients live in one flat buffer whose
+views are the parameters' ``.grad``. Buckets that draw their noise from a counter (the fused
+Triton kernels) carry a :class:`CounterNoise`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -80,11 +83,12 @@ class CounterNoise:
 class Bucket:
     """The trainable parameters of one group on one (device, dtype) and their flat buffers.
 
-    With ``alias_first`` (Gaussian optimizers) and fp32/fp64 parameters, the first state buffer
-    (the mean m) IS the parameters' storage: every parameter becomes a view of one flat tensor,
-    draws are added to it in place and subtracted on exit, so the optimizer keeps no copy of the
-    weights. Gradients likewise live in one flat buffer whose views are the parameters' ``.grad``.
-    Low-precision parameters keep an fp32 master copy of m (and of the gradient).
+    With ``alias_first`` (Gaussian optimizers) and fp32/fp64 parameters (``alias``), the first
+    state (the mean m) IS the parameters: each keeps its own storage, draws are added to them in
+    place and subtracted on exit, so the optimizer keeps no copy of the weights; the update sees
+    m as one flat buffer that exists only inside :meth:`flat_first`. Gradients live in one flat
+    buffer whose views are the parameters' ``.grad``. Low-precision parameters keep an fp32
+    master copy of m (and of the gradient).
 
     Parameters sharded by FSDP2 (DTensors, ``sharded``) are handled through their local shards:
     the buffers hold this rank's shard only, draws and means are copied into the shards (FSDP
@@ -106,15 +110,17 @@ class Bucket:
         self.state_dtype = torch.promote_types(self.dtype, torch.float32)
         self.alias = alias_first and self.dtype == self.state_dtype and not self.sharded
         self.first = state_names[0]  # the buffer that starts as the parameters (the mean)
+        self.state_names = state_names
         self.prior: tuple[Tensor, ...] | None = None  # a per-coordinate prior (prior=)
-        self.state: dict[str, Tensor] = {}
+        self.state: dict[str, Tensor] = {}  # (an aliased bucket's mean: the parameters)
         with torch.no_grad():
             for name in state_names:
-                self.state[name] = self.zeros()
-            torch._foreach_copy_(self.views(self.state[self.first]), [t.detach() for t in local])
-            if self.alias:
-                for p, v in zip(params, self.views(self.state[self.first])):
-                    p.data = v
+                if not (self.alias and name == self.first):
+                    self.state[name] = self.zeros()
+            if not self.alias:
+                torch._foreach_copy_(
+                    self.views(self.state[self.first]), [t.detach() for t in local]
+                )
         self._noise: Tensor | None = None  # allocated on first use (kernels that regenerate
         # their noise from a counter never need it)
         self.grad = torch.zeros(self.numel, device=self.device, dtype=self.dtype)
@@ -178,21 +184,47 @@ class Bucket:
         """The tensors holding the parameters' values on this rank (local shards if sharded)."""
         return [_local(p) for p in self.params] if self.sharded else [p.data for p in self.params]
 
-    def check_alias(self) -> None:
-        if not self.alias:
-            return
-        first = self.state[self.first]
-        for p, v in zip(self.params, self.views(first)):
-            if p.data_ptr() != v.data_ptr():
+    def check_params(self) -> None:
+        """Raise if a parameter was moved to another dtype or device after the optimizer
+        started (its state stayed behind); a new storage of the same kind is fine."""
+        for p in self.params:
+            t = _local(p)
+            if t.dtype != self.dtype or t.device != self.device:
                 raise RuntimeError(
-                    "a parameter's storage was replaced after the optimizer started (e.g. by "
-                    "model.to(...) or load_state_dict(assign=True)); create the optimizer after "
-                    "moving the model"
+                    f"a parameter moved from {self.dtype} on {self.device} to {t.dtype} on "
+                    f"{t.device} after the optimizer started (e.g. model.to(...)); create the "
+                    "optimizer after moving the model"
                 )
 
-    def write_params(self, flat: Tensor) -> None:
-        if self.alias and flat is self.state[self.first]:
+    def param_state(self, name: str) -> list[Tensor]:
+        """State ``name`` per parameter: views of its flat buffer, or, for the mean of an
+        aliased bucket outside :meth:`flat_first`, the parameters' own tensors."""
+        flat = self.state.get(name)
+        if flat is None and self.alias and name == self.first:
+            return self.targets()
+        return self.views(flat)
+
+    @contextlib.contextmanager
+    def flat_first(self) -> Iterator[Tensor]:
+        """The mean as one flat buffer: an aliased bucket's parameters gathered into a
+        transient ``state[first]`` (written back into them on exit, and dropped); any other
+        bucket's persistent buffer as it is."""
+        if not self.alias or self.first in self.state:
+            yield self.state[self.first]
             return
+        with torch.no_grad():
+            flat = torch.cat([t.reshape(-1) for t in self.targets()])
+        self.state[self.first] = flat
+        try:
+            yield flat
+        finally:
+            del self.state[self.first]
+            with torch.no_grad():
+                torch._foreach_copy_(self.targets(), self.views(flat))
+
+    def write_params(self, flat: Tensor) -> None:
+        if self.alias and flat is self.state.get(self.first):
+            return  # the transient mean: flat_first writes it back
         with torch.no_grad():
             torch._foreach_copy_(self.targets(), self.views(flat))
 
@@ -245,6 +277,11 @@ class Bucket:
                 if not s and not bool(v.any())
             ]
         return [i for i, h in enumerate(self.had_grad) if not h]
+
+    def add_to_params(self, flat: Tensor, alpha: float = 1.0) -> None:
+        """The parameters += alpha·``flat`` (a draw's offset, added or taken back), in place."""
+        with torch.no_grad():
+            torch._foreach_add_(self.targets(), self.views(flat), alpha=alpha)
 
     def save_segments(self, idx: list[int]) -> list[dict[str, Tensor]]:
         """Copies of the state of parameters ``idx`` (kept unchanged by an update)."""

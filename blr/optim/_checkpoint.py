@@ -98,9 +98,9 @@ def save_buckets(opt: Any) -> dict[str, Any]:
         packed.append(g)
     for buckets in groups:
         for b in buckets:
-            for name, flat in b.state.items():
-                for p, v in zip(b.params, b.views(flat)):
-                    state.setdefault(index[id(p)], {})[name] = v.clone()
+            for name in b.state_names:
+                for p, v in zip(b.params, b.param_state(name)):
+                    state.setdefault(index[id(p)], {})[name] = v.detach().clone()
     meta = header(opt)
     # counter-based noise of fused kernels: (key, next draw) per bucket
     meta["counters"] = [
@@ -125,14 +125,18 @@ def load_buckets(opt: Any, state_dict: dict[str, Any]) -> None:
             for p, local_shape in zip(b.params, b.shapes):
                 # the local shard if sharded
                 check_entry(
-                    state.get(ids[id(p)]), b.state, ids[id(p)], tuple(p.shape), tuple(local_shape)
-                )
+                    state.get(ids[id(p)]), b.state_names, ids[id(p)], tuple(p.shape),
+                    tuple(local_shape),
+                )  # fmt: skip
     with torch.no_grad():
         for group, bucket_list in zip(opt.param_groups, buckets):
             for b in bucket_list:
-                for name, flat in b.state.items():
-                    torch._foreach_copy_(b.views(flat), [state[ids[id(p)]][name] for p in b.params])
-                b.write_params(opt._center(group, b))
+                for name in b.state_names:
+                    torch._foreach_copy_(
+                        b.param_state(name), [state[ids[id(p)]][name] for p in b.params]
+                    )
+                if not b.alias:  # (an aliased bucket's mean was copied into the parameters)
+                    b.write_params(opt._center(group, b))
     for g, mine in zip(groups, opt.param_groups):
         for k, v in g.items():
             if k != "params":

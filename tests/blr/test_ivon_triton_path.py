@@ -83,7 +83,8 @@ def _reference(model, x, y, seed, steps, samples=1, clip=float("inf"), hess_appr
 
 
 def _flat(opt, name):
-    return opt._all_buckets()[0][0].state[name]
+    """State ``name`` of the first bucket as one flat tensor (the mean: the weights)."""
+    return torch.cat([t.reshape(-1) for t in opt._all_buckets()[0][0].param_state(name)])
 
 
 def _train(model, opt, x, y, steps):

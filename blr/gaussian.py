@@ -81,6 +81,58 @@ def _sqrtm(s: Tensor) -> Tensor:
     return (evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)) @ evecs.mT
 
 
+def diag_moments_step(
+    m: Tensor,
+    s: Tensor,
+    g_hat: Tensor,
+    h_hat: Tensor,
+    *,
+    rho: float,
+    options: GaussianOptions,
+    lr: float | None = None,
+    s_shift: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""The diagonal Gaussian's (m, s)-form step of :func:`gaussian_step` on the moments, from
+    the total ĝ = E_q[∇ℓ̄] and ĥ = E_q[diag ∇²ℓ̄] (prior included), with G = ĥ − s:
+
+    .. math::
+        s' = s + \rho G\ [+\ \text{s\_shift}]\ [+\ \tfrac12\rho^2 G^2/s],\qquad
+        m' = m - \alpha\,\hat g/(\phi(s') + \varepsilon),
+
+    φ(s') = s' (or s with ``improved_mean="old"``; √· with ``sqrt_scaling``), α = ``lr`` (None:
+    ``options.lr``, then ρ). Returns (m', s'); raises ValueError if s' is not positive.
+    :func:`gaussian_step` is this after λ → (m, s) and ∇_μ → (ĝ, ĥ); callers that hold m, s,
+    ĝ and ĥ already (the optimizers) call it directly.
+
+    Example:
+        >>> import torch, blr
+        >>> from blr.gaussian import diag_moments_step
+        >>> m, s = torch.zeros(1), torch.ones(1)
+        >>> diag_moments_step(m, s, torch.ones(1), torch.full((1,), -3.0), rho=0.5,
+        ...                   options=blr.GaussianOptions(improved=True))  # s' = 1 − 2 + 2
+        (tensor([-0.5000]), tensor([1.]))
+    """
+    alpha = lr if lr is not None else (rho if options.lr is None else float(options.lr))
+    big_g = h_hat - s
+    s_new = s + rho * big_g
+    if s_shift is not None:
+        s_new = s_new + s_shift
+    if options.improved:
+        s_new = s_new + 0.5 * rho**2 * big_g * big_g / s
+    mean_prec = s if options.improved and options.improved_mean == "old" else s_new
+    precond = mean_prec.clamp_min(0).sqrt() if options.sqrt_scaling else mean_prec
+    if options.damping:
+        precond = precond + options.damping
+    # (the preconditioner is positive where s_new is, unless a negative damping is given)
+    if not (s_new > 0).all() or (options.damping < 0 and not (precond > 0).all()):
+        raise ValueError(
+            "nat.lam2 must be < 0: the updated precision s_{t+1} = −2·lam2 has non-positive "
+            f"entries (min {s_new.min().item():.3g}); use GaussianOptions(improved=True), a "
+            "smaller rho, or a non-negative Hessian estimate"
+        )
+    return m - alpha * g_hat / precond, s_new
+
+
 def gaussian_step(
     family: FullGaussian | DiagGaussian,
     nat: tuple,
@@ -177,22 +229,10 @@ def gaussian_step(
     else:
         s = -2 * nat.lam2
         m = nat.lam1 / s
-        big_g = h_hat - s
-        s_new = s + beta * big_g
-        if gamma > 0:
-            s_new = s_new + gamma * (s + 2 * prev_nat.lam2)  # γ(s_t − s_{t−1})
-        if options.improved:
-            s_new = s_new + 0.5 * beta**2 * big_g * big_g / s
-        mean_prec = s if options.improved and options.improved_mean == "old" else s_new
-        precond = mean_prec.clamp_min(0).sqrt() if options.sqrt_scaling else mean_prec
-        precond = precond + options.damping
-        if not (s_new > 0).all() or not (precond > 0).all():
-            raise ValueError(
-                "nat.lam2 must be < 0: the updated precision s_{t+1} = −2·lam2 has non-positive "
-                f"entries (min {s_new.min().item():.3g}); use GaussianOptions(improved=True), a "
-                "smaller rho, or a non-negative Hessian estimate"
-            )
-        m_new = m - alpha * g_hat / precond
+        shift = gamma * (s + 2 * prev_nat.lam2) if gamma > 0 else None  # γ(s_t − s_{t−1})
+        m_new, s_new = diag_moments_step(
+            m, s, g_hat, h_hat, rho=beta, options=options, lr=alpha, s_shift=shift
+        )
         if gamma > 0:
             m_prev = family.location(prev_nat)
             if options.momentum_kind == "natural":

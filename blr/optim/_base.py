@@ -141,7 +141,8 @@ class MonteCarloOptimizer(torch.optim.Optimizer):
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not grads:
             return torch.zeros(())
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        norms = torch._foreach_norm([g.detach() for g in grads])
+        return torch.linalg.vector_norm(torch.stack([n.to(torch.float64) for n in norms]))
 
     def _check_grads_unchanged(self, seen: Tensor | None) -> None:
         """Raise if the gradients were changed (clipped, unscaled) after the last sample was

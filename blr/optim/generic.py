@@ -76,7 +76,7 @@ from blr.curvature.likelihoods import FACTORED
 from blr.engine import natural_gradient
 from blr.estimators import BonnetPrice, Estimator, GumbelSoftmax, Reparam, ScoreFunction
 from blr.functional import ParameterLayout
-from blr.gaussian import GaussianOptions, gaussian_step
+from blr.gaussian import GaussianOptions, diag_moments_step, gaussian_step
 from blr.optim._args import MonteCarloOptions, Unpack, hyper_rules
 from blr.optim._base import MonteCarloOptimizer
 from blr.optim._checkpoint import check_layout, header, restore_header
@@ -1068,6 +1068,10 @@ class _Unit:
             self._location = cached
         return cached[1]
 
+    def precision(self) -> Tensor:
+        """s = −2·lam2 of a diagonal Gaussian block (not cached: one pass, no memory held)."""
+        return -2 * self.nat.lam2
+
     def center(self) -> Tensor:
         """E_q[θ] of the block."""
         if self.center_field is None:
@@ -1081,6 +1085,10 @@ class _Unit:
         if isinstance(est, BonnetPrice):
             if est.points == "mean":
                 return _Draw(self.location().clone())
+            if isinstance(fam, DiagGaussian):  # fam.sample's m + z/√s, from the cached m and s
+                s = self.precision()
+                z = torch.randn((1, *s.shape), dtype=s.dtype, device=s.device, generator=gen)[0]
+                return _Draw(self.location() + z * torch.rsqrt(s))
             return _Draw(fam.sample(nat, (1,), gen, validate=False)[0])
         if isinstance(est, Reparam):
             state = gen.get_state()
@@ -1164,6 +1172,22 @@ class _Unit:
                     f"the BLR step overflowed in {self.where}; the state was not changed"
                 )
             return new, 0
+        if isinstance(fam, DiagGaussian) and isinstance(self.estimator, BonnetPrice):
+            # gaussian_step's (m, s)-form directly: m and s are cached per λ, and the round
+            # trip (ĝ, Ĥ) → ∇_μ → (ĝ, Ĥ) is skipped; the conjugate prior N(m₀, 1/s₀) adds
+            # s₀(m − m₀) to ĝ and s₀ to Ĥ
+            g_hat, h_hat = self.bonnet_price(theta, grads, hess)
+            m, s, s0 = self.location(), self.precision(), -2 * self.prior.lam2
+            m_new, s_new = diag_moments_step(
+                m, s, g_hat + s0 * m - self.prior.lam1, h_hat + s0, rho=rho,
+                options=self.gaussian,
+            )  # fmt: skip
+            new = fam.nat_type(s_new * m_new, -0.5 * s_new)
+            if not bool(torch.isfinite(new[0].sum())):  # (an overflow, with finite inputs)
+                raise FloatingPointError(
+                    f"the BLR step overflowed in {self.where}; the state was not changed"
+                )
+            return new, 0
         grad_mean = self.grad_mean(theta, grads, values, hess, draws)
         if isinstance(fam, _GAUSSIAN_STEP) and self.prior is not None:
             total = tmap(torch.sub, grad_mean, self.prior)
@@ -1234,12 +1258,13 @@ class _Unit:
     ) -> tuple[Tensor, Tensor | None]:
         """(ĝ, Ĥ) of the Bonnet/Price estimators from the draws (Ĥ None for FixedCov)."""
         fam, nat, est = self.family, self.nat, self.estimator
-        g_hat = grads.mean(0)
+        one = grads.shape[0] == 1  # (one draw: its values, no averaging pass)
+        g_hat = grads[0] if one else grads.mean(0)
         kind = fam.hessian_event_ndim
         if kind is None:
             return g_hat, None
         if est.hessian in ("exact", "ggn", "per_example"):
-            h_hat = hess.mean(0)
+            h_hat = hess[0] if one else hess.mean(0)
             if self.prior_as_loss:
                 ones = torch.ones_like(g_hat)
                 eye = ones if kind == 1 else torch.diag(ones)
@@ -1256,7 +1281,8 @@ class _Unit:
             sr = r @ (-2 * nat.lam2).mT  # S is symmetric: rows (S r_k)ᵀ
             outer = sr.unsqueeze(-1) * grads.unsqueeze(-2)
             return g_hat, (0.5 * (outer + outer.mT)).mean(0)
-        return g_hat, (grads * r * (-2 * nat.lam2)).mean(0)
+        h = grads * r * self.precision()  # ∇ℓ(θ)⊙(θ − m)⊙s
+        return g_hat, h[0] if one else h.mean(0)
 
     def sqrt_scaled_step(self, rho: float, g_hat: Tensor, h_hat: Tensor, debias: float) -> tuple:
         """The square-root-scaled step of a diagonal Gaussian (``BLROptimizer(sqrt_scaling=

@@ -67,10 +67,12 @@ class DistributedOptions(RunOptions, total=False):
 
 
 class SamplingOptions(DistributedOptions, total=False):
-    """:class:`DistributedOptions` and ``sync``: per-rank noise under ``torch.distributed``
-    (the optimizer averages ĝ and the statistics itself; docs/distributed.md)."""
+    """:class:`DistributedOptions`, ``sync``: per-rank noise under ``torch.distributed``
+    (the optimizer averages ĝ and the statistics itself; docs/distributed.md), and
+    ``draw_ahead``: the weights hold a training draw between steps (``IVON``)."""
 
     sync: bool
+    draw_ahead: bool
 
 
 def check_positive(

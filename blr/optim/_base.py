@@ -316,10 +316,13 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         *,
         sync: bool = False,
         process_group: Any = None,
+        draw_ahead: bool = False,
         **options: Unpack[MonteCarloOptions],
     ) -> None:
         self._init_distributed(sync, process_group)
         super().__init__(params, defaults, **options)
+        self.draw_ahead = bool(draw_ahead)
+        self._holding = False  # the weights hold a training draw between steps (draw_ahead)
         # with per-rank draws, subtracting a draw rounds differently on each rank and the means
         # would drift apart by ulps: keep a separate mean, restored exactly, when syncing
         self._alias_first = type(self)._alias_first and not sync
@@ -492,10 +495,24 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
                 "sampled_params(train=True) inside another sampled_params context: a training "
                 f"draw cannot be nested (a {outer} draw is open); nothing was changed"
             )
-        if outer is not None:  # a prediction draw inside an open draw: restore it exactly
+        if outer is not None or (self._holding and not train):
+            # a prediction draw inside an open (or held) draw: restore it exactly
             with self._nested_prediction_draw():
                 yield
             return
+        if self._holding and self._count == 0:  # draw_ahead: the held draw is this sample
+            self._open_draw = "training"
+            failed = True
+            try:
+                with self._sample_context():
+                    yield
+                failed = False
+            finally:
+                self._open_draw = None
+            if not failed:
+                self._collect()  # (the weights keep the draw: step() goes on from it)
+            return
+        self._release_held()  # a further sample of the same step: a fresh draw around m
         self._resolve_seed()
         groups = self._all_buckets()
         self._stash()  # a new draw overwrites the buffers that hold a single collected sample
@@ -581,7 +598,53 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             ...     torch.equal(model.weight, mean)
             True
         """
-        yield
+        if not self._holding:
+            yield
+            return
+        held = [(b, [t.clone() for t in b.targets()]) for bs in self._all_buckets() for b in bs]
+        self._release_held()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, values in held:
+                    torch._foreach_copy_(b.targets(), values)
+            self._holding = True
+
+    # ------------------------------------------------------------------ draw-ahead
+    @torch.no_grad()
+    def _hold_draw(self) -> None:
+        """``draw_ahead``: write a new training draw into the weights, to be trained at by
+        whatever the loop runs next (forward/backward with or without ``sampled_params``)."""
+        if not self.draw_ahead or self._holding:
+            return
+        self._resolve_seed()
+        groups = self._all_buckets()
+        if any(b.counter is not None for bs in groups for b in bs):
+            return  # the Triton path holds its counter-based draws itself
+        draw, self._draws = self._draws, self._draws + 1
+        for group, buckets in zip(self.param_groups, groups):
+            for b in buckets:
+                gen = self._noise_generator(b, draw)
+                if b.alias:
+                    self._draw_aliased(group, b, gen, True)
+                else:
+                    b.write_params(self._draw(group, b, gen))
+        self._holding = True
+
+    @torch.no_grad()
+    def _release_held(self) -> None:
+        """The weights back to the mean (θ − σz, up to one rounding; a non-aliased bucket's
+        mean exactly)."""
+        if not self._holding:
+            return
+        for group, buckets in zip(self.param_groups, self._all_buckets()):
+            for b in buckets:
+                if b.alias:
+                    self._undraw_aliased(group, b, True)
+                else:
+                    b.write_params(self._center(group, b))
+        self._holding = False
 
     @torch.no_grad()
     def _collect(self) -> None:
@@ -736,6 +799,15 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             1
         """
         loss = self._closure_samples(closure)
+        if self._holding and self._count == 0:  # draw_ahead: the gradients at the held draw
+            self._collect()
+        try:
+            return self._step_samples(loss)
+        finally:
+            self._hold_draw()  # draw_ahead: the next training draw (also after a skip)
+
+    def _step_samples(self, loss: Tensor | None) -> Tensor | None:
+        """:meth:`step` from the collected samples (the weights back at the mean first)."""
         if self._count == 0:
             self._no_sample()
             return loss
@@ -753,6 +825,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             raise
         if grad_scale is not None:
             self._unscale(grad_scale)
+        self._release_held()  # draw_ahead: back to m while the draw buffer still holds σz
         self._form_stats()
         groups = self._all_buckets()
         # all-reduce first: a NaN on one rank reaches every rank, and all raise (or skip) alike
@@ -807,8 +880,24 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             >>> sd = opt.state_dict()
             >>> sorted(sd["state"][0]), sd["state"][0]["mean"].shape, sd["blr"]["seed"]
             (['hess', 'mean', 'momentum'], torch.Size([1, 3]), 0)
+
+        With ``draw_ahead`` the saved ``mean`` is the mean, and the held draw (the weights and
+        its offset) is saved too, so that a resumed run trains at the same draw.
         """
-        return save_buckets(self)
+        if not self._holding:
+            return save_buckets(self)
+        held = [
+            [
+                {"weights": torch.cat([t.reshape(-1) for t in b.targets()]).clone(),
+                 "noise": b.noise.clone()}
+                for b in buckets
+            ]
+            for buckets in self._all_buckets()
+        ]  # fmt: skip
+        with self.mean_params():
+            out = save_buckets(self)
+        out["blr"]["held"] = held
+        return out
 
     # ------------------------------------------------------------------ the posterior
     _posterior_family: ClassVar[ExpFamily] = DiagGaussian()
@@ -874,6 +963,16 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             True
         """
         load_buckets(self, state_dict)
+        self._holding = False  # the weights are the checkpoint's mean
+        held = state_dict["blr"].get("held")
+        if self.draw_ahead and held is not None:  # the draw the saved run was holding
+            with torch.no_grad():
+                for buckets, saved in zip(self._all_buckets(), held):
+                    for b, h in zip(buckets, saved):
+                        b.noise.copy_(h["noise"])
+                        torch._foreach_copy_(b.targets(), b.views(h["weights"]))
+            self._holding = True
+        self._hold_draw()  # (draw_ahead without a saved draw: a new one)
         if self._momentum_key is not None:  # the groups' values are the checkpoint's
             self._momentum_seen = {
                 i: g[self._momentum_key] for i, g in enumerate(self.param_groups)

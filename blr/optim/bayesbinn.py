@@ -115,6 +115,7 @@ class BayesBiNN(SamplingOptimizer):
         )
         super().__init__(params, defaults, mc_samples=mc_samples, **options)
         self._set_prior(prior)
+        self._hold_draw()  # draw_ahead: the weights hold a training draw from the start
 
     _posterior_family = Bernoulli("pm1")
 

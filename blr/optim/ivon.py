@@ -161,8 +161,6 @@ class IVON(PrecisionSampler):
                 f"hess_approx must be one of {self.hessian_approx_methods}, got {hess_approx!r}"
             )
         check_choice(fused, "fused", (False, True, "compile", "triton"))
-        if draw_ahead and fused != "triton":
-            raise ValueError("draw_ahead=True needs fused='triton'")
         defaults = dict(
             lr=lr,
             ess=ess,
@@ -172,16 +170,19 @@ class IVON(PrecisionSampler):
             weight_decay=weight_decay,
             clip_radius=clip_radius,
         )
-        super().__init__(params, defaults, mc_samples=mc_samples, sync=bool(sync), **options)
+        super().__init__(
+            params, defaults, mc_samples=mc_samples, sync=bool(sync), draw_ahead=draw_ahead,
+            **options,
+        )  # fmt: skip
         self.hess_approx = hess_approx
         self.fused = fused
-        self.draw_ahead = bool(draw_ahead)
         self._n_buckets = 0
         self.debias, self.rescale_lr = bool(debias), bool(rescale_lr)
         if fused == "triton":  # refuse now what the first draw would refuse
             for group in self.param_groups:
                 self._check_triton(group["params"])
         self._set_prior(prior)
+        self._hold_draw()  # draw_ahead: the weights hold a training draw from the start
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """As :meth:`SamplingOptimizer.add_param_group`: the group may set its own ``lr``,
@@ -353,7 +354,8 @@ class IVON(PrecisionSampler):
         for group, b in held:
             self._counter_draw(group, b, b.counter.pending, subtract=True)
         try:
-            yield
+            with super().mean_params():  # (a draw held by the eager path: draw_ahead)
+                yield
         finally:
             for (_, b), s in zip(held, saved):
                 torch._foreach_copy_(b.targets(), s)

@@ -85,6 +85,7 @@ class Vadam(SamplingOptimizer):
         )
         super().__init__(params, defaults, mc_samples=mc_samples, **options)
         self._set_prior(prior)
+        self._hold_draw()  # draw_ahead: the weights hold a training draw from the start
 
     def _init_bucket(self, group: dict, bucket: Bucket) -> None:
         bucket.state["exp_avg_sq"].fill_(group["prec_init"])

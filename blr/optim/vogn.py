@@ -140,6 +140,12 @@ class VOGN(PrecisionSampler):
                 raise ValueError(f"curvature={curvature!r} needs the loss (e.g. 'cross_entropy')")
             resolve(loss, sigma2=sigma2, supported=FACTORED, arg="loss")
         self.fused = check_choice(fused, "fused", (False, True, "compile"))
+        if options.get("draw_ahead"):
+            raise ValueError(
+                f"draw_ahead=True: {name}'s per-example curvature is collected while the model "
+                "runs inside sampled_params(train=True); draw_ahead (training without that "
+                "context) needs a curvature from the gradient (IVON, VON, Vadam, BayesBiNN)"
+            )
         if prior is not None and fused is not False:
             raise ValueError("prior= needs fused=False (the per-coordinate prior is eager-only)")
         defaults = dict(

@@ -242,8 +242,3 @@ def test_draw_ahead_checkpoint_resumes_bit_exactly_and_frozen_params_stay():
         opt.step()
     with opt.mean_params():
         torch.testing.assert_close(bias.detach(), before, rtol=0, atol=1e-6)
-
-
-def test_draw_ahead_needs_the_triton_path():
-    with pytest.raises(ValueError, match="draw_ahead"):
-        IVON(torch.nn.Linear(2, 1).parameters(), lr=0.1, ess=10, draw_ahead=True)

@@ -399,3 +399,138 @@ def test_grad_scaler_with_bayes_by_backprop_and_the_generic_optimizer(name, mc):
     assert opt.skipped_steps == 1 and all(torch.isfinite(v).all() for v in values)
     with pytest.raises(RuntimeError, match="the gradients changed after their sample"):
         _amp_run(name, None, steps=1, mc=mc, clip=("between", 1e-3))
+
+
+# ---------------------------------------------------------------------------- draw-ahead
+AHEAD = {
+    "IVON": lambda ps, ahead: IVON(ps, lr=0.1, ess=50, seed=0, draw_ahead=ahead),
+    "IVON_b2": lambda ps, ahead: IVON(ps, lr=0.1, ess=50, seed=0, beta2=0.9, draw_ahead=ahead),
+    "Vadam": lambda ps, ahead: Vadam(ps, lr=0.1, ess=50, seed=0, draw_ahead=ahead),
+    "BayesBiNN": lambda ps, ahead: BayesBiNN(ps, lr=0.1, ess=50, seed=0, draw_ahead=ahead),
+}
+
+
+def _ahead_pair(name):
+    binary = name == "BayesBiNN"
+    a, b = _model(binary=binary), _model(binary=binary)
+    return (a, AHEAD[name](list(a.parameters()), False)), (
+        b,
+        AHEAD[name](list(b.parameters()), True),
+    )
+
+
+def _mean_state(opt):
+    return [v.clone() for e in opt.state_dict()["state"].values() for v in e.values()]
+
+
+@pytest.mark.parametrize("name", list(AHEAD))
+def test_draw_ahead_trains_loops_that_never_call_sampled_params(name):
+    """With draw_ahead=True the weights hold a training draw between steps, so the plain loop
+    ``loss.backward(); opt.step()`` (Hugging Face Trainer, Lightning's micro-batches, ...)
+    trains at posterior draws: its posterior equals the sampled_params loop's over 6 steps (the
+    same draws, in the same order; to one rounding of the saved mean). Without it such a loop
+    trained at the mean."""
+    x, y = _batch()
+    (m_ref, ref), (m_ahead, ahead) = _ahead_pair(name)
+    for _ in range(6):
+        with ref.sampled_params(train=True):
+            ref.zero_grad()
+            torch.nn.functional.mse_loss(m_ref(x), y).backward()
+        ref.step()
+        ahead.zero_grad()
+        torch.nn.functional.mse_loss(m_ahead(x), y).backward()  # at the held draw
+        ahead.step()
+        # (the saved mean of a held draw is θ − σz: equal up to one rounding, as a training
+        # draw's restore; the next step starts from that same θ − σz in both runs)
+        assert _close(_mean_state(ref), _mean_state(ahead))
+    with ahead.mean_params():
+        assert _close(_values(m_ahead), _values(m_ref))
+    assert not _close(_values(m_ahead), _values(m_ref))  # outside: a draw
+
+
+@pytest.mark.parametrize("mc", [1, 2])
+def test_draw_ahead_with_a_closure_and_several_samples(mc):
+    """``step(closure)`` (Lightning's automatic optimization) under draw_ahead: the first sample
+    is the held draw, further ones are fresh draws around m; equal to the run without it."""
+    x, y = _batch()
+    m_ref, m_ahead = _model(), _model()
+    ref = IVON(m_ref.parameters(), lr=0.1, ess=50, seed=0, mc_samples=mc)
+    ahead = IVON(m_ahead.parameters(), lr=0.1, ess=50, seed=0, mc_samples=mc, draw_ahead=True)
+    for model, opt in ((m_ref, ref), (m_ahead, ahead)):
+
+        def closure(model=model, opt=opt):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        for _ in range(4):
+            opt.step(closure)
+    assert _close(_mean_state(ref), _mean_state(ahead))
+
+
+def test_draw_ahead_evaluation_prediction_draws_and_checkpoints():
+    """mean_params() gives the mean and puts the held draw back exactly; a prediction draw does
+    too; a checkpoint saves the mean and the held draw, and the resumed run goes on bit for
+    bit (also through torch.load(weights_only=True))."""
+    import io
+
+    x, y = _batch()
+    model = _model()
+    opt = IVON(model.parameters(), lr=0.1, ess=50, seed=0, draw_ahead=True)
+
+    def step(model, opt):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+    step(model, opt)
+    held = _values(model)
+    with opt.mean_params():
+        mean = _values(model)
+        assert not _same(mean, held)
+    assert _same(_values(model), held)
+    with opt.sampled_params():
+        assert not _same(_values(model), held)
+    assert _same(_values(model), held)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    sd_mean = [v for e in opt.state_dict()["state"].values() for k, v in e.items() if k == "mean"]
+    assert _close(sd_mean, mean)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    other = _model(seed=5) if False else _model()
+    other.load_state_dict(ckpt["model"])
+    resumed = IVON(other.parameters(), lr=0.1, ess=50, draw_ahead=True)
+    resumed.load_state_dict(ckpt["opt"])
+    assert _same(_values(other), held)
+    for _ in range(2):
+        step(model, opt)
+        step(other, resumed)
+    assert _same(_values(model), _values(other))
+
+
+def test_draw_ahead_under_grad_scaler_and_the_vogn_refusal():
+    """A plain fp32 loop with GradScaler under draw_ahead equals the same loop without the
+    scaler, bit for bit; VOGN refuses draw_ahead (its curvature needs the sampled block)."""
+    x, y = _batch()
+    runs = []
+    for scale in (None, 2.0**10):
+        model = _model()
+        opt = IVON(model.parameters(), lr=0.1, ess=50, seed=0, draw_ahead=True)
+        scaler = None if scale is None else torch.amp.GradScaler("cpu", init_scale=scale)
+        for _ in range(4):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+        runs.append(_mean_state(opt))
+    assert _same(*runs)
+    model = _model()
+    with pytest.raises(ValueError, match="draw_ahead=True"):
+        VOGN(model.parameters(), lr=0.1, ess=50, model=model, curvature="ef", draw_ahead=True)

@@ -97,10 +97,13 @@ class IVON(PrecisionSampler):
             **The Triton path has not yet run on a GPU:** its kernels have been checked only
             in Triton's interpreter (``TRITON_INTERPRET=1``) on CPU tensors, against the eager
             path; speed and GPU-compiled results are unverified.
-        draw_ahead: with ``fused="triton"``: the step writes the next training draw into the
-            weights in the same pass (one pass over memory per step, like AdamW), so between
-            steps the weights hold a posterior draw, not the mean; ``sampled_params(train=True)``
-            uses it as it is, and evaluation at the mean goes inside :meth:`mean_params`.
+        draw_ahead: the weights hold a training draw between steps (from the start, and the
+            step writes the next one), not the mean, so a loop that never calls
+            ``sampled_params`` (``loss.backward(); opt.step()``, the Hugging Face Trainer,
+            Lightning) trains at posterior draws; ``sampled_params(train=True)`` uses the held
+            draw as it is, and evaluation at the mean goes inside :meth:`mean_params`. With
+            ``fused="triton"`` the step writes the next draw in the same pass (one pass over
+            memory per step, like AdamW; there the first draw is taken by ``sampled_params``).
             Trajectories equal those without it.
 
     Example:

@@ -12,7 +12,13 @@ import expfam
 from tests.test_docs_output import run_page
 
 TUTORIALS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "tutorials"
-PAGES = ("logistic_regression.md", "ivon_training_loop.md", "new_variant.md", "network_family.md")
+PAGES = (
+    "logistic_regression.md",
+    "ivon_training_loop.md",
+    "training_loops.md",
+    "new_variant.md",
+    "network_family.md",
+)
 
 
 def blocks(page: pathlib.Path) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -158,6 +159,38 @@ class MonteCarloOptimizer(torch.optim.Optimizer):
                 "inside the sampled_params block, and let GradScaler.step unscale (no "
                 "unscale_); the state was not changed"
             )
+
+    @contextlib.contextmanager
+    def _watch_training_mode(self) -> Iterator[None]:
+        """Inside a prediction draw: warn once per optimizer if a module holding its parameters
+        runs in training mode (dropout still on, batch statistics: ``model.eval()`` was
+        forgotten), through a forward pre-hook on every module that lasts the draw only."""
+        if getattr(self, "_warned_training", False):
+            yield
+            return
+        ours = {id(p) for g in self.param_groups for p in g["params"]}
+
+        def hook(module: torch.nn.Module, _: Any) -> None:
+            if (
+                module.training
+                and not self._warned_training
+                and any(id(p) in ours for p in module.parameters(recurse=False))
+            ):
+                self._warned_training = True
+                warnings.warn(
+                    f"{type(self).__name__}.sampled_params(train=False) (a prediction draw) "
+                    f"runs {type(module).__name__} in training mode: dropout and batch "
+                    "statistics behave as in training; call model.eval() first (warned once)",
+                    UserWarning,
+                    stacklevel=4,
+                )
+
+        self._warned_training = False
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def _sync_momentum(self) -> None:
         """Reconcile each group's momentum rate and its ``"momentum"`` alias before a step:
@@ -497,7 +530,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             )
         if outer is not None or (self._holding and not train):
             # a prediction draw inside an open (or held) draw: restore it exactly
-            with self._nested_prediction_draw():
+            with self._nested_prediction_draw(), self._watch_training_mode():
                 yield
             return
         if self._holding and self._count == 0:  # draw_ahead: the held draw is this sample
@@ -531,7 +564,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         failed = True
         self._open_draw = "training" if train else "prediction"
         try:
-            with self._sample_context() if train else contextlib.nullcontext():
+            with self._sample_context() if train else self._watch_training_mode():
                 yield
             failed = False
         finally:

@@ -332,7 +332,8 @@ class BayesByBackprop(MonteCarloOptimizer):
         self._inside = True
         failed = True
         try:
-            yield
+            with contextlib.nullcontext() if train else self._watch_training_mode():
+                yield
             failed = False
         finally:
             with torch.no_grad():

@@ -415,7 +415,8 @@ class BLROptimizer(MonteCarloOptimizer):
             pe = PerExample(self.model, mode="ggn" if mode == "ggn" else "ef", **kw)
         self._open_draw = outer or ("training" if train else "prediction")
         try:
-            with contextlib.nullcontext() if pe is None else pe:
+            watch = contextlib.nullcontext() if train else self._watch_training_mode()
+            with watch if pe is None else pe:
                 yield handle
             if train:  # collected while the parameters still hold the draw: the gradients'
                 # graph (an exact Hessian's backward passes) reads them

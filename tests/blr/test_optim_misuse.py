@@ -534,3 +534,29 @@ def test_draw_ahead_under_grad_scaler_and_the_vogn_refusal():
     model = _model()
     with pytest.raises(ValueError, match="draw_ahead=True"):
         VOGN(model.parameters(), lr=0.1, ess=50, model=model, curvature="ef", draw_ahead=True)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_prediction_draw_in_training_mode_warns_once(name):
+    """sampled_params(train=False) while the model is in training mode kept dropout (and batch
+    statistics) on without a word: now a UserWarning, once per optimizer; none in eval mode or
+    for training draws."""
+    import warnings
+
+    model, opt = _make(name)
+    x, _ = _batch()
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with opt.sampled_params():
+            model(x)
+    model.train()
+    with pytest.warns(UserWarning, match=r"training mode: .*call model.eval\(\) first"):
+        with opt.sampled_params():
+            model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with opt.sampled_params():  # (once)
+            model(x)
+        with opt.sampled_params(train=True):
+            model(x).sum().backward()

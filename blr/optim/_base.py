@@ -162,20 +162,20 @@ class MonteCarloOptimizer(torch.optim.Optimizer):
 
     @contextlib.contextmanager
     def _watch_training_mode(self) -> Iterator[None]:
-        """Inside a prediction draw: warn once per optimizer if a module holding its parameters
-        runs in training mode (dropout still on, batch statistics: ``model.eval()`` was
-        forgotten), through a forward pre-hook on every module that lasts the draw only."""
+        """Inside a prediction draw: warn once per optimizer if a module that behaves
+        differently in training mode (dropout, batch normalization) runs in it (``model.eval()``
+        was forgotten), through a forward pre-hook on every module that lasts the draw only."""
         if getattr(self, "_warned_training", False):
             yield
             return
-        ours = {id(p) for g in self.param_groups for p in g["params"]}
+        modal = (
+            torch.nn.modules.dropout._DropoutNd,
+            torch.nn.modules.batchnorm._BatchNorm,
+            torch.nn.modules.instancenorm._InstanceNorm,
+        )
 
         def hook(module: torch.nn.Module, _: Any) -> None:
-            if (
-                module.training
-                and not self._warned_training
-                and any(id(p) in ours for p in module.parameters(recurse=False))
-            ):
+            if module.training and not self._warned_training and isinstance(module, modal):
                 self._warned_training = True
                 warnings.warn(
                     f"{type(self).__name__}.sampled_params(train=False) (a prediction draw) "

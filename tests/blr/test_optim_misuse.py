@@ -539,12 +539,19 @@ def test_draw_ahead_under_grad_scaler_and_the_vogn_refusal():
 @pytest.mark.parametrize("name", NAMES)
 def test_a_prediction_draw_in_training_mode_warns_once(name):
     """sampled_params(train=False) while the model is in training mode kept dropout (and batch
-    statistics) on without a word: now a UserWarning, once per optimizer; none in eval mode or
-    for training draws."""
+    statistics) on without a word: now a UserWarning, once per optimizer; none in eval mode, for
+    training draws, or for a model without such layers."""
     import warnings
 
-    model, opt = _make(name)
+    binary = name == "BayesBiNN"
+    plain, opt = _make(name)
     x, _ = _batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with opt.sampled_params():
+            plain(x)  # training mode, but no dropout: nothing to warn about
+    model = torch.nn.Sequential(plain, torch.nn.Dropout(0.5))
+    model, opt = _make(name, model=model) if not binary else (model, opt)
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -204,3 +204,23 @@ def test_peft_lora_with_ivon_trains_only_the_adapters(tmp_path):
         if "lora_" not in name and plain in frozen:
             assert torch.equal(value, frozen[plain]), name
     assert opt.posterior().mean().numel() == sum(p.numel() for p in trainable)
+
+
+def test_lightning_resumes_bit_exactly_at_the_held_draw(tmp_path):
+    """8 steps straight, against 4 steps (one epoch: Lightning restarts a data loader at an epoch
+    boundary), a checkpoint (the model's mean from the callback, the optimizer's state with its
+    held draw) and 4 more after Lightning's resume: the same weights (the same held draw), bit
+    for bit."""
+    module = _Module()
+    _trainer(tmp_path / "a", max_steps=8, limit_val_batches=0, enable_checkpointing=False,
+             callbacks=[lightning_callback()]).fit(module, _loader())  # fmt: skip
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True,
+                                        every_n_train_steps=4)  # fmt: skip
+    _trainer(tmp_path / "b", max_steps=4, limit_val_batches=0,
+             callbacks=[lightning_callback(), ckpt]).fit(_Module(), _loader())  # fmt: skip
+    resumed = _Module()
+    trainer = _trainer(tmp_path / "c", max_steps=8, limit_val_batches=0,
+                       enable_checkpointing=False, callbacks=[lightning_callback()])  # fmt: skip
+    trainer.fit(resumed, _loader(), ckpt_path=ckpt.last_model_path)
+    for a, b in zip(module.net.parameters(), resumed.net.parameters()):
+        assert torch.equal(a, b)

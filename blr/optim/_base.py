@@ -136,6 +136,23 @@ class MonteCarloOptimizer(torch.optim.Optimizer):
         overflow = found_inf is not None and bool(found_inf.sum() > 0)
         return getattr(self, "grad_scale", None), overflow
 
+    def _amp_begin(self, drop: Callable[[], None]) -> tuple[bool, Tensor | None]:
+        """GradScaler's protocol at the top of ``step()`` for optimizers that take the gradients
+        when a draw is collected: (skip, 1/S). An overflow drops the samples (``drop``) and
+        skips the step; gradients changed after the collection raise RuntimeError (the samples
+        dropped)."""
+        grad_scale, overflow = self._amp_state()
+        if overflow:  # GradScaler found an Inf: skip the step, drop the samples
+            drop()
+            self.skipped_steps += 1
+            return True, None
+        try:
+            self._check_grads_unchanged(getattr(self, "_collected_norm", None))
+        except RuntimeError:
+            drop()
+            raise
+        return False, None if grad_scale is None else 1.0 / grad_scale.double()
+
     def _grad_norm(self) -> Tensor:
         """‖(∇θ of every trained parameter)‖ (0 for none): remembered when a sample is
         collected, to refuse gradients changed afterwards that cannot reach it."""

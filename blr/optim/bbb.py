@@ -451,18 +451,10 @@ class BayesByBackprop(MonteCarloOptimizer):
         if self._count == 0:
             self._no_sample()
             return loss
-        grad_scale, overflow = self._amp_state()
-        if overflow:  # GradScaler found an Inf: skip the step, drop the sample
-            self._reset_samples()
-            self.skipped_steps += 1
+        skip, inv = self._amp_begin(self._reset_samples)
+        if skip:
             return loss
-        try:
-            self._check_grads_unchanged(self._collected_norm)
-        except RuntimeError:
-            self._reset_samples()
-            raise
-        if grad_scale is not None:  # both parts are linear in the gradient: 1/S
-            inv = 1.0 / grad_scale.double()
+        if inv is not None:  # both parts are linear in the gradient: 1/S
             with torch.no_grad():
                 for am, ar in self._acc.values():
                     am.mul_(inv.to(am.dtype))
@@ -477,7 +469,7 @@ class BayesByBackprop(MonteCarloOptimizer):
             for _, _, g_m, g_rho in plans
         )
         self._reset_samples()
-        if bad and grad_scale is not None:  # under GradScaler an overflow is expected: skip
+        if bad and inv is not None:  # under GradScaler an overflow is expected: skip
             self.skipped_steps += 1
             return loss
         if bad:

@@ -503,18 +503,11 @@ class BLROptimizer(MonteCarloOptimizer):
         if self._count == 0:
             self._no_sample()
             return loss
-        grad_scale, overflow = self._amp_state()
-        if overflow:  # GradScaler found an Inf: skip the step, drop the draws
-            self._clear()
-            self.skipped_steps += 1
+        skip, inv = self._amp_begin(self._clear)
+        if skip:
             return loss
-        try:
-            self._check_grads_unchanged(self._collected_norm)
-        except RuntimeError:
-            self._clear()
-            raise
-        if grad_scale is not None:
-            self._unscale(1.0 / grad_scale.double())
+        if inv is not None:
+            self._unscale(inv)
         finite = all(  # NaN/Inf propagate through a sum: one reduction per tensor
             bool(torch.isfinite(d.grad.sum()))
             and (d.hess is None or bool(torch.isfinite(d.hess.sum())))
@@ -525,7 +518,7 @@ class BLROptimizer(MonteCarloOptimizer):
         )
         if not finite:
             self._clear()
-            if grad_scale is not None:  # under GradScaler an overflow is expected: skip
+            if inv is not None:  # under GradScaler an overflow is expected: skip
                 self.skipped_steps += 1
                 return loss
             self._nonfinite_step("the gradients or the loss")

@@ -190,6 +190,10 @@ class BLROptimizer(MonteCarloOptimizer):
             (β₁ = 0) is this with ``estimator=BonnetPrice(hessian="grad_sq")``,
             ``lr=1 − β₂``, ``weight_decay=δ/N``, ``hess_init=s₀`` and
             ``gaussian=GaussianOptions(lr=α, improved=False)`` (a test checks it).
+        draw_ahead: the weights hold a training draw between steps (from the start; the step
+            writes the next one), so loops that never call ``sampled_params`` train at draws;
+            :meth:`mean_params` gives E_q[θ]. Needs an estimator that works from the gradients
+            alone (not per-example curvature, the score function or a mixture).
         max_halvings: backtracking steps of the non-Gaussian families (above).
         model: the ``nn.Module`` whose per-example curvature ``hessian="ggn"`` or
             ``"per_example"`` needs (entered inside ``sampled_params(train=True)``: run the
@@ -243,6 +247,7 @@ class BLROptimizer(MonteCarloOptimizer):
         init: tuple | None = None,
         gaussian: GaussianOptions | None = None,
         sqrt_scaling: bool = False,
+        draw_ahead: bool = False,
         max_halvings: int = 30,
         model: torch.nn.Module | None = None,
         curvature_loss: str | None = None,
@@ -258,6 +263,8 @@ class BLROptimizer(MonteCarloOptimizer):
         self.model, self.curvature_loss, self.sigma2 = model, curvature_loss, float(sigma2)
         self.max_halvings = int(max_halvings)
         self.halvings = 0
+        self.draw_ahead = bool(draw_ahead)
+        self._held: list[list[_Draw]] | None = None  # draw_ahead: the draws the weights hold
         self._collected_norm: Tensor | None = None  # ‖grads‖ at the last collection
         self._posts: list[_Group] = []
         self._pending: list[list[list[_Draw]]] = []
@@ -278,6 +285,7 @@ class BLROptimizer(MonteCarloOptimizer):
             sqrt_scaling=sqrt_scaling,
         )
         super().__init__(params, defaults, **options)
+        self._hold_draw()  # draw_ahead: the weights hold a training draw from the start
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -314,6 +322,19 @@ class BLROptimizer(MonteCarloOptimizer):
             modes = {u.per_example for g in [*self._posts, post] for u in g.units} - {None}
             if len(modes) > 1:
                 raise ValueError('hessian="ggn" and "per_example" cannot be mixed')
+        if getattr(self, "draw_ahead", False):
+            for unit in post.units:
+                if (
+                    unit.per_example is not None
+                    or isinstance(unit.estimator, ScoreFunction)
+                    or (isinstance(unit.family, Mixture))
+                ):
+                    raise ValueError(
+                        "draw_ahead=True trains without a sampled_params context: it needs an "
+                        "estimator that works from the gradients alone (not per-example "
+                        "curvature, the score function or a mixture)"
+                    )
+            self._release_held()
         param_group.setdefault("step", 0)
         if group["sqrt_scaling"]:
             param_group.setdefault("scale_decay", 1.0)  # Π_i (1 − ρ_i), for c_t
@@ -322,6 +343,8 @@ class BLROptimizer(MonteCarloOptimizer):
         self._pending.append([])
         with torch.no_grad():
             post.write(self.param_groups[-1]["params"], post.center())
+        if getattr(self, "draw_ahead", False) and hasattr(self, "_seed"):  # (after __init__)
+            self._hold_draw()
 
     def posterior(self, model: torch.nn.Module | None = None) -> ParameterPosterior:
         """The posterior as a :class:`blr.ParameterPosterior` over the optimizer's parameters,
@@ -393,6 +416,20 @@ class BLROptimizer(MonteCarloOptimizer):
                 "sampled_params(train=True) inside another sampled_params context: a training "
                 f"draw cannot be nested (a {outer} draw is open); nothing was changed"
             )
+        if self._held is not None and train and self._count == 0:
+            # draw_ahead: the held draws are this sample (the weights keep them)
+            handle = DrawHandle()
+            self._open_draw = "training"
+            try:
+                yield handle
+            finally:
+                self._open_draw = None
+            self._collect_held(handle.loss)
+            return
+        if self._held is not None and train:  # a further sample: a fresh draw around E_q[θ]
+            self._release_held()
+        if self._held is not None and outer is None:
+            outer = "held"  # a prediction draw while the weights hold one: restore it
         if outer is not None:  # a prediction draw inside an open draw: restore it on exit
             held = [[p.detach().clone() for p in g["params"]] for g in self.param_groups]
         handle = DrawHandle()
@@ -435,7 +472,7 @@ class BLROptimizer(MonteCarloOptimizer):
                 self._count += 1
                 self._collected_norm = self._grad_norm()
         finally:
-            self._open_draw = outer
+            self._open_draw = None if outer == "held" else outer
             with torch.no_grad():
                 if outer is not None:
                     for group, values in zip(self.param_groups, held):
@@ -446,8 +483,9 @@ class BLROptimizer(MonteCarloOptimizer):
 
     @contextlib.contextmanager
     def mean_params(self) -> Iterator[None]:
-        """The parameters hold E_q[θ] outside ``sampled_params`` already: a no-op context, for
-        the interface every optimizer of :mod:`blr.optim` shares.
+        """The parameters hold E_q[θ] outside ``sampled_params`` already (a no-op context, for
+        the interface every optimizer of :mod:`blr.optim` shares), unless ``draw_ahead`` keeps
+        a draw in them: then E_q[θ] inside, and the draw back, exactly, on exit.
 
         Example:
             >>> import torch, expfam
@@ -458,7 +496,51 @@ class BLROptimizer(MonteCarloOptimizer):
             ...     model.weight.shape
             torch.Size([1, 3])
         """
-        yield
+        if self._held is None:
+            yield
+            return
+        values = [[p.detach().clone() for p in g["params"]] for g in self.param_groups]
+        with torch.no_grad():
+            for group, post in zip(self.param_groups, self._posts):
+                post.write(group["params"], post.center())
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for group, saved in zip(self.param_groups, values):
+                    torch._foreach_copy_([p.data for p in group["params"]], saved)
+
+    # ------------------------------------------------------------------ draw-ahead
+    @torch.no_grad()
+    def _hold_draw(self) -> None:
+        """``draw_ahead``: write a training draw of every group into the weights."""
+        if not getattr(self, "draw_ahead", False) or self._held is not None or not self._posts:
+            return
+        self._draws += 1
+        held = []
+        for group, post in zip(self.param_groups, self._posts):
+            unit_draws = post.draw(self._generator(post.device), True)
+            post.write(group["params"], torch.cat([d.theta for d in unit_draws]))
+            held.append(unit_draws)
+        self._held = held
+
+    @torch.no_grad()
+    def _release_held(self) -> None:
+        """The weights back to E_q[θ]; no draw held."""
+        if self._held is None:
+            return
+        for group, post in zip(self.param_groups, self._posts):
+            post.write(group["params"], post.center())
+        self._held = None
+
+    def _collect_held(self, loss: Tensor | None) -> None:
+        """The gradients at the held draws as one sample (the weights keep the draws)."""
+        for group, post, unit_draws in zip(self.param_groups, self._posts, self._held):
+            post.collect(group["params"], unit_draws, loss, None)
+        for pending, unit_draws in zip(self._pending, self._held):
+            pending.append(unit_draws)
+        self._count += 1
+        self._collected_norm = self._grad_norm()
 
     def _closure_samples(self, closure: Callable[[], Tensor] | None) -> Tensor | None:
         if closure is None:
@@ -500,6 +582,17 @@ class BLROptimizer(MonteCarloOptimizer):
             1
         """
         loss = self._closure_samples(closure)
+        if self._held is not None and self._count == 0:  # draw_ahead: gradients at the draws
+            self._collect_held(None)
+        try:
+            return self._step_samples(loss)
+        finally:
+            if self.draw_ahead:  # the next training draw (the last one is used, or skipped)
+                self._held = None
+                self._hold_draw()
+
+    def _step_samples(self, loss: Tensor | None) -> Tensor | None:
+        """:meth:`step` from the collected draws."""
         if self._count == 0:
             self._no_sample()
             return loss
@@ -597,6 +690,11 @@ class BLROptimizer(MonteCarloOptimizer):
         }
         meta = header(self)
         meta["halvings"] = self.halvings
+        if self._held is not None:  # draw_ahead: the draws the weights hold, to resume at them
+            meta["held"] = [
+                [{"theta": d.theta.clone(), "replay": d.replay} for d in unit_draws]
+                for unit_draws in self._held
+            ]
         return {"state": state, "param_groups": groups, "blr": meta}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -649,6 +747,17 @@ class BLROptimizer(MonteCarloOptimizer):
         restore_header(self, meta)
         self.halvings = int(meta.get("halvings", 0))
         self._clear()
+        self._held = None  # (the weights hold E_q[θ] now)
+        held = meta.get("held")
+        if self.draw_ahead and held is not None:
+            with torch.no_grad():
+                self._held = []
+                for group, post, saved in zip(self.param_groups, self._posts, held):
+                    draws = [_Draw(h["theta"].to(post.device, post.dtype), h["replay"])
+                             for h in saved]  # fmt: skip
+                    post.write(group["params"], torch.cat([d.theta for d in draws]))
+                    self._held.append(draws)
+        self._hold_draw()
 
 
 _OBJECT_KEYS = ("family", "estimator", "prior", "init", "gaussian")

@@ -137,6 +137,7 @@ class BayesByBackprop(MonteCarloOptimizer):
         *,
         eps: float = 1e-8,
         prior: ParameterPosterior | None = None,
+        draw_ahead: bool = False,
         **options: Unpack[RunOptions],
     ) -> None:
         if isinstance(betas, (tuple, list)):
@@ -152,6 +153,9 @@ class BayesByBackprop(MonteCarloOptimizer):
         for group in self.param_groups:
             self._init_group(group)
         self._prior_of = None if prior is None else self._prior_map(prior)
+        self.draw_ahead = bool(draw_ahead)
+        self._held: list[tuple[Tensor, Tensor, Tensor]] | None = None  # (p, m, z) held
+        self._hold_draw()  # draw_ahead: the weights hold a training draw from the start
 
     def _prior_map(self, prior: ParameterPosterior) -> dict[int, tuple[Tensor, Tensor]]:
         """Parameter → (δ, m₀) of a diagonal Gaussian prior N(m₀, δ⁻¹) per coordinate."""
@@ -311,7 +315,19 @@ class BayesByBackprop(MonteCarloOptimizer):
             >>> torch.equal(model.weight, mean)  # the mean again on exit
             True
         """
-        outer = self._inside
+        if self._held is not None and train and self._count == 0:
+            # draw_ahead: the held draw is this sample (the weights keep it)
+            self._inside = True
+            try:
+                yield
+            finally:
+                self._inside = False
+            self._collect(self._held)
+            return
+        if self._held is not None and train:  # a further sample: a fresh draw around m
+            self._release_held()
+        was_inside = self._inside
+        outer = was_inside or self._held is not None
         if outer and train:
             raise RuntimeError(
                 "sampled_params(train=True) inside another sampled_params context: a training "
@@ -339,7 +355,7 @@ class BayesByBackprop(MonteCarloOptimizer):
             with torch.no_grad():
                 for p, held, _ in drawn:
                     p.copy_(held)
-            self._inside = outer
+            self._inside = was_inside
             if not outer:
                 self._open_means = {}
         if train and not failed:
@@ -360,7 +376,50 @@ class BayesByBackprop(MonteCarloOptimizer):
             ...     torch.equal(model.weight, mean)
             True
         """
-        return contextlib.nullcontext()
+        return self._at_mean()
+
+    @contextlib.contextmanager
+    def _at_mean(self) -> Any:
+        if self._held is None:
+            yield
+            return
+        values = [p.detach().clone() for p, _, _ in self._held]
+        with torch.no_grad():
+            for p, mean, _ in self._held:
+                p.copy_(mean)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (p, _, _), v in zip(self._held, values):
+                    p.copy_(v)
+
+    # ------------------------------------------------------------------ draw-ahead
+    @torch.no_grad()
+    def _hold_draw(self) -> None:
+        """``draw_ahead``: θ = m + σ⊙z written into the weights, kept until the next step."""
+        if not self.draw_ahead or self._held is not None:
+            return
+        held = []
+        for p in self._all_params():
+            z = torch.randn(p.shape, dtype=p.dtype, device=p.device,
+                            generator=self._generator(p.device))  # fmt: skip
+            mean = p.detach().clone()
+            p.copy_(mean + F.softplus(self.state[p]["rho"]) * z)
+            held.append((p, mean, z))
+        self._draws += 1
+        self._held = held
+        self._open_means = {p: mean for p, mean, _ in held}
+
+    @torch.no_grad()
+    def _release_held(self) -> None:
+        """The weights back to the means, exactly; no draw held."""
+        if self._held is None:
+            return
+        for p, mean, _ in self._held:
+            p.copy_(mean)
+        self._held = None
+        self._open_means = {}
 
     def _collect(self, drawn: list[tuple[Tensor, Tensor, Tensor]]) -> None:
         """Turn the gradients ĝ at θ = m + σ⊙z into the data part of the ELBO gradient,
@@ -448,6 +507,16 @@ class BayesByBackprop(MonteCarloOptimizer):
                 "first (the parameters hold a draw there, not the mean)"
             )
         loss = self._closure_samples(closure)
+        if self._held is not None and self._count == 0:  # draw_ahead: gradients at the draw
+            self._collect(self._held)
+        self._release_held()  # (Adam updates the means)
+        try:
+            return self._step_samples(loss)
+        finally:
+            self._hold_draw()  # draw_ahead: the next training draw
+
+    def _step_samples(self, loss: Tensor | None) -> Tensor | None:
+        """:meth:`step` from the collected samples."""
         if self._count == 0:
             self._no_sample()
             return loss
@@ -517,6 +586,8 @@ class BayesByBackprop(MonteCarloOptimizer):
         self._all_params()  # every trainable parameter has its state
         out = super().state_dict()
         out["blr"] = header(self)
+        if self._held is not None:  # draw_ahead: the means and offsets of the held draw
+            out["blr"]["held"] = [{"mean": m.clone(), "z": z.clone()} for _, m, z in self._held]
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -546,3 +617,11 @@ class BayesByBackprop(MonteCarloOptimizer):
         super().load_state_dict({"state": copied, "param_groups": groups})
         restore_header(self, meta)
         self._reset_samples()
+        held = meta.get("held")
+        self._held, self._open_means = None, {}
+        if self.draw_ahead and held is not None:  # (the model's state holds the draw itself)
+            self._held = [(p, h["mean"].clone(), h["z"].clone())
+                          for p, h in zip(self._all_params(), held)]  # fmt: skip
+            self._open_means = {p: m for p, m, _ in self._held}
+        elif self.draw_ahead:
+            self._hold_draw()

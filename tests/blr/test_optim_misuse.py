@@ -637,3 +637,44 @@ def test_generic_optimizer_draw_ahead_refuses_what_needs_the_sampled_block():
     with pytest.raises(ValueError, match="draw_ahead=True trains without a sampled_params"):
         BLROptimizer(model.parameters(), expfam.DiagGaussian(), lr=0.1, ess=50, model=model,
                      estimator=blr.BonnetPrice(hessian="per_example"), draw_ahead=True)  # fmt: skip
+
+
+def test_bayes_by_backprop_draw_ahead():
+    """BayesByBackprop(draw_ahead=True): the plain loop equals the sampled_params loop bit for
+    bit (the same z, the same Adam steps on m and ρ); mean_params() gives m; the model's state
+    (the draw) with the optimizer's (m and z of the held draw) resumes bit for bit."""
+    import io
+
+    x, y = _batch()
+    runs = []
+    for ahead in (False, True):
+        model = _model()
+        opt = BayesByBackprop(model.parameters(), lr=0.01, ess=50, seed=0, draw_ahead=ahead)
+        for _ in range(4):
+            if ahead:
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(model(x), y).backward()
+            else:
+                with opt.sampled_params(train=True):
+                    opt.zero_grad()
+                    torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        with opt.mean_params():
+            runs.append(_values(model))
+    assert _same(*runs)
+    held = _values(model)
+    assert not _same(held, runs[1])
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    other = _model()
+    resumed = BayesByBackprop(other.parameters(), lr=0.01, ess=50, draw_ahead=True)
+    other.load_state_dict(ckpt["model"])
+    resumed.load_state_dict(ckpt["opt"])
+    assert _same(_values(other), held)
+    for m, o in ((model, opt), (other, resumed)):
+        o.zero_grad()
+        torch.nn.functional.mse_loss(m(x), y).backward()
+        o.step()
+    assert _same(_values(model), _values(other))

@@ -76,6 +76,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Iterator
@@ -302,6 +303,27 @@ class PerExample:
                 self._handles.append(p.register_hook(functools.partial(self._mark, pid)))
         self._active = True
         return self
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Within it the hooks record nothing (forward passes that are not the minibatch's,
+        e.g. an evaluation while the context stays open between optimizer steps).
+
+        Example:
+            >>> import torch
+            >>> from blr.curvature import PerExample
+            >>> model = torch.nn.Linear(2, 1)
+            >>> with PerExample(model, mode="ef") as pe:
+            ...     with pe.paused():
+            ...         _ = model(torch.ones(3, 2))
+            ...     pe.num_examples
+            0
+        """
+        before, self._suspended = self._suspended, True
+        try:
+            yield
+        finally:
+            self._suspended = before
 
     def __exit__(self, *exc) -> None:
         self._active = False

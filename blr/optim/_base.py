@@ -373,6 +373,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         super().__init__(params, defaults, **options)
         self.draw_ahead = bool(draw_ahead)
         self._holding = False  # the weights hold a training draw between steps (draw_ahead)
+        self._held_ctx: Any = None  # the sample context kept open around a held draw (VOGN)
         # with per-rank draws, subtracting a draw rounds differently on each rank and the means
         # would drift apart by ulps: keep a separate mean, restored exactly, when syncing
         self._alias_first = type(self)._alias_first and not sync
@@ -547,20 +548,21 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             )
         if outer is not None or (self._holding and not train):
             # a prediction draw inside an open (or held) draw: restore it exactly
-            with self._nested_prediction_draw(), self._watch_training_mode():
+            with self._nested_prediction_draw(), self._watch_training_mode(), self._paused():
                 yield
             return
         if self._holding and self._count == 0:  # draw_ahead: the held draw is this sample
             self._open_draw = "training"
             failed = True
             try:
-                with self._sample_context():
+                with self._sample_context() if self._held_ctx is None else contextlib.nullcontext():
                     yield
                 failed = False
             finally:
                 self._open_draw = None
+            self._close_held_ctx()
             if not failed:
-                self._collect()  # (the weights keep the draw: step() goes on from it)
+                self._collect_held()  # (the weights keep the draw: step() goes on from it)
             return
         self._release_held()  # a further sample of the same step: a fresh draw around m
         self._resolve_seed()
@@ -652,14 +654,16 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             yield
             return
         held = [(b, [t.clone() for t in b.targets()]) for bs in self._all_buckets() for b in bs]
+        ctx, self._held_ctx = self._held_ctx, None  # (kept open: paused, not closed)
         self._release_held()
         try:
-            yield
+            with contextlib.nullcontext() if ctx is None else ctx.paused():
+                yield
         finally:
             with torch.no_grad():
                 for b, values in held:
                     torch._foreach_copy_(b.targets(), values)
-            self._holding = True
+            self._holding, self._held_ctx = True, ctx
 
     # ------------------------------------------------------------------ draw-ahead
     @torch.no_grad()
@@ -681,6 +685,27 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
                 else:
                     b.write_params(self._draw(group, b, gen))
         self._holding = True
+        ctx = self._sample_context()  # (VOGN: its per-example pass, open until the step)
+        if not isinstance(ctx, contextlib.nullcontext):
+            ctx.__enter__()
+            self._held_ctx = ctx
+
+    def _collect_held(self) -> None:
+        """The gradients at the held draw as one sample. Where the statistic is formed at
+        collection (VOGN) it overwrites the draw buffer: the weights go back to m first."""
+        self._close_held_ctx()
+        if not self._defer_stat:
+            self._release_held()
+        self._collect()
+
+    def _close_held_ctx(self) -> None:
+        if self._held_ctx is not None:
+            ctx, self._held_ctx = self._held_ctx, None
+            ctx.__exit__(None, None, None)
+
+    def _paused(self) -> contextlib.AbstractContextManager:
+        """The held sample context paused (a prediction draw is not part of the sample)."""
+        return contextlib.nullcontext() if self._held_ctx is None else self._held_ctx.paused()
 
     @torch.no_grad()
     def _release_held(self) -> None:
@@ -688,6 +713,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         mean exactly)."""
         if not self._holding:
             return
+        self._close_held_ctx()
         for group, buckets in zip(self.param_groups, self._all_buckets()):
             for b in buckets:
                 if b.alias:
@@ -850,7 +876,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         """
         loss = self._closure_samples(closure)
         if self._holding and self._count == 0:  # draw_ahead: the gradients at the held draw
-            self._collect()
+            self._collect_held()
         try:
             return self._step_samples(loss)
         finally:

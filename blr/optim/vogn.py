@@ -60,6 +60,10 @@ class VOGN(PrecisionSampler):
             DDP- or FSDP-wrapped model, or the module inside it).
         mc_samples, nonfinite, seed, missing_sample, process_group: as in
             :class:`~blr.optim.IVON`.
+        draw_ahead: as in :class:`~blr.optim.IVON` (the weights hold a training draw between
+            steps); the per-example pass stays open around the held draw, paused inside
+            :meth:`mean_params` and prediction draws (forwards without gradients are never
+            recorded).
         prior: a diagonal Gaussian :class:`blr.ParameterPosterior` over the trained parameters
             (group after group), e.g. the previous task's ``posterior()``: N(m₀, S₀⁻¹) with δ = S₀/N
             per coordinate and the decay δ⊙(m − m₀), in place of ``weight_decay``; needs
@@ -140,12 +144,6 @@ class VOGN(PrecisionSampler):
                 raise ValueError(f"curvature={curvature!r} needs the loss (e.g. 'cross_entropy')")
             resolve(loss, sigma2=sigma2, supported=FACTORED, arg="loss")
         self.fused = check_choice(fused, "fused", (False, True, "compile"))
-        if options.get("draw_ahead"):
-            raise ValueError(
-                f"draw_ahead=True: {name}'s per-example curvature is collected while the model "
-                "runs inside sampled_params(train=True); draw_ahead (training without that "
-                "context) needs a curvature from the gradient (IVON, VON, Vadam, BayesBiNN)"
-            )
         if prior is not None and fused is not False:
             raise ValueError("prior= needs fused=False (the per-coordinate prior is eager-only)")
         defaults = dict(
@@ -165,6 +163,9 @@ class VOGN(PrecisionSampler):
         self._set_prior(prior)
         self._pe: PerExample | None = None
         self._squares: dict | None = None
+        # draw_ahead: the held draw, with the per-example pass open until the step (paused in
+        # mean_params and prediction draws; forwards without gradients are not recorded)
+        self._hold_draw()
 
     def _noise(self, group: dict, bucket: Bucket, generator: torch.Generator) -> None:
         if not self.sample:  # OGN: the delta method, no draw

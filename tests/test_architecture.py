@@ -15,7 +15,7 @@ PAGE = ROOT / "docs" / "architecture.md"
 CORE = ("engine", "estimators", "functional", "gaussian", "posterior", "rule", "schedules")
 CORE += ("quadrature",)
 UNITS = ("blr.apps", "blr.curvature", "blr.glm", "blr.influence", "blr.kernels", "blr.metrics")
-UNITS += ("blr.merge", "blr.mixture", "blr.nn_laplace", "blr.optim", "blr.predict")
+UNITS += ("blr.continual", "blr.merge", "blr.mixture", "blr.nn_laplace", "blr.optim", "blr.predict")
 
 
 def unit(module: str) -> str | None:

@@ -6,6 +6,12 @@ r"""Continual learning with posteriors as memory (Khan & Rue 2023, §5: "adaptat
 - **Online EWC** (Schwarz et al. 2018), the Laplace special case: the quadratic penalty
   ½ Σ_j F_j (θ_j − θ*_j)² of a diagonal Gaussian posterior N(θ*, F⁻¹) (:class:`WeightPrior`; F may
   be decayed by γ between tasks, :meth:`WeightPrior.decayed`).
+- **FROMP** (Pan et al., NeurIPS 2020): memorable points, the inputs of largest Λ_i (the
+  curvature of the loss in the model's output: :func:`memorable_points`), and a functional
+  regularizer ½τ(f(θ) − f_old)ᵀK⁻¹(f(θ) − f_old) over the predictions there, with the GP kernel
+  K = JΣJᵀ of the old posterior's covariance Σ and the Jacobian J of the predictions at the old
+  mean (:class:`FunctionalPrior`). For a linear model with as many independent memorable points
+  as weights it is the weight-space penalty ½(θ − θ_old)ᵀΣ⁻¹(θ − θ_old) (a test checks it).
 - **K-priors** (Khan & Swaroop, NeurIPS 2021): a weight term and a function term over a memory of
   past inputs with the old model's predictions as soft labels,
 
@@ -34,7 +40,7 @@ from torch import Tensor, nn
 from blr.posterior import ParameterPosterior
 from expfam import DiagGaussian, FullGaussian
 
-__all__ = ["KPrior", "WeightPrior", "vcl_prior"]
+__all__ = ["FunctionalPrior", "KPrior", "WeightPrior", "memorable_points", "vcl_prior"]
 
 _SOFT_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     # ℓ(ŷ, f) summed over the memory, with soft labels ŷ
@@ -187,3 +193,126 @@ class KPrior:
         function = _SOFT_LOSSES[self.likelihood](out, self.soft_labels)
         r = _flat(self.model) - self.theta_old
         return function + 0.5 * self.delta * (r * r).sum()
+
+
+def _predictions(model: nn.Module, x: Tensor, likelihood: str) -> Tensor:
+    """The predictions FROMP regularizes: probabilities (``bce_with_logits``,
+    ``cross_entropy``) or the outputs (``gaussian``), flattened."""
+    out = model(x)
+    if likelihood == "bce_with_logits":
+        out = out.reshape(len(x), -1)
+    return _PREDICT[likelihood](out).reshape(-1)
+
+
+def memorable_points(model: nn.Module, x: Tensor, likelihood: str, k: int) -> Tensor:
+    """The indices of the ``k`` inputs of largest Λ_i = tr ∂²ℓ/∂f² (FROMP's memorable points:
+    p(1 − p) for ``bce_with_logits``, Σ_c p_c(1 − p_c) for ``cross_entropy``; every point ties
+    for ``gaussian``, whose Λ is constant: the first k), most curved first.
+
+    Example:
+        >>> import torch
+        >>> from blr.continual import memorable_points
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(1.0)
+        >>> memorable_points(model, torch.tensor([[3.0], [0.1], [-1.0]]), "bce_with_logits", 2)
+        tensor([1, 2])
+    """
+    if likelihood not in _SOFT_LOSSES:
+        raise ValueError(f"likelihood must be one of {sorted(_SOFT_LOSSES)}, got {likelihood!r}")
+    if int(k) != k or not 0 < k <= len(x):
+        raise ValueError(f"k must be an integer in [1, {len(x)}], got {k}")
+    with torch.no_grad():
+        if likelihood == "gaussian":
+            return torch.arange(int(k))
+        p = _predictions(model, x, likelihood).reshape(len(x), -1)
+        lam = (p * (1 - p)).sum(-1)
+        return torch.argsort(lam, descending=True, stable=True)[: int(k)]
+
+
+class FunctionalPrior:
+    r"""FROMP's functional regularizer over memorable points (Pan et al., NeurIPS 2020):
+
+    .. math::
+        \tfrac{\tau}{2}\,(f(\theta) - f_{\text{old}})^\top K^{-1} (f(\theta) - f_{\text{old}}),
+        \qquad K = J\,\Sigma\,J^\top + \epsilon I,
+
+    f the predictions at the memory (probabilities, or the outputs of a Gaussian likelihood),
+    f_old and J their values and Jacobian at the old mean, Σ the old posterior's covariance
+    (diagonal or full), ε a small jitter. An empty memory gives 0 (only the weight-space terms
+    of the training remain).
+
+    Args:
+        model: the model, holding the old posterior's mean when the regularizer is built.
+        memory: the memorable inputs (:func:`memorable_points`), possibly empty.
+        posterior: the old posterior, a diagonal or full Gaussian over the model's parameters.
+        likelihood: ``"bce_with_logits"``, ``"cross_entropy"`` or ``"gaussian"``.
+        tau: τ ≥ 0, the regularizer's weight.
+        jitter: ε ≥ 0.
+
+    Example:
+        >>> import torch, expfam
+        >>> from blr import ParameterPosterior
+        >>> from blr.continual import FunctionalPrior
+        >>> model, fam = torch.nn.Linear(2, 1, bias=False), expfam.DiagGaussian()
+        >>> q = ParameterPosterior(fam, fam.from_moments(torch.zeros(2), torch.ones(2)), model)
+        >>> reg = FunctionalPrior(model, torch.randn(3, 2), q, "bce_with_logits")
+        >>> float(reg())   # at the old mean: 0
+        0.0
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        memory: Tensor,
+        posterior: ParameterPosterior,
+        likelihood: str,
+        tau: float = 1.0,
+        jitter: float = 1e-8,
+    ):
+        if likelihood not in _SOFT_LOSSES:
+            raise ValueError(
+                f"likelihood must be one of {sorted(_SOFT_LOSSES)}, got {likelihood!r}"
+            )
+        if not isinstance(memory, Tensor) or memory.dim() == 0:
+            raise ValueError("memory must be a tensor of inputs (examples along dimension 0)")
+        if not float(tau) >= 0 or not float(jitter) >= 0:
+            raise ValueError(f"tau and jitter must be ≥ 0, got {tau}, {jitter}")
+        self.posterior = vcl_prior(posterior, model)
+        if not isinstance(posterior.family, (DiagGaussian, FullGaussian)):
+            raise ValueError(
+                f"posterior must be a diagonal or full Gaussian, got {posterior.family.name}"
+            )
+        self.model, self.memory, self.likelihood = model, memory, likelihood
+        self.tau = float(tau)
+        self.empty = memory.shape[0] == 0
+        if self.empty:
+            return
+        _, prec = posterior.family.to_moments(posterior.nat)
+        names = [n for n, _ in model.named_parameters()]
+        values = {n: p.detach() for n, p in model.named_parameters()}
+
+        def predictions(flat: Tensor) -> Tensor:
+            chunks = flat.split([values[n].numel() for n in names])
+            params = {n: c.view_as(values[n]) for n, c in zip(names, chunks)}
+            out = torch.func.functional_call(model, params, (memory,))
+            if likelihood == "bce_with_logits":
+                out = out.reshape(len(memory), -1)
+            return _PREDICT[likelihood](out).reshape(-1)
+
+        theta_old = torch.cat([values[n].reshape(-1) for n in names])
+        with torch.no_grad():
+            self.f_old = predictions(theta_old).detach()
+        jac = torch.func.jacrev(predictions)(theta_old).detach()  # (M·C, P)
+        cov = 1.0 / prec if prec.dim() == 1 else torch.linalg.inv(prec)
+        kernel = jac * cov @ jac.T if prec.dim() == 1 else jac @ cov @ jac.T
+        kernel = kernel + float(jitter) * torch.eye(len(kernel), dtype=kernel.dtype)
+        self.kernel_chol = torch.linalg.cholesky(0.5 * (kernel + kernel.T))
+
+    def __call__(self) -> Tensor:
+        """The regularizer at the model's current parameters (differentiable)."""
+        if self.empty:
+            return torch.zeros((), dtype=next(self.model.parameters()).dtype)
+        r = _predictions(self.model, self.memory, self.likelihood) - self.f_old
+        sol = torch.cholesky_solve(r.unsqueeze(-1), self.kernel_chol).squeeze(-1)
+        return 0.5 * self.tau * (r * sol).sum()

@@ -137,3 +137,42 @@ def test_bad_input_names_the_argument():
         WeightPrior(mine, model, weight=-1.0)
     with pytest.raises(ValueError, match="gamma must lie in"):
         WeightPrior(mine, model).decayed(2.0)
+
+
+def test_fromp_with_as_many_independent_points_as_weights_is_the_weight_space_penalty():
+    """For a linear model f = Φθ (a Gaussian likelihood), FROMP's ½(f − f_old)ᵀ(ΦΣΦᵀ)⁻¹(f − f_old)
+    over P independent memorable points equals the weight-space penalty ½(θ − θ_old)ᵀΣ⁻¹(θ −
+    θ_old) (the EWC/Laplace term of the same posterior) within 1e-10, at any θ; with fewer
+    points it is smaller (the function space constrains fewer directions); with none it is 0."""
+    from blr.continual import FunctionalPrior
+
+    g = torch.Generator().manual_seed(4)
+    model = torch.nn.Linear(D, 1, bias=False).double()
+    fam = expfam.FullGaussian()
+    a = torch.randn(D, D, generator=g, dtype=f64)
+    prec = a @ a.T + torch.eye(D, dtype=f64)
+    theta_old = model.weight.detach().reshape(-1).clone()
+    q = blr.ParameterPosterior(fam, fam.from_moments(theta_old, prec), model)
+    memory = torch.randn(D, D, generator=g, dtype=f64)
+    fromp = FunctionalPrior(model, memory, q, "gaussian", jitter=0.0)
+    fewer = FunctionalPrior(model, memory[:2], q, "gaussian", jitter=0.0)
+    none = FunctionalPrior(model, memory[:0], q, "gaussian")
+    ewc = WeightPrior(q, model)
+    with torch.no_grad():
+        model.weight.add_(torch.randn(1, D, generator=g, dtype=f64))
+    with torch.no_grad():
+        values = [float(r()) for r in (fromp, ewc, fewer, none)]
+    assert abs(values[0] - values[1]) <= 1e-10 * values[1]
+    assert values[2] < values[1] and values[3] == 0.0
+
+
+def test_memorable_points_are_the_most_curved():
+    from blr.continual import memorable_points
+
+    model = torch.nn.Linear(1, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    x = torch.tensor([[4.0], [0.0], [-0.5], [2.0]], dtype=f64)
+    assert memorable_points(model, x, "bce_with_logits", 3).tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="k must be an integer"):
+        memorable_points(model, x, "bce_with_logits", 5)

@@ -176,3 +176,26 @@ def test_memorable_points_are_the_most_curved():
     assert memorable_points(model, x, "bce_with_logits", 3).tolist() == [1, 2, 3]
     with pytest.raises(ValueError, match="k must be an integer"):
         memorable_points(model, x, "bce_with_logits", 5)
+
+
+@pytest.mark.parametrize("task", ["remove_data", "change_regularizer"])
+def test_k_prior_tasks_remove_data_and_change_the_regularizer(task):
+    """Khan & Swaroop's other adaptation tasks with the same K-prior (memory = all of A):
+    removing examples R (objective 𝒦 − Σ_R ℓ) gives batch training on A \\ R, changing the
+    regularizer δ → δ' (objective 𝒦 − ½δ‖θ‖² + ½δ'‖θ‖²) gives batch training with δ'; both
+    within 1e-6."""
+    delta, new_delta = 0.5, 2.0
+    xa, ya = _logistic_data(1)
+    model = torch.nn.Linear(D, 1, bias=False).double()
+    sq = lambda: 0.5 * sum((p * p).sum() for p in model.parameters())  # noqa: E731
+    _minimize(model, lambda: _bce(model, xa, ya) + delta * sq())
+    kprior = KPrior(model, xa, "bce_with_logits", delta)
+    batch = torch.nn.Linear(D, 1, bias=False).double()
+    sqb = lambda: 0.5 * sum((p * p).sum() for p in batch.parameters())  # noqa: E731
+    if task == "remove_data":
+        theta = _minimize(model, lambda: kprior() - _bce(model, xa[:10], ya[:10]))
+        ref = _minimize(batch, lambda: _bce(batch, xa[10:], ya[10:]) + delta * sqb())
+    else:
+        theta = _minimize(model, lambda: kprior() + (new_delta - delta) * sq())
+        ref = _minimize(batch, lambda: _bce(batch, xa, ya) + new_delta * sqb())
+    assert float((theta - ref).abs().max()) <= 1e-6

@@ -566,6 +566,19 @@ def test_a_prediction_draw_in_training_mode_warns_once(name):
             model(x).sum().backward()
 
 
+def _plain_or_sampled_step(opt, model, x, y, ahead):
+    """One step of the plain loop (``ahead``: the weights hold the draw) or of the
+    sampled_params loop, on the mean squared error."""
+    if ahead:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+    else:
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+
+
 def _generic(kind, model, ahead):
     params = list(model.parameters())
     if kind == "diag":
@@ -601,14 +614,7 @@ def test_generic_optimizer_draw_ahead(kind):
         model = _generic_model(kind)
         opt = _generic(kind, model, ahead)
         for _ in range(4):
-            if ahead:
-                opt.zero_grad()
-                torch.nn.functional.mse_loss(model(x), y).backward()
-            else:
-                with opt.sampled_params(train=True):
-                    opt.zero_grad()
-                    torch.nn.functional.mse_loss(model(x), y).backward()
-            opt.step()
+            _plain_or_sampled_step(opt, model, x, y, ahead)
         states.append(opt.posterior().nat)
     assert all(torch.equal(a, b) for a, b in zip(*states))
     held = _values(model)
@@ -648,14 +654,7 @@ def test_bayes_by_backprop_draw_ahead():
         model = _model()
         opt = BayesByBackprop(model.parameters(), lr=0.01, ess=50, seed=0, draw_ahead=ahead)
         for _ in range(4):
-            if ahead:
-                opt.zero_grad()
-                torch.nn.functional.mse_loss(model(x), y).backward()
-            else:
-                with opt.sampled_params(train=True):
-                    opt.zero_grad()
-                    torch.nn.functional.mse_loss(model(x), y).backward()
-            opt.step()
+            _plain_or_sampled_step(opt, model, x, y, ahead)
         with opt.mean_params():
             runs.append(_values(model))
     assert _same(*runs)

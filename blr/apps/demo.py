@@ -87,8 +87,14 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where the Debian package ``dataset-fashion-mnist`` puts the gzipped IDX files."""
 
 METHODS = ("IVON", "AdamW", "SGD")
-"""The optimizers compared (table rows: IVON's Bayesian model average, IVON at the mean, AdamW,
-SGD)."""
+"""The optimizers compared by default (table rows: IVON's Bayesian model average, IVON at the
+mean, AdamW, SGD)."""
+
+EXTRA_METHODS = ("SAM", "bSAM")
+"""Optimizers added with ``--methods`` (:class:`blr.optim.BSAM`: bSAM's Bayesian model average
+and its mean, and SAM, its point-estimate limit); each takes two gradients per step."""
+
+ALL_METHODS = METHODS + EXTRA_METHODS
 
 DEFAULT_EPOCHS = {"digits": 100, "fashion-mnist": 10}
 """The budget of each data set when ``--epochs`` is not given."""
@@ -99,12 +105,33 @@ SETTINGS: dict[str, dict[str, dict[str, float]]] = {
         "IVON": {"lr": 1.0, "hess_init": 10.0, "beta2": 0.999, "weight_decay": 1e-3},
         "AdamW": {"lr": 0.03, "weight_decay": 1.0},
         "SGD": {"lr": 0.1, "momentum": 0.9, "weight_decay": 3e-3},
+        # SAM and bSAM (`--methods`): the best of GRID["digits"] (`blr demo --tune --methods SAM
+        # bSAM`), at the grid's largest lr (and s_init): docs/demo.md
+        "SAM": {"lr": 1.0, "rho": 0.05, "beta1": 0.9, "weight_decay": 3e-3},
+        "bSAM": {
+            "lr": 1.0,
+            "rho": 0.05,
+            "beta1": 0.9,
+            "beta2": 0.999,
+            "weight_decay": 3e-3,
+            "s_init": 10.0,
+        },
     },
     # the best of GRID["fashion-mnist"] (`blr demo --dataset fashion-mnist --tune --seeds 1`)
     "fashion-mnist": {
         "IVON": {"lr": 0.3, "hess_init": 0.1, "beta2": 0.9999, "weight_decay": 1e-4},
         "AdamW": {"lr": 3e-3, "weight_decay": 0.1},
         "SGD": {"lr": 0.03, "momentum": 0.9, "weight_decay": 5e-4},
+        # SAM and bSAM: not tuned on Fashion-MNIST yet (SGD's learning rate and decay)
+        "SAM": {"lr": 0.03, "rho": 0.05, "beta1": 0.9, "weight_decay": 5e-4},
+        "bSAM": {
+            "lr": 0.03,
+            "rho": 0.05,
+            "beta1": 0.9,
+            "beta2": 0.999,
+            "weight_decay": 5e-4,
+            "s_init": 1.0,
+        },
     },
 }
 """Optimizer hyperparameters per data set and method (the learning rate is the peak of the
@@ -307,7 +334,14 @@ def _optimizer(
         return torch.optim.AdamW(model.parameters(), **settings)
     if method == "SGD":
         return torch.optim.SGD(model.parameters(), **settings)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method in EXTRA_METHODS:
+        from blr.optim import BSAM
+
+        if method == "SAM":  # the point-estimate limit: θ = m, s frozen at 1
+            settings = {**settings, "beta2": 1.0, "s_init": 1.0}
+            return BSAM(model.parameters(), ess=n_train, seed=seed, sample=False, **settings)
+        return BSAM(model.parameters(), ess=n_train, seed=seed, **settings)
+    raise ValueError(f"method must be one of {ALL_METHODS}, got {method!r}")
 
 
 def train(
@@ -342,8 +376,8 @@ def train(
     Returns:
         The model, the optimizer (IVON's is the posterior) and the seconds of each epoch.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in ALL_METHODS:
+        raise ValueError(f"method must be one of {ALL_METHODS}, got {method!r}")
     settings = dict(_settings(data)[method] if settings is None else settings)
     torch.manual_seed(seed)
     model = make_mlp(data.x_train.shape[1], hidden, data.n_classes)
@@ -359,6 +393,17 @@ def train(
         t0 = time.perf_counter()
         for idx in torch.randperm(n, generator=order).split(batch_size):
             xb, yb = data.x_train[idx], data.y_train[idx]
+            if method in EXTRA_METHODS:  # two gradients: at a draw and at the adversarial point
+
+                def closure(xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
+                    opt.zero_grad()
+                    loss = loss_fn(model(xb), yb)
+                    loss.backward()
+                    return loss
+
+                opt.step(closure)
+                sched.step()
+                continue
             ctx = opt.sampled_params(train=True) if sampling else contextlib.nullcontext()
             with ctx:
                 opt.zero_grad()
@@ -436,18 +481,18 @@ def _eval_split(data: Split, evaluate_on: str) -> tuple[Tensor, Tensor]:
 def _predictions(
     method: str, model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, samples: int
 ) -> dict[str, Any]:
-    """Row name → predictive: IVON averaged over ``samples`` draws and at the mean; the point
-    estimates at their parameters."""
+    """Row name → predictive: IVON and bSAM averaged over ``samples`` draws and at the mean;
+    the point estimates (AdamW, SGD, SAM) at their parameters."""
     from blr.predict import predict_classification
 
     model.eval()
-    if method != "IVON":
+    if method not in ("IVON", "bSAM"):
         return {method: predict_classification(model, None, x, n_samples=0, batch_size=4096)}
     return {
-        f"IVON ({samples} draws)": predict_classification(
+        f"{method} ({samples} draws)": predict_classification(
             model, opt, x, n_samples=samples, batch_size=4096
         ),
-        "IVON (mean)": predict_classification(model, opt, x, n_samples=0, batch_size=4096),
+        f"{method} (mean)": predict_classification(model, opt, x, n_samples=0, batch_size=4096),
     }
 
 
@@ -533,6 +578,7 @@ def run(
     settings: dict[str, dict[str, float]] | None = None,
     progress: TextIO | None = None,
     quiet: bool = False,
+    methods: Sequence[str] = METHODS,
 ) -> dict[str, Any]:
     """Train every method on seeds 0 … ``seeds`` − 1 and score it on the test (or validation)
     split.
@@ -547,6 +593,8 @@ def run(
             method).
         progress: the stream of the progress bar / lines (default stderr).
         quiet: no progress output.
+        methods: the optimizers, IVON and AdamW among them (the calibration claim compares
+            them), in :data:`ALL_METHODS`.
 
     Returns:
         A dict: ``methods`` (row name → metric → ``{"mean", "se", "values"}``), ``calibration``
@@ -556,15 +604,24 @@ def run(
     """
     x_eval, y_eval = _eval_split(data, evaluate_on)
     _check_budget(epochs=epochs, seeds=seeds, batch_size=batch_size, samples=samples)
-    merged = {m: {**_settings(data)[m], **((settings or {}).get(m, {}))} for m in METHODS}
+    methods = tuple(methods)
+    bad = [m for m in methods if m not in ALL_METHODS]
+    if bad or "IVON" not in methods or "AdamW" not in methods or len(set(methods)) < len(methods):
+        raise ValueError(
+            f"methods must be distinct names of {ALL_METHODS} including IVON and AdamW, got "
+            f"{list(methods)}"
+        )
+    merged = {m: {**_settings(data)[m], **((settings or {}).get(m, {}))} for m in methods}
     bma = f"IVON ({samples} draws)"
-    rows = [bma, "IVON (mean)", "AdamW", "SGD"]
+    rows = []
+    for m in methods:
+        rows += [f"{m} ({samples} draws)", f"{m} (mean)"] if m in ("IVON", "bSAM") else [m]
     values: dict[str, dict[str, list[float]]] = {r: {m: [] for m in METRICS} for r in rows}
     probs: dict[str, list[Tensor]] = {r: [] for r in rows}
-    bar = _Progress(len(METHODS) * seeds * epochs, progress or sys.stderr, quiet)
+    bar = _Progress(len(methods) * seeds * epochs, progress or sys.stderr, quiet)
     try:
         for seed in range(seeds):
-            for method in METHODS:
+            for method in methods:
                 label = f"{method} seed {seed}"
                 bar.start(label)
                 try:
@@ -628,6 +685,15 @@ GRID: dict[str, dict[str, dict[str, list[float]]]] = {
             "momentum": [0.9],
             "weight_decay": [1e-3, 3e-3, 5e-3, 1e-2],
         },
+        "SAM": {"lr": [0.1, 0.3, 1.0], "rho": [0.01, 0.05], "beta1": [0.9], "weight_decay": [3e-3]},
+        "bSAM": {
+            "lr": [0.1, 0.3, 1.0],
+            "rho": [0.01, 0.05],
+            "beta1": [0.9],
+            "beta2": [0.999],
+            "weight_decay": [3e-3],
+            "s_init": [1.0, 10.0],
+        },
     },
     "fashion-mnist": {
         "IVON": {
@@ -638,6 +704,15 @@ GRID: dict[str, dict[str, dict[str, list[float]]]] = {
         },
         "AdamW": {"lr": [1e-3, 3e-3], "weight_decay": [1e-2, 0.1]},
         "SGD": {"lr": [0.03, 0.1], "momentum": [0.9], "weight_decay": [5e-4]},
+        "SAM": {"lr": [0.03, 0.1], "rho": [0.05], "beta1": [0.9], "weight_decay": [5e-4]},
+        "bSAM": {
+            "lr": [0.03, 0.1],
+            "rho": [0.05],
+            "beta1": [0.9],
+            "beta2": [0.999],
+            "weight_decay": [5e-4],
+            "s_init": [1.0],
+        },
     },
 }
 """The grids of ``blr demo --tune`` per data set (every combination, per method)."""
@@ -671,8 +746,8 @@ def tune(
     _check_budget(epochs=epochs, seeds=seeds, batch_size=batch_size, samples=samples)
     grid = GRID.get(data.name, GRID["digits"]) if grid is None else grid
     for method in grid:
-        if method not in METHODS:
-            raise ValueError(f"grid keys must be among {METHODS}, got {method!r}")
+        if method not in ALL_METHODS:
+            raise ValueError(f"grid keys must be among {ALL_METHODS}, got {method!r}")
     combos = {
         m: [dict(zip(g, values)) for values in itertools.product(*g.values())]
         for m, g in grid.items()
@@ -849,6 +924,15 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=ALL_METHODS,
+        default=list(METHODS),
+        help=f"optimizers (default: {' '.join(METHODS)}; also {' '.join(EXTRA_METHODS)}: "
+        "blr.optim.BSAM, two gradients per step); IVON and AdamW are always needed by the "
+        "calibration claim",
+    )
+    parser.add_argument(
         "--tune",
         action="store_true",
         help="instead: the grid search on the validation split that chose the settings "
@@ -898,6 +982,7 @@ def _run_cli(args: argparse.Namespace) -> int:
             samples=args.samples,
             evaluate_on=args.eval,
             quiet=args.quiet,
+            methods=args.methods,
         )
     except FloatingPointError as exc:
         print(f"blr demo: error: {exc}", file=sys.stderr)
@@ -949,6 +1034,7 @@ def _finite(obj: Any) -> Any:
 
 
 def _print_tune(args: argparse.Namespace, data: Split, epochs: int) -> int:
+    grids = GRID.get(data.name, GRID["digits"])
     found = tune(
         data,
         epochs=epochs,
@@ -956,6 +1042,7 @@ def _print_tune(args: argparse.Namespace, data: Split, epochs: int) -> int:
         hidden=args.hidden,
         batch_size=args.batch_size,
         samples=args.samples,
+        grid={m: grids[m] for m in args.methods},
         quiet=args.quiet,
     )
     if args.json:

@@ -471,3 +471,20 @@ def test_the_verdicts_printed_in_the_docs_follow_the_rule(page):
         assert len(header) <= 1
         if header:
             assert f", {n} seed(s)," in header[0], line
+
+
+def test_sam_and_bsam_rows_on_request(tmp_path, capsys):
+    """``--methods ... SAM bSAM`` adds SAM (blr.optim.BSAM's point-estimate limit) and bSAM (its
+    model average over draws and its mean) to the table, trained with two gradients per step;
+    the default rows are unchanged without it; a method list without IVON or AdamW (the
+    calibration claim's pair) is refused."""
+    args = [*TINY, "--out", str(tmp_path), "--methods", "IVON", "AdamW", "SAM", "bSAM"]
+    assert demo.main(args) == 0
+    out = capsys.readouterr().out
+    for row in ("SAM", "bSAM (4 draws)", "bSAM (mean)", "IVON (4 draws)", "AdamW"):
+        line = next(line for line in out.splitlines() if line.startswith(row + " "))
+        assert all(" ± " in c for c in line.split("|")[1:]), line
+    assert not any(line.startswith("SGD ") for line in out.splitlines())
+    data = demo.load_digits(limit=120)
+    with pytest.raises(ValueError, match="methods must be distinct names"):
+        demo.run(data, epochs=1, seeds=1, hidden=[8], methods=("SAM", "bSAM"), quiet=True)

@@ -380,7 +380,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         self._buckets: list[list[Bucket]] | None = None
         self._stashed = False
         self._deferred = False  # a single sample's statistic is still to be formed
-        self._fingerprints: dict[int, Tensor] = {}  # ‖grad‖ at collection (see _collect)
+        self._collected_norm: Tensor | None = None  # ‖ĝ‖ when a statistic was formed from it
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _init_bucket(self, group: dict, bucket: Bucket) -> None:
@@ -738,9 +738,17 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
                 if k > 1:  # Welford means (the first sample was stashed)
                     b.acc_grad.add_(grad - b.acc_grad, alpha=1.0 / k)
                     b.acc_stat.add_(stat - b.acc_stat, alpha=1.0 / k)
-                # gradients changed after this (unscale_, clipping) would not reach what was
-                # formed from them: remembered, and checked at step()
-                self._fingerprints[id(b)] = torch.linalg.vector_norm(grad)
+        if not self._deferred:
+            # gradients changed after this (unscale_, clipping) would not reach what was formed
+            # from them: remembered, and checked at step() (MonteCarloOptimizer._amp_begin)
+            self._collected_norm = self._grad_norm()
+
+    def _grad_norm(self) -> Tensor:
+        """‖ĝ‖ over the buckets' gradient buffers (this rank's shards, the fp32 copies)."""
+        norms = [torch.linalg.vector_norm(b.state_grad) for bs in self._all_buckets() for b in bs]
+        if not norms:
+            return torch.zeros(())
+        return torch.linalg.vector_norm(torch.stack([n.to(torch.float64) for n in norms]))
 
     @torch.no_grad()
     def _form_stats(self) -> None:
@@ -754,9 +762,9 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         self._deferred = False
 
     @torch.no_grad()
-    def _unscale(self, grad_scale: Tensor) -> None:
-        """Remove GradScaler's scale S from the collected samples: ĝ/S, statistic/Sᵖ."""
-        inv = 1.0 / grad_scale.double()
+    def _unscale(self, inv: Tensor) -> None:
+        """Remove GradScaler's scale S from the collected samples: ĝ/S, statistic/Sᵖ
+        (``inv`` = 1/S)."""
         inv_stat = inv ** self._stat_power()
         for buckets in self._all_buckets():
             for b in buckets:
@@ -764,26 +772,6 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
                 g_hat.mul_(inv.to(g_hat.dtype))
                 if stat is not None and not (self._deferred and stat is b.noise):
                     stat.mul_(inv_stat.to(stat.dtype))
-
-    def _check_fingerprints(self) -> None:
-        """Raise if a gradient was changed after its sample was collected (scaler.unscale_ or
-        clip_grad_norm_ between sampled_params and step): the statistic formed from it at
-        collection (several samples; VOGN's per-example curvature) would not follow."""
-        for buckets in self._all_buckets():
-            for b in buckets:
-                seen = self._fingerprints.get(id(b))
-                if seen is None:
-                    continue
-                now = torch.linalg.vector_norm(b.state_grad)
-                if not torch.isclose(now, seen.to(now.dtype), rtol=1e-6, atol=0, equal_nan=True):
-                    raise RuntimeError(
-                        "the gradients changed after their sample was collected (e.g. "
-                        "scaler.unscale_ or clip_grad_norm_ between sampled_params(train=True) "
-                        "and step()), but the curvature statistic was formed from them at "
-                        "collection (several samples per step, or VOGN's per-example "
-                        "curvature): clip inside the sampled_params block, and let "
-                        "GradScaler.step unscale (no unscale_); the state was not changed"
-                    )
 
     @torch.no_grad()
     def _stash(self) -> None:
@@ -828,7 +816,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             super().zero_grad(set_to_none)
             return
         self._stash()
-        self._fingerprints.clear()  # the collected samples are kept; their gradients go
+        self._collected_norm = None  # the collected samples are kept; their gradients go
         owned = set()
         for buckets in self._buckets:
             for b in buckets:
@@ -846,7 +834,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         self._count = 0
         self._stashed = False
         self._deferred = False
-        self._fingerprints.clear()
+        self._collected_norm = None
         for buckets in self._buckets or []:
             for b in buckets:
                 b.reset_samples()
@@ -888,19 +876,11 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
             self._no_sample()
             return loss
         self._sync_momentum()
-        found_inf = getattr(self, "found_inf", None)  # set by torch.amp.GradScaler.step
-        grad_scale = getattr(self, "grad_scale", None)
-        if found_inf is not None and bool(found_inf.sum() > 0):  # an overflow: skip, drop it
-            self._reset_samples()
-            self.skipped_steps += 1
+        skip, inv = self._amp_begin(self._reset_samples)
+        if skip:
             return loss
-        try:
-            self._check_fingerprints()
-        except RuntimeError:
-            self._reset_samples()
-            raise
-        if grad_scale is not None:
-            self._unscale(grad_scale)
+        if inv is not None:
+            self._unscale(inv)
         self._release_held()  # draw_ahead: back to m while the draw buffer still holds σz
         self._form_stats()
         groups = self._all_buckets()
@@ -916,7 +896,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         # sharded parameters: a NaN may reach one rank's shards only; every rank must agree
         if self._agree_max(float(bad)) > 0:
             self._reset_samples()
-            if grad_scale is not None:  # under GradScaler an overflow is expected: skip
+            if inv is not None:  # under GradScaler an overflow is expected: skip
                 self.skipped_steps += 1
                 return loss
             self._nonfinite_step("the gradients")

@@ -153,7 +153,7 @@ class BSAM(SamplingOptimizer):
                 f"{self._adversarial})"
             )
         self._release_held()
-        self._fingerprints.clear()  # (the gradients are replaced on purpose: g at m + ε)
+        self._collected_norm = None  # (the gradients are replaced on purpose: g at m + ε)
         groups = self._all_buckets()
         with torch.no_grad():
             for group, buckets in zip(self.param_groups, groups):

@@ -25,9 +25,20 @@ r"""Continual learning with posteriors as memory (Khan & Rue 2023, §5: "adaptat
   is exact), so adding data, removing data or changing the regularizer needs the memory only
   (:class:`KPrior`).
 
+- **The Laplace posterior** these methods start from (:func:`diag_laplace`): N(θ*, P⁻¹) with
+  P = δ + diag Σ_i J_iᵀΛ_iJ_i, the diagonal generalized Gauss–Newton matrix of a trained model
+  from one pass of :class:`blr.curvature.PerExample` (for the likelihoods here it is also the
+  diagonal Fisher information that EWC penalizes).
+
+**Multi-head models.** In task-incremental learning each task has its own output head. Every
+function here takes ``select``, a map from the model's output to the outputs of the task in
+question (e.g. ``lambda out: out[:, 2 * t : 2 * t + 2]`` when the heads are the columns of one
+linear layer); the parameters stay those of the whole model, so one posterior covers all heads.
+
 A test checks each claim: sequential conjugate Bayesian linear regression equals the batch
 posterior (1e-10), a K-prior with all past inputs reproduces batch retraining of logistic
-regression (1e-6).
+regression (1e-6), FROMP with as many independent points as weights is the weight-space penalty
+(1e-10), :func:`diag_laplace` equals :class:`blr.nn_laplace.NNLaplace`'s diagonal.
 """
 
 from __future__ import annotations
@@ -40,7 +51,17 @@ from torch import Tensor, nn
 from blr.posterior import ParameterPosterior
 from expfam import DiagGaussian, FullGaussian
 
-__all__ = ["FunctionalPrior", "KPrior", "WeightPrior", "memorable_points", "vcl_prior"]
+__all__ = [
+    "FunctionalPrior",
+    "KPrior",
+    "WeightPrior",
+    "diag_laplace",
+    "memorable_points",
+    "vcl_prior",
+]
+
+Select = Callable[[Tensor], Tensor]
+"""A map from a model's output to the outputs of one task (one head of a multi-head model)."""
 
 _SOFT_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     # ℓ(ŷ, f) summed over the memory, with soft labels ŷ
@@ -59,6 +80,27 @@ _PREDICT: dict[str, Callable[[Tensor], Tensor]] = {
 
 def _flat(model: nn.Module) -> Tensor:
     return torch.cat([p.reshape(-1) for p in model.parameters()])
+
+
+def _check_likelihood(likelihood: str) -> None:
+    if likelihood not in _SOFT_LOSSES:
+        raise ValueError(f"likelihood must be one of {sorted(_SOFT_LOSSES)}, got {likelihood!r}")
+
+
+def _check_select(select: Select | None) -> None:
+    if select is not None and not callable(select):
+        raise TypeError(f"select must be callable (output → a task's outputs), got {select!r}")
+
+
+def _outputs(model: nn.Module, x: Tensor, likelihood: str, select: Select | None) -> Tensor:
+    """The task's outputs f(x): the model's output through ``select``; ``(n,)`` logits for
+    ``bce_with_logits``."""
+    out = model(x)
+    if select is not None:
+        out = select(out)
+    if likelihood == "bce_with_logits":
+        out = out.reshape(len(x), -1).squeeze(-1)
+    return out
 
 
 def vcl_prior(posterior: ParameterPosterior, model: nn.Module) -> ParameterPosterior:
@@ -157,6 +199,10 @@ class KPrior:
         likelihood: ``"bce_with_logits"``, ``"cross_entropy"`` or ``"gaussian"`` (the old
             task's loss, summed over examples).
         delta: δ ≥ 0, the prior precision of the old training.
+        tau: τ ≥ 0, the weight of the function term (1: the exact reconstruction above; with a
+            memory of M of the N_old past inputs, N_old/M restores the old data's scale).
+        select: the task's outputs from the model's output (a head of a multi-head model;
+            module docstring); default the whole output.
 
     Example:
         >>> import torch
@@ -167,47 +213,54 @@ class KPrior:
         >>> loss.backward()
     """
 
-    def __init__(self, model: nn.Module, memory: Tensor, likelihood: str, delta: float):
-        if likelihood not in _SOFT_LOSSES:
-            raise ValueError(
-                f"likelihood must be one of {sorted(_SOFT_LOSSES)}, got {likelihood!r}"
-            )
+    def __init__(
+        self,
+        model: nn.Module,
+        memory: Tensor,
+        likelihood: str,
+        delta: float,
+        *,
+        tau: float = 1.0,
+        select: Select | None = None,
+    ):
+        _check_likelihood(likelihood)
+        _check_select(select)
         if not isinstance(memory, Tensor) or memory.dim() == 0 or memory.shape[0] == 0:
             raise ValueError("memory must be a tensor of at least one example (dimension 0)")
         if not float(delta) >= 0:
             raise ValueError(f"delta must be ≥ 0, got {delta}")
+        if not float(tau) >= 0:
+            raise ValueError(f"tau must be ≥ 0, got {tau}")
         self.model, self.memory, self.likelihood = model, memory, likelihood
-        self.delta = float(delta)
+        self.delta, self.tau, self.select = float(delta), float(tau), select
         with torch.no_grad():
-            out = model(memory)
-            if likelihood == "bce_with_logits":
-                out = out.reshape(len(memory), -1).squeeze(-1)
+            out = _outputs(model, memory, likelihood, select)
             self.soft_labels = _PREDICT[likelihood](out).detach()
             self.theta_old = _flat(model).detach().clone()
 
     def __call__(self) -> Tensor:
         """𝒦(θ) at the model's current parameters (differentiable)."""
-        out = self.model(self.memory)
-        if self.likelihood == "bce_with_logits":
-            out = out.reshape(len(self.memory), -1).squeeze(-1)
+        out = _outputs(self.model, self.memory, self.likelihood, self.select)
         function = _SOFT_LOSSES[self.likelihood](out, self.soft_labels)
         r = _flat(self.model) - self.theta_old
-        return function + 0.5 * self.delta * (r * r).sum()
+        return self.tau * function + 0.5 * self.delta * (r * r).sum()
 
 
-def _predictions(model: nn.Module, x: Tensor, likelihood: str) -> Tensor:
+def _predictions(
+    model: nn.Module, x: Tensor, likelihood: str, select: Select | None = None
+) -> Tensor:
     """The predictions FROMP regularizes: probabilities (``bce_with_logits``,
     ``cross_entropy``) or the outputs (``gaussian``), flattened."""
-    out = model(x)
-    if likelihood == "bce_with_logits":
-        out = out.reshape(len(x), -1)
-    return _PREDICT[likelihood](out).reshape(-1)
+    return _PREDICT[likelihood](_outputs(model, x, likelihood, select)).reshape(-1)
 
 
-def memorable_points(model: nn.Module, x: Tensor, likelihood: str, k: int) -> Tensor:
+def memorable_points(
+    model: nn.Module, x: Tensor, likelihood: str, k: int, *, select: Select | None = None
+) -> Tensor:
     """The indices of the ``k`` inputs of largest Λ_i = tr ∂²ℓ/∂f² (FROMP's memorable points:
     p(1 − p) for ``bce_with_logits``, Σ_c p_c(1 − p_c) for ``cross_entropy``; every point ties
-    for ``gaussian``, whose Λ is constant: the first k), most curved first.
+    for ``gaussian``, whose Λ is constant: the first k), most curved first; ``select`` picks
+    the task's outputs (a head) from the model's output.
 
     Example:
         >>> import torch
@@ -218,14 +271,14 @@ def memorable_points(model: nn.Module, x: Tensor, likelihood: str, k: int) -> Te
         >>> memorable_points(model, torch.tensor([[3.0], [0.1], [-1.0]]), "bce_with_logits", 2)
         tensor([1, 2])
     """
-    if likelihood not in _SOFT_LOSSES:
-        raise ValueError(f"likelihood must be one of {sorted(_SOFT_LOSSES)}, got {likelihood!r}")
+    _check_likelihood(likelihood)
+    _check_select(select)
     if int(k) != k or not 0 < k <= len(x):
         raise ValueError(f"k must be an integer in [1, {len(x)}], got {k}")
     with torch.no_grad():
         if likelihood == "gaussian":
             return torch.arange(int(k))
-        p = _predictions(model, x, likelihood).reshape(len(x), -1)
+        p = _predictions(model, x, likelihood, select).reshape(len(x), -1)
         lam = (p * (1 - p)).sum(-1)
         return torch.argsort(lam, descending=True, stable=True)[: int(k)]
 
@@ -242,6 +295,12 @@ class FunctionalPrior:
     (diagonal or full), ε a small jitter. An empty memory gives 0 (only the weight-space terms
     of the training remain).
 
+    With several outputs per example the kernel is either the full (M·C)×(M·C) matrix or, as
+    FROMP's implementation does, one M×M block K_c = J_cΣJ_cᵀ + εI per output c (the
+    correlations between outputs dropped): ``kernel="per_output"``. The softmax probabilities
+    of ``cross_entropy`` sum to one, so their full kernel is singular (ΣJ_c = 0): ``"auto"``
+    takes the blocks there and the full kernel otherwise.
+
     Args:
         model: the model, holding the old posterior's mean when the regularizer is built.
         memory: the memorable inputs (:func:`memorable_points`), possibly empty.
@@ -249,6 +308,9 @@ class FunctionalPrior:
         likelihood: ``"bce_with_logits"``, ``"cross_entropy"`` or ``"gaussian"``.
         tau: τ ≥ 0, the regularizer's weight.
         jitter: ε ≥ 0.
+        select: the task's outputs from the model's output (a head of a multi-head model;
+            module docstring); default the whole output.
+        kernel: ``"full"``, ``"per_output"`` or ``"auto"`` (above).
 
     Example:
         >>> import torch, expfam
@@ -269,11 +331,17 @@ class FunctionalPrior:
         likelihood: str,
         tau: float = 1.0,
         jitter: float = 1e-8,
+        *,
+        select: Select | None = None,
+        kernel: str = "auto",
     ):
-        if likelihood not in _SOFT_LOSSES:
-            raise ValueError(
-                f"likelihood must be one of {sorted(_SOFT_LOSSES)}, got {likelihood!r}"
-            )
+        _check_likelihood(likelihood)
+        _check_select(select)
+        if kernel not in ("auto", "full", "per_output"):
+            raise ValueError(f"kernel must be 'auto', 'full' or 'per_output', got {kernel!r}")
+        if kernel == "auto":
+            kernel = "per_output" if likelihood == "cross_entropy" else "full"
+        self.kernel = kernel
         if not isinstance(memory, Tensor) or memory.dim() == 0:
             raise ValueError("memory must be a tensor of inputs (examples along dimension 0)")
         if not float(tau) >= 0 or not float(jitter) >= 0:
@@ -284,7 +352,7 @@ class FunctionalPrior:
                 f"posterior must be a diagonal or full Gaussian, got {posterior.family.name}"
             )
         self.model, self.memory, self.likelihood = model, memory, likelihood
-        self.tau = float(tau)
+        self.tau, self.select = float(tau), select
         self.empty = memory.shape[0] == 0
         if self.empty:
             return
@@ -296,6 +364,8 @@ class FunctionalPrior:
             chunks = flat.split([values[n].numel() for n in names])
             params = {n: c.view_as(values[n]) for n, c in zip(names, chunks)}
             out = torch.func.functional_call(model, params, (memory,))
+            if select is not None:
+                out = select(out)
             if likelihood == "bce_with_logits":
                 out = out.reshape(len(memory), -1)
             return _PREDICT[likelihood](out).reshape(-1)
@@ -305,14 +375,99 @@ class FunctionalPrior:
             self.f_old = predictions(theta_old).detach()
         jac = torch.func.jacrev(predictions)(theta_old).detach()  # (M·C, P)
         cov = 1.0 / prec if prec.dim() == 1 else torch.linalg.inv(prec)
-        kernel = jac * cov @ jac.T if prec.dim() == 1 else jac @ cov @ jac.T
-        kernel = kernel + float(jitter) * torch.eye(len(kernel), dtype=kernel.dtype)
-        self.kernel_chol = torch.linalg.cholesky(0.5 * (kernel + kernel.T))
+        m = memory.shape[0]
+        # blocks: (1, M·C, P) for the full kernel, (C, M, P) per output
+        blocks = (
+            jac[None] if kernel == "full" else jac.reshape(m, -1, jac.shape[-1]).transpose(0, 1)
+        )
+        k = blocks * cov @ blocks.mT if prec.dim() == 1 else blocks @ cov @ blocks.mT
+        k = k + float(jitter) * torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)
+        self.kernel_chol = torch.linalg.cholesky(0.5 * (k + k.mT))
 
     def __call__(self) -> Tensor:
         """The regularizer at the model's current parameters (differentiable)."""
         if self.empty:
             return torch.zeros((), dtype=next(self.model.parameters()).dtype)
-        r = _predictions(self.model, self.memory, self.likelihood) - self.f_old
+        r = _predictions(self.model, self.memory, self.likelihood, self.select) - self.f_old
+        # (blocks, rows): one row vector for the full kernel, (C, M) per output
+        r = r[None] if self.kernel == "full" else r.reshape(self.memory.shape[0], -1).T
         sol = torch.cholesky_solve(r.unsqueeze(-1), self.kernel_chol).squeeze(-1)
         return 0.5 * self.tau * (r * sol).sum()
+
+
+def diag_laplace(
+    model: nn.Module,
+    x: Tensor,
+    likelihood: str,
+    prior_precision: float | Tensor,
+    *,
+    select: Select | None = None,
+    batch_size: int = 1024,
+) -> ParameterPosterior:
+    r"""The diagonal Laplace posterior N(θ*, P⁻¹) of a trained model (Khan & Rue 2023, Table 1
+    row 12, with the GGN in place of the Hessian):
+
+    .. math::
+        P = \delta + \operatorname{diag}\sum_i J_i^\top \Lambda_i J_i ,
+
+    θ* the model's current parameters, J_i the Jacobian of the task's outputs at x_i and Λ_i the
+    likelihood's Hessian in them (:mod:`blr.curvature`; no labels needed). One forward pass per
+    batch with :class:`blr.curvature.PerExample` (``mode="ggn"``), never a per-example Jacobian.
+    The data part is the diagonal Fisher information of online EWC.
+
+    Args:
+        model: the trained model (its parameters are θ*).
+        x: the task's inputs (examples along dimension 0).
+        likelihood: ``"bce_with_logits"``, ``"cross_entropy"`` or ``"gaussian"`` (σ² = 1).
+        prior_precision: δ ≥ 0, a scalar or a vector over the flattened parameters (P must be
+            positive).
+        select: the task's outputs from the model's output (a head; module docstring).
+        batch_size: examples per pass.
+
+    Returns:
+        A diagonal-Gaussian :class:`blr.ParameterPosterior` bound to ``model``.
+
+    Example:
+        >>> import torch
+        >>> from blr.continual import diag_laplace
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(0.0)
+        >>> q = diag_laplace(model, torch.tensor([[1.0], [2.0]]), "bce_with_logits", 1.0)
+        >>> q.family.to_moments(q.nat)[1]   # 1 + ¼·(1² + 2²)
+        tensor([2.2500])
+    """
+    from blr.curvature import PerExample
+
+    _check_likelihood(likelihood)
+    _check_select(select)
+    if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError("x must be a tensor of at least one example (dimension 0)")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    theta = _flat(model).detach()
+    delta = torch.as_tensor(prior_precision, dtype=theta.dtype, device=theta.device)
+    if delta.dim() > 1 or (delta.dim() == 1 and delta.shape != theta.shape):
+        raise ValueError(
+            f"prior_precision must be a scalar or a vector of the {theta.numel()} parameters, "
+            f"got shape {tuple(delta.shape)}"
+        )
+    if not bool((delta >= 0).all()):
+        raise ValueError("prior_precision must be ≥ 0")
+    params = list(model.parameters())
+    ggn = torch.zeros_like(theta)
+    loss = "gaussian" if likelihood == "gaussian" else likelihood
+    with PerExample(model, mode="ggn", loss=loss, output_fn=select) as pe:
+        for xb in x.split(int(batch_size)):
+            model(xb)
+            h = pe.squared_grads()
+            ggn += torch.cat([h[p].reshape(-1) for p in params])
+            pe.reset()
+    precision = ggn + delta
+    if not bool((precision > 0).all()):
+        raise ValueError(
+            "the Laplace precision δ + diag GGN is not positive everywhere: give a positive "
+            "prior_precision (some parameters do not affect the task's outputs)"
+        )
+    fam = DiagGaussian()
+    return ParameterPosterior(fam, fam.from_moments(theta.clone(), precision), model)

@@ -436,8 +436,8 @@ class _Progress:
     """A tqdm bar over all epochs of all runs on a terminal; otherwise (tqdm missing, output
     not a TTY) one plain line per finished run, or nothing when ``quiet``."""
 
-    def __init__(self, total: int, stream: TextIO, quiet: bool) -> None:
-        self.stream, self.quiet, self.bar = stream, quiet, None
+    def __init__(self, total: int, stream: TextIO, quiet: bool, prog: str = "blr demo") -> None:
+        self.stream, self.quiet, self.bar, self.prog = stream, quiet, None, prog
         if quiet or not getattr(stream, "isatty", lambda: False)():
             return
         try:
@@ -458,7 +458,7 @@ class _Progress:
         if self.bar is None and not self.quiet:
             total = sum(times)
             print(
-                f"blr demo: {label}: {len(times)} epochs in {total:.1f} s "
+                f"{self.prog}: {label}: {len(times)} epochs in {total:.1f} s "
                 f"({total / len(times):.4f} s/epoch)",
                 file=self.stream,
                 flush=True,

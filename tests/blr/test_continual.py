@@ -199,3 +199,167 @@ def test_k_prior_tasks_remove_data_and_change_the_regularizer(task):
         theta = _minimize(model, lambda: kprior() + (new_delta - delta) * sq())
         ref = _minimize(batch, lambda: _bce(batch, xa, ya) + new_delta * sqb())
     assert float((theta - ref).abs().max()) <= 1e-6
+
+
+# ------------------------------------------------------------ multi-head and the Laplace diag
+def _two_layer(seed=5, outputs=4):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, outputs)
+    ).double()
+
+
+def test_diag_laplace_is_the_diagonal_of_nn_laplace():
+    """diag_laplace (PerExample, in batches) equals NNLaplace(structure="diag") (per-example
+    Jacobians) within 1e-12, for a softmax and a binary likelihood; the mean is θ*."""
+    from blr.continual import diag_laplace
+    from blr.nn_laplace import NNLaplace
+
+    model = _two_layer()
+    x = torch.randn(37, 3, dtype=f64, generator=torch.Generator().manual_seed(6))
+    q = diag_laplace(model, x, "cross_entropy", 0.7, batch_size=10)
+    ref = NNLaplace(model, likelihood="classification", structure="diag", prior_prec=0.7)
+    ref.fit(x, torch.randint(0, 4, (37,)))
+    mean, prec = q.family.to_moments(q.nat)
+    torch.testing.assert_close(prec, ref.posterior_precision, rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        mean, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    )
+    one = _two_layer(outputs=1)
+    qb = diag_laplace(one, x, "bce_with_logits", torch.full((26,), 0.3, dtype=f64))
+    refb = NNLaplace(one, likelihood="binary", structure="diag", prior_prec=0.3)
+    refb.fit(x, torch.randint(0, 2, (37,)).to(f64))
+    torch.testing.assert_close(qb.family.to_moments(qb.nat)[1], refb.posterior_precision,
+                               rtol=0, atol=1e-12)  # fmt: skip
+
+
+def test_a_selected_head_is_the_laplace_of_the_single_head_model():
+    """select = the columns 2:4 of a 4-output layer: the shared layers' precisions equal the
+    two-output model's (its last layer those two rows), the other head's rows keep δ."""
+    from blr.continual import diag_laplace
+    from blr.nn_laplace import NNLaplace
+
+    model = _two_layer()
+    x = torch.randn(29, 3, dtype=f64, generator=torch.Generator().manual_seed(7))
+    q = diag_laplace(model, x, "cross_entropy", 0.7, select=lambda out: out[:, 2:4])
+    prec = q.family.to_moments(q.nat)[1]
+    sub = torch.nn.Sequential(model[0], model[1], torch.nn.Linear(5, 2).double())
+    with torch.no_grad():
+        sub[2].weight.copy_(model[2].weight[2:4])
+        sub[2].bias.copy_(model[2].bias[2:4])
+    ref = NNLaplace(sub, likelihood="classification", structure="diag", prior_prec=0.7)
+    ref = ref.fit(x, torch.randint(0, 2, (29,))).posterior_precision
+    shared = 3 * 5 + 5
+    w, b = prec[shared : shared + 20].view(4, 5), prec[shared + 20 :]
+    torch.testing.assert_close(prec[:shared], ref[:shared], rtol=0, atol=1e-12)
+    torch.testing.assert_close(w[2:].reshape(-1), ref[shared : shared + 10], rtol=0, atol=1e-12)
+    torch.testing.assert_close(b[2:], ref[shared + 10 :], rtol=0, atol=1e-12)
+    assert bool((w[:2] == 0.7).all() and (b[:2] == 0.7).all())
+
+
+@pytest.mark.parametrize("kernel", ["per_output", "full"])
+def test_fromp_on_a_head_is_the_formula_with_autograd_jacobians(kernel):
+    """FunctionalPrior with select (a head of a multi-head model) and a diagonal posterior equals
+    ½τ Σ_c r_cᵀ(J_cΣJ_cᵀ + εI)⁻¹r_c (per output) or ½τ rᵀ(JΣJᵀ + εI)⁻¹r (full) with J from
+    torch.autograd.functional.jacobian of the head's softmax probabilities, at a moved θ."""
+    from blr.continual import FunctionalPrior
+
+    model = _two_layer(outputs=5)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(4, 3, dtype=f64, generator=g)
+    sel = lambda out: out[:, 1:4]  # noqa: E731
+    fam, n = expfam.DiagGaussian(), sum(p.numel() for p in model.parameters())
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    prec = 0.5 + torch.rand(n, dtype=f64, generator=g)
+    q = blr.ParameterPosterior(fam, fam.from_moments(theta, prec), model)
+    jitter = 1e-3 if kernel == "full" else 1e-9  # the softmax's full kernel is singular
+    reg = FunctionalPrior(model, x, q, "cross_entropy", tau=3.0, jitter=jitter, select=sel,
+                          kernel=kernel)  # fmt: skip
+
+    def probs(flat):
+        out, i = x, 0
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                wn, bn = layer.weight.numel(), layer.bias.numel()
+                w = flat[i : i + wn].view_as(layer.weight)
+                out = out @ w.T + flat[i + wn : i + wn + bn]
+                i += wn + bn
+            else:
+                out = layer(out)
+        return torch.softmax(sel(out), -1)  # (M, C)
+
+    jac = torch.autograd.functional.jacobian(probs, theta)  # (M, C, P)
+    f_old = probs(theta)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, dtype=f64, generator=g))
+    moved = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    r = probs(moved) - f_old
+    if kernel == "per_output":
+        expected = 0.0
+        for c in range(3):
+            k = jac[:, c] / prec @ jac[:, c].T + jitter * torch.eye(4, dtype=f64)
+            expected += r[:, c] @ torch.linalg.solve(k, r[:, c])
+    else:
+        jf, rf = jac.reshape(12, n), r.reshape(12)
+        expected = rf @ torch.linalg.solve(jf / prec @ jf.T + jitter * torch.eye(12, dtype=f64), rf)
+    torch.testing.assert_close(reg().detach(), 1.5 * expected, rtol=1e-9, atol=0)
+    assert reg.kernel == kernel
+
+
+def test_k_prior_on_a_head_and_its_weight_tau():
+    """KPrior(select, tau): τ·Σ_i BCE(ŷ_i, f_i(θ)) on the head's logits + ½δ‖θ − θ_old‖², with
+    the soft labels ŷ the head's old probabilities; memorable_points ranks by the head."""
+    from blr.continual import memorable_points
+
+    model = _two_layer(outputs=3)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(6, 3, dtype=f64, generator=g)
+    sel = lambda out: out[:, 2:3]  # noqa: E731
+    with torch.no_grad():
+        old_logit = model(x)[:, 2]
+    theta_old = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    k = KPrior(model, x, "bce_with_logits", 0.4, tau=2.5, select=sel)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, dtype=f64, generator=g))
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    logit = model(x)[:, 2]
+    expected = (
+        2.5
+        * torch.nn.functional.binary_cross_entropy_with_logits(
+            logit, torch.sigmoid(old_logit), reduction="sum"
+        )
+        + 0.2 * ((theta - theta_old) ** 2).sum()
+    )
+    torch.testing.assert_close(k().detach(), expected.detach())
+    lam = (torch.sigmoid(logit) * (1 - torch.sigmoid(logit))).detach()
+    top = torch.argsort(lam, descending=True)[:3]
+    assert memorable_points(model, x, "bce_with_logits", 3, select=sel).tolist() == top.tolist()
+
+
+def test_bad_multi_head_input_names_the_argument():
+    from blr.continual import FunctionalPrior, diag_laplace, memorable_points
+
+    model = _two_layer()
+    x = torch.randn(5, 3, dtype=f64)
+    fam = expfam.DiagGaussian()
+    n = sum(p.numel() for p in model.parameters())
+    q = blr.ParameterPosterior(fam, fam.from_moments(torch.zeros(n, dtype=f64),
+                                                     torch.ones(n, dtype=f64)), model)  # fmt: skip
+    with pytest.raises(TypeError, match="select must be callable"):
+        KPrior(model, x, "cross_entropy", 0.1, select=2)
+    with pytest.raises(TypeError, match="select must be callable"):
+        memorable_points(model, x, "cross_entropy", 2, select="head")
+    with pytest.raises(ValueError, match="tau must be ≥ 0"):
+        KPrior(model, x, "cross_entropy", 0.1, tau=-1.0)
+    with pytest.raises(ValueError, match="kernel must be"):
+        FunctionalPrior(model, x, q, "cross_entropy", kernel="diag")
+    with pytest.raises(ValueError, match="x must be a tensor of at least one example"):
+        diag_laplace(model, x[:0], "cross_entropy", 1.0)
+    with pytest.raises(ValueError, match="prior_precision must be a scalar or a vector"):
+        diag_laplace(model, x, "cross_entropy", torch.ones(3, dtype=f64))
+    with pytest.raises(ValueError, match="not positive everywhere"):
+        diag_laplace(model, x, "cross_entropy", 0.0, select=lambda out: out[:, :2])
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        diag_laplace(model, x, "hinge", 1.0)

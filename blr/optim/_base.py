@@ -774,9 +774,10 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
                     stat.mul_(inv_stat.to(stat.dtype))
 
     @torch.no_grad()
-    def _stash(self) -> None:
+    def _stash(self, draw: bool = True) -> None:
         """Move a single collected sample out of the gradient and draw buffers into the
-        averages, before either is overwritten (a second draw, ``zero_grad``)."""
+        averages, before either is overwritten (a second draw, or ``zero_grad`` when ``draw``
+        is False)."""
         if self._count != 1 or self._stashed:
             return
         self._form_stats()
@@ -815,7 +816,7 @@ class SamplingOptimizer(DistributedNoise, MonteCarloOptimizer):
         if self._buckets is None:
             super().zero_grad(set_to_none)
             return
-        self._stash()
+        self._stash(draw=False)
         self._collected_norm = None  # the collected samples are kept; their gradients go
         owned = set()
         for buckets in self._buckets:

@@ -176,13 +176,28 @@ class BSAM(SamplingOptimizer):
     def _epsilon(self, group: dict, bucket: Bucket) -> Tensor:
         """ε = r g₁/s (into the bucket's work space)."""
         out = torch.empty_like(bucket.noise) if bucket.work is None else bucket.work
-        return torch.div(bucket.noise, bucket.state["scale"], out=out).mul_(group["rho"])
+        return torch.div(self._g1(bucket), bucket.state["scale"], out=out).mul_(group["rho"])
 
-    def _stash(self) -> None:
-        """One sample per step: g₁ moves into the draw buffer at :meth:`adversarial_params`."""
+    def _g1(self, bucket: Bucket) -> Tensor:
+        """g₁: kept in the draw buffer when the sample is collected, or moved out of it by
+        :meth:`_stash` before a prediction draw overwrites that buffer."""
+        return bucket.acc_stat if self._stashed else bucket.noise
+
+    def _stash(self, draw: bool = True) -> None:
+        """A draw between the collection of g₁ and ``step()`` (a prediction draw, e.g. an
+        evaluation inside the step) would overwrite g₁ in the draw buffer: copy it out first.
+        ``zero_grad`` leaves the draw buffer alone (nothing to do)."""
+        if not draw or self._count != 1 or self._stashed:
+            return
+        for buckets in self._all_buckets():
+            for b in buckets:
+                if b.acc_stat is None:
+                    b.acc_stat = b.empty()
+                b.acc_stat.copy_(b.noise)
+        self._stashed = True
 
     def _sample_buffers(self, b: Bucket) -> tuple[Tensor, Tensor | None]:
-        return b.state_grad, b.noise  # (g at m + ε, g₁)
+        return b.state_grad, self._g1(b)  # (g at m + ε, g₁)
 
     # ------------------------------------------------------------------ the step
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:

@@ -85,13 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         help="benchmark tables: optimizer-side time and memory of AdamW, IVON, VOGN and the "
-        "generic BLROptimizer (optim), the UCI regression protocol (uci)",
+        "generic BLROptimizer (optim), the UCI regression protocol (uci), continual learning "
+        "on split digits / Fashion-MNIST (continual), model merging (merge)",
         description="Benchmark tables. optim: optimizer-side time per step and memory held "
         "(AdamW, IVON and the generic BLROptimizer with a diagonal Gaussian, with its ratio to "
-        "IVON; whole training steps add VOGN and OGN); uci: the UCI regression protocol. "
+        "IVON; whole training steps add VOGN and OGN); uci: the UCI regression protocol; "
+        "continual: naive fine-tuning, online EWC, VCL with IVON, FROMP, K-priors and joint "
+        "training on split digits or split Fashion-MNIST; merge: merging fine-tuned models by "
+        "averaging, task arithmetic, Fisher averaging and uncertainty-based gradient matching. "
         "'blr bench TARGET --help' lists the target's options.",
     )
-    bench.add_argument("target", choices=["optim", "uci"], help="what to benchmark")
+    bench.add_argument(
+        "target", choices=["optim", "uci", "continual", "merge"], help="what to benchmark"
+    )
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the target (--help)")
     return parser
 
@@ -113,6 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from blr.apps import uci
 
         return uci.main(args.rest)
+    if args.command == "bench" and args.target == "continual":
+        from blr.apps import continual
+
+        return continual.main(args.rest)
+    if args.command == "bench" and args.target == "merge":
+        from blr.apps import merging
+
+        return merging.main(args.rest)
     if args.command == "bench":
         from blr.apps import bench  # lazily: the benchmark code is only needed here
 

@@ -66,6 +66,39 @@ def _tasks(base: ParameterPosterior | None, tasks: Sequence[ParameterPosterior],
     return alphas
 
 
+def _means(base, tasks) -> tuple[Tensor | None, list[Tensor]]:
+    """The parameter vectors of the base (if any) and the tasks, checked to be of one model:
+    posteriors by :meth:`blr.ParameterPosterior.check_compatible`, flat vectors by shape."""
+    if len(tasks) == 0:
+        raise ValueError("tasks must hold at least one fine-tuned model")
+    models = ([] if base is None else [("base", base)]) + [
+        (f"tasks[{i}]", t) for i, t in enumerate(tasks)
+    ]
+    first_name, first = models[0]
+    out = []
+    for name, t in models:
+        if isinstance(t, ParameterPosterior):
+            if isinstance(first, ParameterPosterior) and t is not first:
+                first.check_compatible(t, name)
+            v = t.mean()
+        elif isinstance(t, Tensor):
+            v = t
+        else:
+            raise TypeError(
+                f"{name} must be a blr.ParameterPosterior or a flat parameter tensor, got "
+                f"{type(t).__name__}"
+            )
+        if v.dim() != 1:
+            raise ValueError(f"{name} must be a flat (1-D) parameter vector, got {tuple(v.shape)}")
+        if out and v.shape != out[0].shape:
+            raise ValueError(
+                f"{name} has {v.numel()} parameters, {first_name} {out[0].numel()}: the models "
+                "of a merge must have one architecture"
+            )
+        out.append(v)
+    return (out[0], out[1:]) if base is not None else (None, out)
+
+
 def _apply(prec: Tensor, v: Tensor) -> Tensor:
     return prec * v if prec.dim() == 1 else prec @ v
 
@@ -130,12 +163,8 @@ def task_arithmetic(
         >>> task_arithmetic(torch.zeros(2), [torch.ones(2), torch.tensor([1.0, -1.0])], 0.5)
         tensor([1., 0.])
     """
-    if len(tasks) == 0:
-        raise ValueError("tasks must hold at least one fine-tuned model")
-    theta0 = base.mean() if isinstance(base, ParameterPosterior) else base
-    return theta0 + alpha * sum(
-        (t.mean() if isinstance(t, ParameterPosterior) else t) - theta0 for t in tasks
-    )
+    theta0, thetas = _means(base, tasks)
+    return theta0 + alpha * sum(t - theta0 for t in thetas)
 
 
 def average(tasks: Sequence[ParameterPosterior | Tensor]) -> Tensor:
@@ -147,9 +176,7 @@ def average(tasks: Sequence[ParameterPosterior | Tensor]) -> Tensor:
         >>> average([torch.zeros(2), torch.tensor([2.0, 4.0])])
         tensor([1., 2.])
     """
-    if len(tasks) == 0:
-        raise ValueError("tasks must hold at least one fine-tuned model")
-    means = [t.mean() if isinstance(t, ParameterPosterior) else t for t in tasks]
+    _, means = _means(None, tasks)
     return sum(means) / len(means)
 
 

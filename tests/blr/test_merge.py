@@ -114,3 +114,30 @@ def test_bad_input_names_the_argument():
         gradient_matching(q, [bern])
     with pytest.raises(TypeError, match=r"base must be a blr\.ParameterPosterior"):
         gradient_matching(torch.zeros(D), [q])
+
+
+def test_models_of_another_architecture_are_refused_by_every_merge():
+    """A model of another architecture, as a posterior or as a flat vector, is refused naming
+    its place in the arguments (it used to fail deep in torch's broadcasting, or not at all)."""
+    from blr.merge import average, fisher_average, gradient_matching, task_arithmetic
+    from blr.optim import IVON
+
+    a, b = torch.nn.Linear(3, 1), torch.nn.Linear(2, 1)
+    qa = IVON(a.parameters(), lr=0.1, ess=10).posterior(a)
+    qb = IVON(b.parameters(), lr=0.1, ess=10).posterior(b)
+    with pytest.raises(ValueError, match=r"tasks\[1\] is a posterior over another model"):
+        gradient_matching(qa, [qa, qb])
+    with pytest.raises(ValueError, match=r"tasks\[1\] is a posterior over another model"):
+        fisher_average([qa, qb])
+    with pytest.raises(ValueError, match=r"tasks\[0\] is a posterior over another model"):
+        task_arithmetic(qa, [qb], 0.5)
+    with pytest.raises(ValueError, match=r"tasks\[1\] is a posterior over another model"):
+        average([qa, qb])
+    with pytest.raises(ValueError, match=r"tasks\[1\] has 3 parameters, tasks\[0\] 4"):
+        average([torch.zeros(4), torch.zeros(3)])
+    with pytest.raises(ValueError, match=r"tasks\[0\] has 3 parameters, base 4"):
+        task_arithmetic(torch.zeros(4), [torch.zeros(3)], 1.0)
+    with pytest.raises(TypeError, match=r"tasks\[0\] must be a blr.ParameterPosterior"):
+        average([[0.0, 1.0]])
+    with pytest.raises(ValueError, match="must be a flat"):
+        average([torch.zeros(2, 2)])

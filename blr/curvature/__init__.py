@@ -53,6 +53,7 @@ likelihood       names                                                   support
 from __future__ import annotations
 
 from blr.curvature.jacobians import fisher, ggn, jacobians, per_example_grads
+from blr.curvature.layers import BatchedLinear
 from blr.curvature.likelihoods import (
     NAMES,
     Bernoulli,
@@ -70,6 +71,7 @@ from blr.curvature.per_example import PerExample
 
 __all__ = [
     "NAMES",
+    "BatchedLinear",
     "Bernoulli",
     "Categorical",
     "ElementwiseLoss",

@@ -10,6 +10,8 @@ or directly into Σ_{seeds, examples} g² without materializing them where a clo
   Σ_i (b_i a_iᵀ)² = (b²)ᵀ(a²), a single matrix product; (∇bias)_i = Σ_t b_it;
 - ``nn.Conv1d``/``nn.Conv2d`` (any stride, padding incl. ``"same"`` and non-zero padding modes,
   dilation, groups): (∇W)_i = b_i · unfold(a_i)ᵀ summed over the output positions, then squared;
+- :class:`BatchedLinear` (K independent linear layers in one call, input ``(M, K, in)``):
+  (∇W_k)_i = b_ik a_ikᵀ, Σ_i (∇W_k)_i² = (b_k²)ᵀ(a_k²) per model k, (∇bias_k)_i = b_ik;
 - ``nn.Embedding``: the rows b_it are scatter-added into the per-example gradient of the table (a
   token repeated inside an example adds up before squaring); ``padding_idx`` rows stay zero;
 - ``nn.LayerNorm``, ``nn.GroupNorm``: (∇γ)_i = Σ b_i ⊙ x̂_i, (∇β)_i = Σ b_i over the positions;
@@ -38,7 +40,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 if TYPE_CHECKING:
     from blr.curvature.per_example import PerExample
 
-__all__ = ["FUNC", "RULES", "Rule", "rule_for"]
+__all__ = ["FUNC", "RULES", "BatchedLinear", "Rule", "rule_for"]
 
 
 def _first_input(args: tuple, kwargs: dict, name: str = "input") -> Any:
@@ -121,6 +123,130 @@ class _LinearRule(Rule):
         out = {}
         if "weight" in names:
             out["weight"] = b2.T @ a.to(b.dtype).reshape(m, -1).square()
+        if "bias" in names:
+            out["bias"] = b2.sum(0)
+        return out
+
+
+class BatchedLinear(nn.Module):
+    r"""K independent linear layers applied in one call (an ensemble, or one network per data
+    split or per hyperparameter, trained together): for an input ``(M, K, in)``,
+
+    .. math::
+        y_{i,k} = W_k\,x_{i,k} + b_k ,\qquad y \in \mathbb R^{M\times K\times\text{out}},
+
+    with ``weight`` ``(K, out, in)`` and ``bias`` ``(K, out)``, each W_k, b_k initialised as
+    ``nn.Linear(in, out)`` initialises its own. Dimension 0 is the examples (what
+    :class:`~blr.curvature.PerExample` needs), dimension 1 the models; a loss that sums the
+    models' losses gives each model the gradient of its own, and every elementwise optimizer
+    (IVON, Vadam, VOGN with :class:`~blr.curvature.PerExample`'s closed-form rule for this
+    layer, Adam) then updates the K models independently.
+
+    Args:
+        models: K.
+        in_features, out_features: as for ``nn.Linear``.
+        bias: whether to add b_k.
+
+    Example:
+        >>> import torch
+        >>> from blr.curvature.layers import BatchedLinear
+        >>> layer = BatchedLinear(3, 4, 2)
+        >>> x = torch.randn(5, 3, 4)
+        >>> y = layer(x)
+        >>> y.shape, torch.allclose(y[:, 1], x[:, 1] @ layer.weight[1].T + layer.bias[1])
+        (torch.Size([5, 3, 2]), True)
+    """
+
+    def __init__(
+        self,
+        models: int,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if int(models) != models or models < 1:
+            raise ValueError(f"models must be a positive integer, got {models}")
+        self.models, self.in_features, self.out_features = int(models), in_features, out_features
+        kw = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(self.models, out_features, in_features, **kw))
+        self.bias = nn.Parameter(torch.empty(self.models, out_features, **kw)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Each model as ``nn.Linear.reset_parameters`` (Kaiming-uniform weights, a = √5;
+        biases uniform in ±1/√in).
+
+        Example:
+            >>> import torch
+            >>> from blr.curvature import BatchedLinear
+            >>> layer = BatchedLinear(2, 4, 3)
+            >>> layer.reset_parameters()
+            >>> bool(layer.bias.abs().max() <= 0.5)
+            True
+        """
+        bound = 1.0 / self.in_features**0.5 if self.in_features > 0 else 0.0
+        for k in range(self.models):
+            nn.init.kaiming_uniform_(self.weight[k], a=5**0.5)
+            if self.bias is not None:
+                nn.init.uniform_(self.bias[k], -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """y[:, k] = x[:, k] W_kᵀ + b_k for an input ``(M, K, in)``.
+
+        Example:
+            >>> import torch
+            >>> from blr.curvature import BatchedLinear
+            >>> BatchedLinear(2, 3, 1)(torch.zeros(4, 2, 3)).shape
+            torch.Size([4, 2, 1])
+        """
+        if x.dim() != 3 or x.shape[1] != self.models or x.shape[2] != self.in_features:
+            raise ValueError(
+                f"BatchedLinear expects inputs (M, {self.models}, {self.in_features}), got "
+                f"{tuple(x.shape)}"
+            )
+        out = torch.bmm(x.transpose(0, 1), self.weight.transpose(1, 2)).transpose(0, 1)
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self) -> str:
+        """The sizes, in ``repr``.
+
+        Example:
+            >>> from blr.curvature import BatchedLinear
+            >>> BatchedLinear(2, 3, 1)
+            BatchedLinear(models=2, in_features=3, out_features=1, bias=True)
+        """
+        return (
+            f"models={self.models}, in_features={self.in_features}, "
+            f"out_features={self.out_features}, bias={self.bias is not None}"
+        )
+
+
+class _BatchedLinearRule(Rule):
+    name = "BatchedLinear"
+
+    def check(self, pe, module, args, kwargs, output):
+        if _first_input(args, kwargs).dim() != 3:
+            raise ValueError("PerExample needs inputs (M, K, in) for BatchedLinear")
+
+    def per_example(self, module, saved, b, names):
+        (a,) = saved
+        out = {}
+        if "weight" in names:
+            out["weight"] = torch.einsum("pmko,mki->pmkoi", b, a.to(b.dtype))
+        if "bias" in names:
+            out["bias"] = b
+        return out
+
+    def sum_sq(self, module, saved, b, names, budget):
+        (a,) = saved
+        b2 = b.square().sum(0)  # (M, K, out): Σ over the seeds
+        out = {}
+        if "weight" in names:
+            out["weight"] = torch.einsum("mko,mki->koi", b2, a.to(b.dtype).square())
         if "bias" in names:
             out["bias"] = b2.sum(0)
         return out
@@ -337,6 +463,7 @@ class _FuncRule(Rule):
 FUNC = _FuncRule()
 RULES: tuple[tuple[type, Rule], ...] = (
     (nn.Linear, _LinearRule()),
+    (BatchedLinear, _BatchedLinearRule()),
     (nn.Conv1d, _ConvRule(1)),
     (nn.Conv2d, _ConvRule(2)),
     (nn.Embedding, _EmbeddingRule()),

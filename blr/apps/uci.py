@@ -88,7 +88,8 @@ __all__ = [
 
 METHODS = ("vogn", "vadam", "ivon", "bbb")
 _DEFAULT_LR = {"vogn": 0.03, "vadam": 0.1, "ivon": 0.03, "bbb": 0.003}
-_LABELS = {"vogn": "VOGN", "vadam": "Vadam", "ivon": "IVON", "bbb": "BBB"}
+_LABELS = {"vogn": "VOGN", "vadam": "Vadam", "ivon": "IVON", "bbb": "BBB",
+           "mcdropout": "MC dropout", "ensemble": "Ensemble (5)"}  # fmt: skip
 
 #: Published test RMSE (mean, s.e.) of Khan et al. (2018, Table 1), by dataset directory name:
 #: their BBVI baseline (Bayes by backprop trained with Adam) and Vadam.
@@ -99,6 +100,8 @@ PUBLISHED_RMSE: dict[str, dict[str, tuple[float, float]]] = {
     "wine-quality-red": {"bbb": (0.65, 0.01), "vadam": (0.66, 0.01)},
     "yacht": {"bbb": (2.05, 0.06), "vadam": (1.32, 0.10)},
     "kin8nm": {"bbb": (0.09, 0.00), "vadam": (0.10, 0.00)},
+    "naval-propulsion-plant": {"bbb": (0.00, 0.00), "vadam": (0.00, 0.00)},
+    "power-plant": {"bbb": (4.31, 0.03), "vadam": (4.28, 0.03)},
 }
 
 _REQUIRED = (
@@ -562,11 +565,11 @@ def _summary(values: list[float]) -> list[float | None] | None:
     return [mean, se if math.isfinite(se) else None]
 
 
-def _check_methods(methods: Sequence[str]) -> list[str]:
+def _check_methods(methods: Sequence[str], allowed: Sequence[str] = METHODS) -> list[str]:
     methods = list(methods)
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in allowed]
     if bad or not methods:
-        raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {methods}")
+        raise ValueError(f"methods must be a non-empty subset of {tuple(allowed)}, got {methods}")
     return list(dict.fromkeys(methods))
 
 
@@ -589,20 +592,29 @@ def format_table(report: dict[str, Any], *, markdown: bool = False) -> str:
         | IVON | 1.000 ± 0.100 | -1.500 ± 0.200 | — | 3.0 |
     """
     head = ["method", "test RMSE", "test log-lik", "published RMSE", "time (s)"]
-    rows = [
-        [
+    select = report.get("protocol") == "select"
+    if select:
+        base = _LABELS.get(report.get("best_baseline") or "", "—")
+        head[-1:-1] = [f"Δ log-lik vs {base}"]
+        head[-1] = "time (s): wall / CPU"
+    rows = []
+    for r in report["results"]:
+        row = [
             _LABELS.get(r["method"], r["method"]),
             _pm(r["rmse"], 3, "diverged"),
             _pm(r["loglik"], 3, "diverged"),
             _pm(r["published_rmse"], 2),
             f"{r['time_s']:.1f}",
         ]
-        for r in report["results"]
-    ]
+        if select:
+            row[-1:-1] = [_pm(r.get("loglik_diff"), 3)]
+            row[-1] = f"{r['time_s']:.1f} / {r['cpu_s']:.1f}"
+        rows.append(row)
+    advice = "" if select else "; try a smaller --lr {m}=..."
     notes = [
         f"{_LABELS.get(r['method'], r['method'])} diverged (NaN/Inf) on split(s) "
-        f"{', '.join(map(str, r['diverged_splits']))}: left out of its mean ± s.e.; "
-        f"try a smaller --lr {r['method']}=..."
+        f"{', '.join(map(str, r['diverged_splits']))}: left out of its mean ± s.e."
+        + advice.format(m=r["method"])
         for r in report["results"]
         if r.get("diverged_splits")
     ]
@@ -616,14 +628,27 @@ def format_table(report: dict[str, Any], *, markdown: bool = False) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``blr bench uci``."""
     defaults = BenchConfig()
+    from blr.apps import uci_protocol
+
     parser = argparse.ArgumentParser(
         prog="blr bench uci",
         description=(
             "The UCI regression benchmark (one hidden layer, inputs and target standardized on "
             "the training split; test RMSE and log-likelihood in original units, mean ± s.e. over "
-            "splits) for VOGN, Vadam, IVON and Bayes by backprop, beside the published numbers "
-            "of Khan et al. (2018). Any directory in the layout described in docs/uci.md works."
+            "splits) for VOGN, Vadam, IVON and Bayes by backprop, and MC dropout and a deep "
+            "ensemble as baselines, beside the published numbers of Khan et al. (2018). By "
+            "default every setting (prior precision, learning rate or dropout rate, epochs) is "
+            "chosen per split on held-out training rows (--protocol select); --protocol fixed "
+            "runs the four BLR methods with the settings given. Any directory in the layout "
+            "described in docs/uci.md works."
         ),
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("select", "fixed"),
+        default="select",
+        help="select (default): settings chosen per split on held-out training rows, all "
+        "splits trained at once; fixed: --lr/--prior-prec/--epochs as given, split by split",
     )
     parser.add_argument(
         "--data", required=True, metavar="DIR", help="dataset directory (data.txt, index_*.txt)"
@@ -631,16 +656,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--methods",
         nargs="+",
-        choices=METHODS,
-        default=list(METHODS),
+        choices=uci_protocol.METHODS,
+        default=None,
         metavar="M",
-        help=f"methods to run, among {', '.join(METHODS)} (default: all)",
+        help=f"methods to run, among {', '.join(uci_protocol.METHODS)} (default: all; "
+        f"--protocol fixed: {', '.join(METHODS)})",
     )
     parser.add_argument(
         "--splits", type=int, default=None, help="use the first N splits (default: n_splits.txt)"
     )
     parser.add_argument(
-        "--epochs", type=int, default=None, help="training epochs (default: n_epochs.txt)"
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs (select: the budget whose 1/8, 1/4, 1/2 and all are the "
+        "candidates, default about 3000 steps and at least n_epochs.txt; fixed: default "
+        "n_epochs.txt)",
     )
     parser.add_argument(
         "--samples",
@@ -654,16 +685,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--prior-prec",
         type=float,
-        default=defaults.prior_prec,
-        help=f"prior precision δ of every weight (default {defaults.prior_prec})",
+        default=None,
+        help=f"--protocol fixed: prior precision δ of every weight (default "
+        f"{defaults.prior_prec}); select chooses it",
     )
     parser.add_argument(
         "--lr",
         action="append",
         default=[],
         metavar="M=LR",
-        help="learning rate of method M (repeatable), e.g. --lr ivon=0.01; defaults: "
-        + ", ".join(f"{m}={v}" for m, v in defaults.lr.items()),
+        help="--protocol fixed: learning rate of method M (repeatable), e.g. --lr ivon=0.01; "
+        "defaults: " + ", ".join(f"{m}={v}" for m, v in defaults.lr.items()),
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
@@ -689,8 +721,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for value, name in ((args.batch_size, "--batch-size"), (args.threads, "--threads")):
             if value < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {value}")
-        if not (math.isfinite(args.prior_prec) and args.prior_prec > 0):
+        if args.protocol == "select":
+            for given, name in ((args.lr, "--lr"), (args.prior_prec, "--prior-prec")):
+                if given:
+                    raise ValueError(
+                        f"{name} applies to --protocol fixed; --protocol select chooses it on "
+                        "held-out training rows"
+                    )
+        prior_prec = 1.0 if args.prior_prec is None else args.prior_prec
+        if not (math.isfinite(prior_prec) and prior_prec > 0):
             raise ValueError(f"--prior-prec must be > 0, got {args.prior_prec}")
+        if args.protocol == "fixed" and args.methods:
+            _check_methods(args.methods)
         data = load_uci(args.data)
         if args.splits is not None and not 1 <= args.splits <= data.n_splits:
             raise ValueError(f"--splits must lie in [1, {data.n_splits}], got {args.splits}")
@@ -707,24 +749,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"--lr {name} must be a number, got {value!r}") from None
             if not (math.isfinite(lr[name]) and lr[name] > 0):
                 raise ValueError(f"--lr {name} must be > 0, got {value}")
-        config = BenchConfig(
-            epochs=args.epochs,
-            lr=lr,
-            batch_size=args.batch_size,
-            samples=args.samples,
-            prior_prec=args.prior_prec,
-            seed=args.seed,
-        )
+        progress = None if args.quiet or args.json else sys.stderr
         with _threads(args.threads):
-            start = time.perf_counter()
-            report = run_benchmark(
-                data,
-                args.methods,
-                splits=args.splits,
-                config=config,
-                progress=None if args.quiet or args.json else sys.stderr,
-            )
+            start, cpu = time.perf_counter(), time.process_time()
+            if args.protocol == "select":
+                from blr.apps import uci_protocol
+
+                report = uci_protocol.run_benchmark(
+                    data,
+                    args.methods or uci_protocol.METHODS,
+                    splits=args.splits,
+                    config=uci_protocol.ProtocolConfig(
+                        epochs=args.epochs,
+                        batch_size=args.batch_size,
+                        test_samples=args.samples,
+                        seed=args.seed,
+                    ),
+                    progress=progress,
+                )
+            else:
+                config = BenchConfig(
+                    epochs=args.epochs,
+                    lr=lr,
+                    batch_size=args.batch_size,
+                    samples=args.samples,
+                    prior_prec=prior_prec,
+                    seed=args.seed,
+                )
+                report = run_benchmark(
+                    data, args.methods or METHODS, splits=args.splits, config=config,
+                    progress=progress,
+                )  # fmt: skip
             report["wall_s"] = time.perf_counter() - start
+            report["cpu_s"] = time.process_time() - cpu
     except (FileNotFoundError, ValueError) as exc:
         print(f"blr bench uci: error: {exc}", file=sys.stderr)
         return 2
@@ -733,7 +790,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(report, indent=1))
     else:
         print(format_table(report, markdown=args.markdown))
-        print(f"wall time {report['wall_s']:.1f} s on {args.threads} thread(s)")
+        print(
+            f"wall time {report['wall_s']:.1f} s, CPU {report['cpu_s']:.1f} s on "
+            f"{args.threads} thread(s)"
+        )
     return 1 if any(r["diverged_splits"] for r in report["results"]) else 0
 
 

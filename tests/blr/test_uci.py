@@ -20,9 +20,15 @@ from blr.apps.uci import (
     BenchConfig,
     evaluate,
     load_uci,
-    main,
     run_method,
 )
+from blr.apps.uci import main as _main
+
+
+def main(argv: list[str]) -> int:
+    """``blr bench uci --protocol fixed``: the settings as given, split by split (the protocol
+    that chooses them is tested in tests/blr/test_uci_protocol.py)."""
+    return _main(["--protocol", "fixed", *argv])
 from blr.posterior import ParameterPosterior
 
 REQUIRED = (

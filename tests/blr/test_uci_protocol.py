@@ -1,0 +1,92 @@
+"""``blr bench uci`` with its default protocol (blr.apps.uci_protocol): settings chosen per split
+on held-out training rows, all splits trained at once. End to end on a small slice: the choices
+are printed per split, lie in the grids, and do not change when only the test rows change (no
+test row reaches a choice); the batched networks are those of blr.apps.uci.mlp per split; a
+diverging candidate is reported and left out; the paired differences recompute."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from blr.apps import uci_protocol
+from blr.apps.uci import load_uci, main, mlp
+from blr.apps.uci_protocol import ProtocolConfig, run_protocol
+from tests.blr.test_uci import write_dataset
+
+QUICK = ["--epochs", "4", "--samples", "4", "--quiet", "--json"]
+
+
+@pytest.fixture()
+def toy(tmp_path):
+    return write_dataset(tmp_path / "toy")
+
+
+def test_the_default_protocol_prints_the_choices_per_split(toy, capsys):
+    argv = ["--data", str(toy), "--methods", "ivon", "mcdropout", "ensemble", *QUICK]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["protocol"] == "select" and report["splits"] == 2
+    assert report["best_baseline"] in ("mcdropout", "ensemble")
+    for r in report["results"]:
+        assert len(r["choices"]) == 2 and r["diverged_splits"] == []
+        for c in r["choices"]:
+            assert c["prior_prec"] in uci_protocol.PRIOR_PRECS
+            assert c["epochs"] in (1, 2, 4)
+            if r["method"] == "mcdropout":
+                assert c["dropout"] in uci_protocol.DROPOUT_RATES
+            else:
+                assert c["lr"] in [uci_protocol.BASE_LR[r["method"]] * s
+                                   for s in uci_protocol.LR_SCALES]  # fmt: skip
+        assert len(r["rmse_splits"]) == 2 and all(v > 0 for v in r["rmse_splits"])
+        if r["method"] != report["best_baseline"]:
+            best = next(b for b in report["results"] if b["method"] == report["best_baseline"])
+            diffs = [a - b for a, b in zip(r["loglik_splits"], best["loglik_splits"])]
+            assert r["loglik_diff"][0] == pytest.approx(float(np.mean(diffs)))
+
+
+def test_no_test_row_reaches_a_choice(toy, tmp_path):
+    """Split 0's test targets replaced by noise of another scale: every choice (δ, lr, epochs,
+    validation log-likelihood) is the same; the test scores are not."""
+    data = load_uci(toy)
+    config = ProtocolConfig(epochs=4, n_hidden=data.n_hidden, test_samples=4, val_samples=4)
+    before = run_protocol("ivon", data, [0], config)
+    raw = np.loadtxt(toy / "data.txt")
+    _, test = data.indices(0)
+    raw[test, 1] = 1e3 * np.random.default_rng(5).normal(size=test.size)
+    np.savetxt(toy / "data.txt", raw)
+    after = run_protocol("ivon", load_uci(toy), [0], config)
+    assert after["splits"][0]["choice"] == before["splits"][0]["choice"]
+    assert after["splits"][0]["rmse"] > 10 * before["splits"][0]["rmse"]
+
+
+def test_the_batched_networks_start_as_the_per_split_networks():
+    """Network j of the batch is blr.apps.uci.mlp initialized under its split's seed."""
+    net = uci_protocol._network([7, 1007], 3, 5, None)
+    for j, seed in enumerate((7, 1007)):
+        torch.manual_seed(seed)
+        ref = mlp(3, 5)
+        x = torch.randn(4, 3)
+        torch.testing.assert_close(net(torch.stack([x, x], 1))[:, j], ref(x))
+
+
+def test_a_diverging_candidate_is_left_out_and_an_all_diverged_split_is_reported(
+    toy, capsys, monkeypatch
+):
+    monkeypatch.setitem(uci_protocol.BASE_LR, "ivon", 1e30)
+    assert main(["--data", str(toy), "--methods", "ivon", *QUICK]) == 1
+    report = json.loads(capsys.readouterr().out)
+    (ivon,) = report["results"]
+    assert ivon["diverged_splits"] == [0, 1] and ivon["rmse"] is None
+    assert all(c is None for c in ivon["choices"])
+    assert ivon["diverged_candidates"] == [8, 8]  # 4 δ × 2 learning rates per split
+
+
+def test_fixed_only_options_are_refused_with_the_default_protocol(toy, capsys):
+    assert main(["--data", str(toy), "--lr", "ivon=0.1"]) == 2
+    assert "--lr applies to --protocol fixed" in capsys.readouterr().err
+    assert main(["--data", str(toy), "--protocol", "fixed", "--methods", "ensemble"]) == 2
+    assert "methods must be a non-empty subset" in capsys.readouterr().err

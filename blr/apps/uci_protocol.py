@@ -69,8 +69,13 @@ __all__ = [
     "METHODS",
     "PRIOR_PRECS",
     "STEP_BUDGET",
+    "BASELINES",
     "ProtocolConfig",
+    "plot",
+    "run_benchmark",
     "run_protocol",
+    "summary",
+    "summary_table",
 ]
 
 METHODS = ("vogn", "vadam", "ivon", "bbb", "mcdropout", "ensemble")
@@ -564,3 +569,97 @@ def _pair(value: tuple[float, float] | None) -> list[float | None] | None:
         return None
     mean, se = value
     return [mean, se if math.isfinite(se) else None]
+
+
+_ORDER = ("vogn", "vadam", "ivon", "bbb", "mcdropout", "ensemble")
+_NAMES = {"vogn": "VOGN", "vadam": "Vadam", "ivon": "IVON", "bbb": "BBB",
+          "mcdropout": "MC dropout", "ensemble": "Ensemble (5)"}  # fmt: skip
+
+
+def plot(reports: Sequence[dict[str, Any]], path: Any) -> Any:
+    """Test RMSE (top, relative to the data set's best method) and log-likelihood (bottom) of
+    every method on every data set, mean ± s.e. over the splits, from :func:`run_benchmark`'s
+    reports (one per data set).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> r = {"dataset": "toy", "results": [{"method": "ivon", "rmse": [1.0, 0.1],
+        ...      "loglik": [-1.0, 0.1]}]}
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     out = plot([r], pathlib.Path(d) / "uci.png")
+        ...     out.stat().st_size > 1000
+        True
+    """
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(reports)
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n + 1, 5.2), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for col, rep in enumerate(reports):
+        res = {r["method"]: r for r in rep["results"]}
+        methods = [m for m in _ORDER if m in res]
+        ok = [res[m]["rmse"][0] for m in methods if res[m]["rmse"] is not None]
+        best = min(ok) if ok else 1.0
+        for row, key in enumerate(("rmse", "loglik")):
+            ax = axes[row][col]
+            for j, m in enumerate(methods):
+                v = res[m][key]
+                if v is None:
+                    continue
+                mean, se = v[0], v[1] or 0.0
+                scale = best if key == "rmse" else 1.0
+                ax.errorbar(j, mean / scale, yerr=se / scale, fmt="o", color=colors[j % 10],
+                            capsize=3, label=_NAMES[m])  # fmt: skip
+            ax.set_xticks([])
+            if row == 0:
+                ax.set_title(rep["dataset"].replace("-", "-\n", 1), fontsize=9)
+        axes[0][0].set_ylabel("test RMSE / best RMSE")
+        axes[1][0].set_ylabel("test log-likelihood")
+    handles, labels = axes[1][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def summary_table(reports: Sequence[dict[str, Any]]) -> str:
+    """One Markdown table of :func:`run_benchmark`'s reports: data set, method, test RMSE and
+    log-likelihood (mean ± s.e.), the published RMSE, the paired log-likelihood difference to
+    the best baseline, the diverged splits and the time.
+
+    Example:
+        >>> r = {"dataset": "toy", "best_baseline": "ensemble", "results": [{"method": "ivon",
+        ...      "rmse": [1.0, 0.1], "loglik": [-1.0, 0.1], "published_rmse": None,
+        ...      "loglik_diff": [-0.5, 0.1], "diverged_splits": [], "time_s": 2.0,
+        ...      "cpu_s": 1.5}]}
+        >>> summary_table([r]).splitlines()[2].split(" | ")[1:6]
+        ['IVON', '1.000 ± 0.100', '-1.000 ± 0.100', '—', '-0.500 ± 0.100 (Ensemble (5))']
+    """
+    from blr.apps.report import format_mean_se
+
+    def pm(v, digits=3):
+        return "—" if v is None else format_mean_se(v[0], v[1], digits, missing="—")
+
+    lines = [
+        "| data set | method | test RMSE | test log-lik | published RMSE | Δ log-lik vs best "
+        "baseline | diverged splits | time (s): wall / CPU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rep in reports:
+        base = _NAMES.get(rep.get("best_baseline") or "", "—")
+        for r in rep["results"]:
+            diff = r.get("loglik_diff")
+            diff_s = "—" if diff is None else f"{pm(diff)} ({base})"
+            lines.append(
+                f"| {rep['dataset']} | {_NAMES[r['method']]} | {pm(r['rmse'])} | "
+                f"{pm(r['loglik'])} | {pm(r.get('published_rmse'), 2)} | {diff_s} | "
+                f"{len(r['diverged_splits'])} | {r['time_s']:.0f} / {r['cpu_s']:.0f} |"
+            )
+    return "\n".join(lines)

@@ -62,6 +62,7 @@ from blr.apps.uci import Split, UCIDataset, mlp
 from blr.curvature import BatchedLinear
 
 __all__ = [
+    "BASELINES",
     "BASE_LR",
     "DIVERGED_LOSS",
     "DROPOUT_RATES",
@@ -69,7 +70,6 @@ __all__ = [
     "METHODS",
     "PRIOR_PRECS",
     "STEP_BUDGET",
-    "BASELINES",
     "ProtocolConfig",
     "plot",
     "run_benchmark",

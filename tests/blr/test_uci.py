@@ -23,13 +23,14 @@ from blr.apps.uci import (
     run_method,
 )
 from blr.apps.uci import main as _main
+from blr.posterior import ParameterPosterior
 
 
 def main(argv: list[str]) -> int:
     """``blr bench uci --protocol fixed``: the settings as given, split by split (the protocol
     that chooses them is tested in tests/blr/test_uci_protocol.py)."""
     return _main(["--protocol", "fixed", *argv])
-from blr.posterior import ParameterPosterior
+
 
 REQUIRED = (
     "data.txt",

@@ -90,3 +90,32 @@ def test_fixed_only_options_are_refused_with_the_default_protocol(toy, capsys):
     assert "--lr applies to --protocol fixed" in capsys.readouterr().err
     assert main(["--data", str(toy), "--protocol", "fixed", "--methods", "ensemble"]) == 2
     assert "methods must be a non-empty subset" in capsys.readouterr().err
+
+
+def test_vogn_one_factor_pass_is_the_identity_factors_exactly():
+    """K networks with disjoint parameters: the all-ones factor (one backward per step) gives
+    VOGN the same diagonal GGN as the identity's K factors, so the same steps, bit for bit."""
+    from torch import nn
+
+    from blr.curvature import BatchedLinear, Gaussian
+    from blr.optim import VOGN
+
+    def run(loss):
+        torch.manual_seed(0)
+        net = nn.Sequential(BatchedLinear(6, 3, 8), nn.ReLU(), BatchedLinear(6, 8, 1))
+        opt = VOGN(net.parameters(), lr=0.05, ess=100, loss=loss, model=net, seed=0)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            x, y = torch.randn(16, 6, 3, generator=g), torch.randn(16, 6, 1, generator=g)
+            with opt.sampled_params(train=True):
+                opt.zero_grad()
+                ((net(x) - y) ** 2).mean(0).sum().backward()
+            opt.step()
+        state = opt.state_dict()["state"]
+        return [p.detach().clone() for p in net.parameters()] + [s["hess"] for s in state.values()]
+
+    for a, b in zip(run(Gaussian(1.0)), run(uci_protocol._SeparableGaussian(1.0))):
+        assert torch.equal(a, b)
+    assert uci_protocol._SeparableGaussian(1.0).hessian_factors(torch.zeros(5, 6, 1)).shape == (
+        1, 5, 6, 1,
+    )  # fmt: skip

@@ -57,6 +57,7 @@ from typing import Any, TextIO
 import torch
 from torch import Tensor, nn
 
+from blr.apps.demo import _positive_int
 from blr.apps.report import format_mean_se, mean_se, text_table
 
 __all__ = [
@@ -535,16 +536,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the plot continual_<dataset>.png (default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

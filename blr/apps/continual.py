@@ -59,6 +59,7 @@ from torch import Tensor, nn
 
 from blr.apps.demo import _positive_int
 from blr.apps.report import format_mean_se, mean_se, text_table
+from blr.continual import _flat
 
 __all__ = [
     "DATASETS",
@@ -178,10 +179,6 @@ def forgetting(acc: Sequence[Sequence[float]]) -> float:
 def _task_data(x: Tensor, y: Tensor, classes: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     keep = (y == classes[0]) | (y == classes[1])
     return x[keep], (y[keep] == classes[1]).to(x.dtype)
-
-
-def _flat(model: nn.Module) -> Tensor:
-    return torch.cat([p.reshape(-1) for p in model.parameters()])
 
 
 @torch.no_grad()

@@ -54,11 +54,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from blr.apps.uci import Split, UCIDataset, mlp
+from blr.apps.uci import Split, UCIDataset, _gaussian_nll, _summary, mlp
 from blr.curvature import BatchedLinear, Gaussian
 
 __all__ = [
@@ -74,7 +73,6 @@ __all__ = [
     "plot",
     "run_benchmark",
     "run_protocol",
-    "summary",
     "summary_table",
 ]
 
@@ -187,10 +185,6 @@ class _Batch:
 
     def x(self, attr: str) -> Tensor:
         return _stack([self.splits[i] for i in self.members], attr)
-
-
-def _gaussian_nll(f: Tensor, y: Tensor, log_noise: Tensor) -> Tensor:
-    return 0.5 * (math.log(2 * math.pi) + log_noise + (y - f) ** 2 * torch.exp(-log_noise))
 
 
 class _SeparableGaussian(Gaussian):
@@ -487,15 +481,6 @@ def run_protocol(
     }
 
 
-def summary(values: Sequence[float | None]) -> tuple[float, float] | None:
-    """(mean, s.e.) of the finite values, None without any."""
-    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return None
-    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
-    return float(v.mean()), se
-
-
 BASELINES = ("mcdropout", "ensemble")
 
 
@@ -542,8 +527,8 @@ def run_benchmark(
         pub = PUBLISHED_RMSE.get(data.name, {}).get(method)
         results.append({
             "method": method,
-            "rmse": _pair(summary(rm)),
-            "loglik": _pair(summary(ll)),
+            "rmse": _summary(_present(rm)),
+            "loglik": _summary(_present(ll)),
             "published_rmse": list(pub) if pub else None,
             "time_s": r["time_s"],
             "cpu_s": r["cpu_s"],
@@ -561,7 +546,7 @@ def run_benchmark(
             if best is not None:
                 pairs = [a - b for a, b in zip(r[f"{key}_splits"], best[f"{key}_splits"])
                          if a is not None and b is not None]  # fmt: skip
-                diff = _pair(summary(pairs)) if r is not best else None
+                diff = _summary(pairs) if r is not best else None
             r[f"{key}_diff"] = diff
     return {
         "dataset": data.name,
@@ -573,13 +558,6 @@ def run_benchmark(
         "best_baseline": None if best is None else best["method"],
         "results": results,
     }
-
-
-def _pair(value: tuple[float, float] | None) -> list[float | None] | None:
-    if value is None:
-        return None
-    mean, se = value
-    return [mean, se if math.isfinite(se) else None]
 
 
 _ORDER = ("vogn", "vadam", "ivon", "bbb", "mcdropout", "ensemble")
@@ -674,3 +652,8 @@ def summary_table(reports: Sequence[dict[str, Any]]) -> str:
                 f"{len(r['diverged_splits'])} | {r['time_s']:.0f} / {r['cpu_s']:.0f} |"
             )
     return "\n".join(lines)
+
+
+def _present(values: Sequence[float | None]) -> list[float]:
+    """The values of the splits that did not diverge."""
+    return [v for v in values if v is not None]

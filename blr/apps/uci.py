@@ -618,6 +618,13 @@ def format_table(report: dict[str, Any], *, markdown: bool = False) -> str:
         for r in report["results"]
         if r.get("diverged_splits")
     ]
+    notes += [
+        f"{_LABELS.get(r['method'], r['method'])}: on all the training rows the choice of split "
+        f"{f['split']} (δ {f['prior_prec']:g}, c {f['likelihood_weight']:g}, lr {f['lr']:.3g}, "
+        f"{f['epochs']} epochs) diverged; its next best candidate was retrained"
+        for r in report["results"]
+        for f in r.get("retrain_diverged", [])
+    ]
     if markdown:
         return "\n".join([markdown_table(head, rows), *(["", *notes] if notes else [])])
     title = f"{report['dataset']}: {report['splits']} split(s), mean ± s.e.; original units"

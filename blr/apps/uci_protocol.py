@@ -65,10 +65,13 @@ __all__ = [
     "BASE_LR",
     "DIVERGED_LOSS",
     "DROPOUT_RATES",
+    "LIKELIHOOD_WEIGHTS",
     "LR_SCALES",
     "METHODS",
     "PRIOR_PRECS",
+    "RETRAINS",
     "STEP_BUDGET",
+    "TEMPERED",
     "ProtocolConfig",
     "plot",
     "run_benchmark",
@@ -84,8 +87,16 @@ Adam's default for the baselines)."""
 PRIOR_PRECS = (0.1, 1.0, 10.0, 100.0)
 LR_SCALES = (1.0, 1.0 / 3.0)
 DROPOUT_RATES = (0.05, 0.2)
+LIKELIHOOD_WEIGHTS = (1.0, 10.0)
+"""The candidates of c in the tempered posterior q ∝ p(D|θ)ᶜ p(θ) (c = 1: the posterior)."""
+TEMPERED = ("vogn", "ivon", "bbb")
+"""The methods for which c is a candidate setting (:data:`LIKELIHOOD_WEIGHTS`); the others
+keep c = 1 (module docstring)."""
 STEP_BUDGET = 3000
 DIVERGED_LOSS = 1e5
+RETRAINS = 2
+"""How many times a split's choice that diverges on all its training rows gives way to its next
+best candidate (reported as ``retrain_diverged``)."""
 """A network whose minibatch loss (per example, standardized units) exceeds this is stopped."""
 ENSEMBLE = 5
 
@@ -95,7 +106,8 @@ class ProtocolConfig:
     """Settings of the protocol (module docstring).
 
     Attributes:
-        prior_precs, lr_scales, dropout_rates: the candidate grids.
+        prior_precs, lr_scales, dropout_rates, likelihood_weights: the candidate grids (the
+            last for the methods of :data:`TEMPERED` only).
         step_budget: the epoch budget is max(n_epochs, ⌈step_budget / steps per epoch⌉).
         epochs: a fixed budget instead (quick runs).
         holdout: the validation fraction of the training rows.
@@ -108,6 +120,7 @@ class ProtocolConfig:
     prior_precs: tuple[float, ...] = PRIOR_PRECS
     lr_scales: tuple[float, ...] = LR_SCALES
     dropout_rates: tuple[float, ...] = DROPOUT_RATES
+    likelihood_weights: tuple[float, ...] = LIKELIHOOD_WEIGHTS
     step_budget: int = STEP_BUDGET
     epochs: int | None = None
     holdout: float = 0.2
@@ -180,6 +193,7 @@ class _Batch:
     splits: list[Split]
     members: list[int]  # network j → index into splits
     priors: list[float]  # δ per network
+    weights: list[float]  # c per network (the likelihood's weight)
     rates: list[float] | None  # dropout rate per network
     seeds: list[int]
 
@@ -188,18 +202,26 @@ class _Batch:
 
 
 class _SeparableGaussian(Gaussian):
-    """The Gaussian likelihood (σ² = 1 on the scaled outputs) with ONE factor of Λ = I per
-    example, the all-ones column, in place of the identity's K columns. VVᵀ = 11ᵀ is not Λ,
-    but for K networks with disjoint parameters the Jacobian of output k is zero outside
-    network k, so the cross terms J_kᵀJ_l (k ≠ l) vanish on the diagonal and the diagonal GGN
-    is the same, from one backward pass per step instead of K."""
+    """The Gaussian likelihood (σ² = 1 on the scaled outputs) of K networks, network k's
+    weighted by c_k, with ONE factor of Λ = diag(c) per example, the column √c, in place of
+    K columns. VVᵀ = √c√cᵀ is not Λ, but for K networks with disjoint parameters the Jacobian
+    of output k is zero outside network k, so the cross terms J_kᵀJ_l (k ≠ l) vanish on the
+    diagonal and the diagonal GGN is the same, c_k J_kᵀJ_k, from one backward pass per step
+    instead of K."""
 
-    def hessian_factors(self, f: Tensor) -> Tensor:
-        return torch.ones((1, *f.shape), dtype=f.dtype, device=f.device) * self.root_precision
+    def __init__(self, weights: Tensor) -> None:
+        super().__init__(1.0)
+        self.root_weights = weights.sqrt()  # (K,)
+
+    def hessian_factors(self, f: Tensor) -> Tensor:  # f: (B, K, 1)
+        root = self.root_weights.to(f.dtype).reshape(1, 1, -1, 1)
+        return root.expand(1, *f.shape).to(device=f.device)
 
 
-def _optimizer(method: str, net: nn.Module, n: int, lr: float, priors: Tensor, config):
-    """The method's optimizer over the batched network, δ per network through ``prior=``."""
+def _optimizer(method: str, net: nn.Module, n: int, lr: float, priors: Tensor,
+               weights: Tensor, config):  # fmt: skip
+    """The method's optimizer over the batched network, δ per network through ``prior=``
+    (and VOGN's curvature weighted by c per network)."""
     from blr.optim import IVON, VOGN, BayesByBackprop, Vadam
     from blr.posterior import ParameterPosterior
     from expfam import DiagGaussian
@@ -215,7 +237,7 @@ def _optimizer(method: str, net: nn.Module, n: int, lr: float, priors: Tensor, c
     h0, b2 = config.hess_init, config.beta2
     if method == "vogn":
         return VOGN(net.parameters(), lr=lr, ess=n, beta2=b2, hess_init=h0, curvature="ggn",
-                    loss=_SeparableGaussian(1.0), model=net, prior=prior, seed=0)  # fmt: skip
+                    loss=_SeparableGaussian(weights), model=net, prior=prior, seed=0)  # fmt: skip
     if method == "ivon":
         return IVON(net.parameters(), lr=lr, ess=n, beta2=b2, hess_init=h0, prior=prior,
                     fused=False, seed=0)  # fmt: skip
@@ -232,44 +254,47 @@ def _train_and_score(
     lr: float,
     checkpoints: Sequence[int],
     config: ProtocolConfig,
-    score: Callable[[int, nn.Module, Any, Tensor], None],
+    score: Callable[[int, nn.Module, Any, Tensor, Tensor], None],
 ) -> list[bool]:
-    """Train the batch's networks; call ``score(epoch, net, predictive, noise_var)`` at each
-    checkpoint. Returns, per network, whether it diverged."""
+    """Train the batch's networks; call ``score(epoch, net, predictive, noise_var, alive)`` at
+    each checkpoint (``alive``: per network, not stopped so far). Returns, per network,
+    whether it diverged."""
     x, y = batch.x("x_train"), batch.x("y_train").unsqueeze(-1)
     n, k = x.shape[0], x.shape[1]
     priors = torch.tensor(batch.priors, dtype=x.dtype)
+    weights = torch.tensor(batch.weights, dtype=x.dtype)
     rates = None if batch.rates is None else torch.tensor(batch.rates, dtype=x.dtype)
     net = _network(batch.seeds, x.shape[2], config.n_hidden, rates).to(x.dtype)
     log_noise = torch.full((k, 1), math.log(config.noise_var_init), dtype=x.dtype)
     log_noise.requires_grad_(True)
     noise_opt = torch.optim.Adam([log_noise], lr=config.noise_lr)
-    opt = _optimizer(method, net, n, lr, priors, config)
+    opt = _optimizer(method, net, n, lr, priors, weights, config)
     gens = [torch.Generator().manual_seed(s + 1) for s in batch.seeds]
     steps = math.ceil(n / config.batch_size)
     params = list(net.parameters())
     alive = torch.ones(k, dtype=torch.bool)
     try:
-        _epochs(method, net, opt, noise_opt, log_noise, x, y, priors, gens, steps, checkpoints,
-                config, score, alive)  # fmt: skip
+        _epochs(method, net, opt, noise_opt, log_noise, x, y, priors, weights, gens, steps,
+                checkpoints, config, score, alive)  # fmt: skip
     except FloatingPointError:
         return [True] * k
     finite = torch.stack([torch.isfinite(p.detach().reshape(k, -1)).all(1) for p in params])
     return (~(alive & finite.all(0))).tolist()
 
 
-def _epochs(method, net, opt, noise_opt, log_noise, x, y, priors, gens, steps, checkpoints,
-            config, score, alive) -> None:  # fmt: skip
+def _epochs(method, net, opt, noise_opt, log_noise, x, y, priors, weights, gens, steps,
+            checkpoints, config, score, alive) -> None:  # fmt: skip
     n, k = x.shape[0], x.shape[1]
     sampling = method not in ("mcdropout", "ensemble")
     params = list(net.parameters())
 
     def loss_fn(xb: Tensor, yb: Tensor, sigma: Tensor) -> Tensor:
         per = _gaussian_nll(net(xb) * sigma, yb, log_noise).mean(0).squeeze(-1)  # (K,)
+        alive.logical_and_(torch.isfinite(per.detach()) & (per.detach() <= DIVERGED_LOSS))
+        per = per * weights  # c_k: the tempered likelihood
         if not sampling:  # MAP: + ½δ‖θ_k‖²/N per network
             sq = sum((p.reshape(k, -1) ** 2).sum(1) for p in params)
             per = per + 0.5 * priors * sq / n
-        alive.logical_and_(torch.isfinite(per.detach()) & (per.detach() <= DIVERGED_LOSS))
         return torch.where(alive, per, torch.zeros_like(per)).sum()
 
     for epoch in range(1, max(checkpoints) + 1):
@@ -292,7 +317,7 @@ def _epochs(method, net, opt, noise_opt, log_noise, x, y, priors, gens, steps, c
         if epoch in checkpoints:
             noise_var = torch.exp(log_noise.detach()).squeeze(-1)
             predictive = opt.posterior(net) if method == "bbb" else opt
-            score(epoch, net, predictive, noise_var)
+            score(epoch, net, predictive, noise_var, alive.clone())
 
 
 @torch.no_grad()
@@ -371,8 +396,9 @@ def run_protocol(
         progress: a text stream for one line per run (None: silent).
 
     Returns:
-        ``{"method", "splits": [per split: {"split", "choice": {"prior_prec", "lr",
-        "dropout", "epochs", "val_loglik"}, "rmse", "loglik", "diverged_candidates"}],
+        ``{"method", "splits": [per split: {"split", "choice": {"prior_prec",
+        "likelihood_weight", "lr", "dropout", "epochs", "val_loglik"}, "rmse", "loglik",
+        "diverged_candidates"}],
         "epochs_budget", "time_s", "cpu_s"}`` (``rmse``/``loglik`` None when every candidate
         of a split diverged).
     """
@@ -387,24 +413,27 @@ def run_protocol(
     budget = _epoch_budget(val[0].n_train, data, config)
     points = _checkpoints(budget)
     run_opts = config.dropout_rates if method == "mcdropout" else config.lr_scales
-    # candidates: (run option, δ) per split; each run holds every split × δ (× member)
-    best: dict[int, dict[str, Any]] = {}
+    c_grid = config.likelihood_weights if method in TEMPERED else (1.0,)
+    # candidates: (run option, δ, c) per split; each run holds every split × δ × c (× member)
+    ranked: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(splits))}
     diverged: dict[int, int] = {i: 0 for i in range(len(splits))}
     for opt_value in run_opts:
         lr = BASE_LR[method] * (1.0 if method == "mcdropout" else opt_value)
-        layout = [(i, d, j) for i in range(len(splits)) for d in config.prior_precs
-                  for j in range(members)]  # fmt: skip
+        layout = [(i, d, c, j) for i in range(len(splits)) for d in config.prior_precs
+                  for c in c_grid for j in range(members)]  # fmt: skip
         batch = _Batch(
             splits=val,
-            members=[i for i, _, _ in layout],
-            priors=[d for _, d, _ in layout],
+            members=[i for i, _, _, _ in layout],
+            priors=[d for _, d, _, _ in layout],
+            weights=[c for _, _, c, _ in layout],
             rates=[opt_value] * len(layout) if method == "mcdropout" else None,
-            seeds=[config.seed + 1000 * splits[i] + 100 * j for i, _, j in layout],
+            seeds=[config.seed + 1000 * splits[i] + 100 * j for i, _, _, j in layout],
         )
         holder: dict[int, Tensor] = {}
-        cands = [val[i] for i, _, _ in layout[::members]]
+        cands = [val[i] for i, _, _, _ in layout[::members]]
 
-        def score(epoch, net, predictive, noise_var, batch=batch, holder=holder, cands=cands):
+        def score(epoch, net, predictive, noise_var, alive, batch=batch, holder=holder,
+                  cands=cands):  # fmt: skip
             x = batch.x("x_test")
             mean, var = _predict(method, net, predictive, x, config.val_samples, noise_var)
             if members > 1:
@@ -415,53 +444,72 @@ def run_protocol(
         dead = _train_and_score(method, batch, lr, points, config, score)
         dead_cand = [any(dead[c * members : (c + 1) * members])
                      for c in range(len(layout) // members)]  # fmt: skip
-        for c, (i, d, _) in enumerate(layout[::members]):
-            if dead_cand[c]:
+        for a, (i, d, c, _) in enumerate(layout[::members]):
+            if dead_cand[a]:
                 diverged[i] += 1
                 continue
             for epoch in points:
-                ll = float(holder[epoch][c])
-                if not math.isfinite(ll):
-                    continue
-                if i not in best or ll > best[i]["val_loglik"]:
-                    best[i] = {"prior_prec": d, "lr": lr, "epochs": epoch, "val_loglik": ll,
-                               "dropout": opt_value if method == "mcdropout" else None}  # fmt: skip
+                ll = float(holder[epoch][a])
+                if math.isfinite(ll):
+                    ranked[i].append({"prior_prec": d, "likelihood_weight": c, "lr": lr,
+                                      "epochs": epoch, "val_loglik": ll,
+                                      "dropout": opt_value if method == "mcdropout" else None})  # fmt: skip
         if progress is not None:
             print(f"{method} {data.name}: candidates with option {opt_value} done "
                   f"({time.perf_counter() - t0:.0f} s)", file=progress, flush=True)  # fmt: skip
-    # final runs: one per chosen run option, its splits with their δ, scored at their epochs
-    results: dict[int, tuple[float, float] | None] = {}
-    groups: dict[tuple, list[int]] = {}
-    for i, choice in best.items():
-        key = (choice["lr"], choice["dropout"])
-        groups.setdefault(key, []).append(i)
-    for (lr, rate), idx in groups.items():
-        layout = [(i, j) for i in idx for j in range(members)]
-        batch = _Batch(
-            splits=full,
-            members=[i for i, _ in layout],
-            priors=[best[i]["prior_prec"] for i, _ in layout],
-            rates=[rate] * len(layout) if method == "mcdropout" else None,
-            seeds=[config.seed + 1000 * splits[i] + 100 * j for i, j in layout],
-        )
-        wanted = {best[i]["epochs"] for i in idx}
+    for i in ranked:  # best first; a stable sort keeps the grid's order among ties
+        ranked[i].sort(key=lambda ch: -ch["val_loglik"])
+    # final runs: one per chosen run option, its splits with their (δ, c), each scored at its
+    # epochs; a choice that diverges on all the training rows gives way to the split's next
+    # best candidate on the hold-out (at most RETRAINS times), and is reported
+    best: dict[int, dict[str, Any]] = {}
+    results: dict[int, tuple[float, float]] = {}
+    failed: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(splits))}
+    todo = {i: r[0] for i, r in ranked.items() if r}
+    for _ in range(RETRAINS + 1):
+        groups: dict[tuple, list[int]] = {}
+        for i, choice in todo.items():
+            groups.setdefault((choice["lr"], choice["dropout"]), []).append(i)
+        for (lr, rate), idx in groups.items():
+            layout = [(i, j) for i in idx for j in range(members)]
+            batch = _Batch(
+                splits=full,
+                members=[i for i, _ in layout],
+                priors=[todo[i]["prior_prec"] for i, _ in layout],
+                weights=[todo[i]["likelihood_weight"] for i, _ in layout],
+                rates=[rate] * len(layout) if method == "mcdropout" else None,
+                seeds=[config.seed + 1000 * splits[i] + 100 * j for i, j in layout],
+            )
+            wanted = {todo[i]["epochs"] for i in idx}
 
-        def final_score(epoch, net, predictive, noise_var, batch=batch, idx=idx, wanted=wanted):
-            if epoch not in wanted:
-                return
-            x = batch.x("x_test")
-            mean, var = _predict(method, net, predictive, x, config.test_samples, noise_var)
-            if members > 1:
-                mean, var = _ensemble_pool(mean, var, members)
-            rmse, ll = _scores(mean, var, [full[i] for i in idx])
-            for c, i in enumerate(idx):
-                if best[i]["epochs"] == epoch:  # the split's chosen epochs only
-                    results[i] = (float(rmse[c]), float(ll[c]))
+            def final_score(epoch, net, predictive, noise_var, alive, batch=batch, idx=idx,
+                            wanted=wanted):  # fmt: skip
+                if epoch not in wanted:
+                    return
+                x = batch.x("x_test")
+                mean, var = _predict(method, net, predictive, x, config.test_samples, noise_var)
+                if members > 1:
+                    mean, var = _ensemble_pool(mean, var, members)
+                rmse, ll = _scores(mean, var, [full[i] for i in idx])
+                for c, i in enumerate(idx):
+                    ok = bool(alive[c * members : (c + 1) * members].all())
+                    ok = ok and math.isfinite(float(rmse[c])) and math.isfinite(float(ll[c]))
+                    if todo[i]["epochs"] == epoch and ok:  # the split's chosen epochs only
+                        results[i] = (float(rmse[c]), float(ll[c]))
 
-        dead = _train_and_score(method, batch, lr, sorted(wanted), config, final_score)
-        for c, i in enumerate(idx):
-            if any(dead[c * members : (c + 1) * members]):
-                results[i] = None
+            _train_and_score(method, batch, lr, sorted(wanted), config, final_score)
+        retry = {}
+        for i, choice in todo.items():
+            if i in results:
+                best[i] = choice
+                continue
+            failed[i].append(choice)
+            rest = ranked[i][ranked[i].index(choice) + 1 :]
+            if rest:
+                retry[i] = rest[0]
+        todo = retry
+        if not todo:
+            break
     out = []
     for i, k in enumerate(splits):
         r = results.get(i)
@@ -471,6 +519,7 @@ def run_protocol(
             "rmse": None if r is None else r[0],
             "loglik": None if r is None else r[1],
             "diverged_candidates": diverged[i],
+            "retrain_diverged": failed[i],
         })  # fmt: skip
     return {
         "method": method,
@@ -534,6 +583,8 @@ def run_benchmark(
             "cpu_s": r["cpu_s"],
             "diverged_splits": [p["split"] for p in per if p["rmse"] is None],
             "diverged_candidates": [p["diverged_candidates"] for p in per],
+            "retrain_diverged": [{"split": p["split"], **ch} for p in per
+                                 for ch in p["retrain_diverged"]],  # fmt: skip
             "choices": [p["choice"] for p in per],
             "rmse_splits": rm,
             "loglik_splits": ll,

@@ -35,6 +35,8 @@ def test_the_default_protocol_prints_the_choices_per_split(toy, capsys):
         assert len(r["choices"]) == 2 and r["diverged_splits"] == []
         for c in r["choices"]:
             assert c["prior_prec"] in uci_protocol.PRIOR_PRECS
+            weights = uci_protocol.LIKELIHOOD_WEIGHTS if r["method"] == "ivon" else (1.0,)
+            assert c["likelihood_weight"] in weights
             assert c["epochs"] in (1, 2, 4)
             if r["method"] == "mcdropout":
                 assert c["dropout"] in uci_protocol.DROPOUT_RATES
@@ -82,7 +84,47 @@ def test_a_diverging_candidate_is_left_out_and_an_all_diverged_split_is_reported
     (ivon,) = report["results"]
     assert ivon["diverged_splits"] == [0, 1] and ivon["rmse"] is None
     assert all(c is None for c in ivon["choices"])
-    assert ivon["diverged_candidates"] == [8, 8]  # 4 δ × 2 learning rates per split
+    assert ivon["diverged_candidates"] == [16, 16]  # 4 δ × 2 c × 2 learning rates per split
+
+
+def test_a_choice_that_diverges_on_all_training_rows_gives_way_to_the_next_best(
+    toy, monkeypatch
+):
+    """The networks of the first final run stopped (as a divergence would): each of its splits
+    is retrained with its next best candidate on the hold-out and the failed choice reported;
+    with no retrain left those splits have no result."""
+    data = load_uci(toy)
+    config = ProtocolConfig(epochs=4, n_hidden=data.n_hidden, test_samples=4, val_samples=4)
+    original, calls, stopped = uci_protocol._train_and_score, [], set()
+
+    def stopping_first_final_run(method, batch, lr, checkpoints, config, score):
+        calls.append(batch.splits[0].n_train)
+        if len(calls) != 1 + len(config.lr_scales):  # not the first run after the selection
+            return original(method, batch, lr, checkpoints, config, score)
+        stopped.update(batch.members)
+
+        def stop(epoch, net, predictive, noise_var, alive):
+            score(epoch, net, predictive, noise_var, torch.zeros_like(alive))
+
+        return original(method, batch, lr, checkpoints, config, stop)
+
+    monkeypatch.setattr(uci_protocol, "_train_and_score", stopping_first_final_run)
+    ref = run_protocol("ivon", data, [0, 1], config)
+    assert stopped and calls[-1] > calls[0]  # the final runs train on all the training rows
+    for i, s in enumerate(ref["splits"]):
+        assert s["rmse"] is not None
+        if i not in stopped:
+            assert s["retrain_diverged"] == []
+            continue
+        (failed,) = s["retrain_diverged"]
+        assert s["choice"] != failed and s["choice"]["val_loglik"] <= failed["val_loglik"]
+    calls.clear()
+    stopped.clear()
+    monkeypatch.setattr(uci_protocol, "RETRAINS", 0)
+    out = run_protocol("ivon", data, [0, 1], config)
+    for i, (s, r) in enumerate(zip(out["splits"], ref["splits"])):
+        assert (s["rmse"] is None) == (i in stopped)
+        assert s["retrain_diverged"] == r["retrain_diverged"]
 
 
 def test_fixed_only_options_are_refused_with_the_default_protocol(toy, capsys):
@@ -114,8 +156,80 @@ def test_vogn_one_factor_pass_is_the_identity_factors_exactly():
         state = opt.state_dict()["state"]
         return [p.detach().clone() for p in net.parameters()] + [s["hess"] for s in state.values()]
 
-    for a, b in zip(run(Gaussian(1.0)), run(uci_protocol._SeparableGaussian(1.0))):
+    ones = torch.ones(6)
+    for a, b in zip(run(Gaussian(1.0)), run(uci_protocol._SeparableGaussian(ones))):
         assert torch.equal(a, b)
-    assert uci_protocol._SeparableGaussian(1.0).hessian_factors(torch.zeros(5, 6, 1)).shape == (
+    assert uci_protocol._SeparableGaussian(ones).hessian_factors(torch.zeros(5, 6, 1)).shape == (
         1, 5, 6, 1,
     )  # fmt: skip
+
+
+def test_vogn_one_factor_pass_weights_each_network_by_its_c():
+    """Network k's likelihood weighted by c_k: the one factor √c gives the diagonal GGN of the
+    K factors √c_k e_k (Λ = diag c), so the same VOGN steps (float64, to 1e-12)."""
+    from torch import nn
+
+    from blr.curvature import BatchedLinear, Gaussian
+    from blr.optim import VOGN
+
+    c = torch.tensor([1.0, 10.0, 3.0, 0.5], dtype=torch.float64)
+
+    class Weighted(Gaussian):  # K columns: Λ = diag(c)
+        def hessian_factors(self, f):
+            eye = torch.diag(c.sqrt()).to(f.dtype)  # (K, K): factor j = √c_j e_j
+            return eye[:, None, :, None].expand(4, f.shape[0], 4, 1)
+
+    def run(loss):
+        torch.manual_seed(0)
+        net = nn.Sequential(BatchedLinear(4, 3, 8), nn.ReLU(), BatchedLinear(4, 8, 1)).double()
+        opt = VOGN(net.parameters(), lr=0.05, ess=100, loss=loss, model=net, seed=0)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            x = torch.randn(16, 4, 3, generator=g, dtype=torch.float64)
+            y = torch.randn(16, 4, 1, generator=g, dtype=torch.float64)
+            with opt.sampled_params(train=True):
+                opt.zero_grad()
+                ((0.5 * (net(x) - y) ** 2).mean(0).squeeze(-1) * c).sum().backward()
+            opt.step()
+        state = opt.state_dict()["state"]
+        return [p.detach().clone() for p in net.parameters()] + [s["hess"] for s in state.values()]
+
+    ref = run(Weighted(1.0))
+    for a, b in zip(ref, run(uci_protocol._SeparableGaussian(c))):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    unweighted = run(uci_protocol._SeparableGaussian(torch.ones(4, dtype=torch.float64)))
+    assert not torch.allclose(ref[-1], unweighted[-1])  # c reaches the curvature
+
+
+def test_a_weighted_likelihood_is_the_tempered_posterior():
+    """IVON on c·loss with prior S₀ (total units) is IVON on the loss with N → cN, h₀ → h₀/c:
+    the posterior ∝ p(D|θ)ᶜ p(θ) (float64; rescale_lr off, which would scale lr by h₀ + δ)."""
+    from blr.optim import IVON
+    from blr.posterior import ParameterPosterior
+    from expfam import DiagGaussian
+
+    c, n, h0 = 10.0, 50, 0.5
+
+    def run(weight, ess, hess_init):
+        torch.manual_seed(0)
+        net = mlp(3, 6).double()
+        fam = DiagGaussian()
+        flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+        s0 = torch.linspace(0.5, 4.0, flat.numel(), dtype=torch.float64)
+        prior = ParameterPosterior(fam, fam.from_moments(torch.zeros_like(flat), s0), net)
+        opt = IVON(net.parameters(), lr=0.1, ess=ess, hess_init=hess_init, beta2=0.9,
+                   prior=prior, fused=False, rescale_lr=False, seed=0)  # fmt: skip
+        g = torch.Generator().manual_seed(2)
+        for _ in range(6):
+            x = torch.randn(8, 3, generator=g, dtype=torch.float64)
+            y = torch.randn(8, 1, generator=g, dtype=torch.float64)
+            with opt.sampled_params(train=True):
+                opt.zero_grad()
+                (weight * ((net(x) - y) ** 2).mean()).backward()
+            opt.step()
+        return [p.detach().clone() for p in net.parameters()]
+
+    tempered = run(c, n, h0)
+    for a, b in zip(tempered, run(1.0, c * n, h0 / c)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(tempered[0], run(1.0, n, h0)[0])

@@ -451,9 +451,10 @@ def run_protocol(
             for epoch in points:
                 ll = float(holder[epoch][a])
                 if math.isfinite(ll):
-                    ranked[i].append({"prior_prec": d, "likelihood_weight": c, "lr": lr,
-                                      "epochs": epoch, "val_loglik": ll,
-                                      "dropout": opt_value if method == "mcdropout" else None})  # fmt: skip
+                    rate = opt_value if method == "mcdropout" else None
+                    choice = {"prior_prec": d, "likelihood_weight": c, "lr": lr,
+                              "epochs": epoch, "val_loglik": ll, "dropout": rate}  # fmt: skip
+                    ranked[i].append(choice)
         if progress is not None:
             print(f"{method} {data.name}: candidates with option {opt_value} done "
                   f"({time.perf_counter() - t0:.0f} s)", file=progress, flush=True)  # fmt: skip
@@ -483,7 +484,7 @@ def run_protocol(
             wanted = {todo[i]["epochs"] for i in idx}
 
             def final_score(epoch, net, predictive, noise_var, alive, batch=batch, idx=idx,
-                            wanted=wanted):  # fmt: skip
+                            wanted=wanted, todo=todo):  # fmt: skip
                 if epoch not in wanted:
                     return
                 x = batch.x("x_test")
@@ -584,7 +585,7 @@ def run_benchmark(
             "diverged_splits": [p["split"] for p in per if p["rmse"] is None],
             "diverged_candidates": [p["diverged_candidates"] for p in per],
             "retrain_diverged": [{"split": p["split"], **ch} for p in per
-                                 for ch in p["retrain_diverged"]],  # fmt: skip
+                                 for ch in p["retrain_diverged"]],
             "choices": [p["choice"] for p in per],
             "rmse_splits": rm,
             "loglik_splits": ll,

@@ -87,9 +87,7 @@ def test_a_diverging_candidate_is_left_out_and_an_all_diverged_split_is_reported
     assert ivon["diverged_candidates"] == [16, 16]  # 4 δ × 2 c × 2 learning rates per split
 
 
-def test_a_choice_that_diverges_on_all_training_rows_gives_way_to_the_next_best(
-    toy, monkeypatch
-):
+def test_a_choice_that_diverges_on_all_training_rows_gives_way_to_the_next_best(toy, monkeypatch):
     """The networks of the first final run stopped (as a divergence would): each of its splits
     is retrained with its next best candidate on the hold-out and the failed choice reported;
     with no retrain left those splits have no result."""

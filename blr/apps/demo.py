@@ -70,6 +70,7 @@ __all__ = [
     "build_parser",
     "fashion_mnist_missing",
     "format_table",
+    "hessian_spread",
     "load_digits",
     "load_fashion_mnist",
     "main",
@@ -90,9 +91,14 @@ METHODS = ("IVON", "AdamW", "SGD")
 """The optimizers compared by default (table rows: IVON's Bayesian model average, IVON at the
 mean, AdamW, SGD)."""
 
-EXTRA_METHODS = ("SAM", "bSAM")
-"""Optimizers added with ``--methods`` (:class:`blr.optim.BSAM`: bSAM's Bayesian model average
-and its mean, and SAM, its point-estimate limit); each takes two gradients per step."""
+EXTRA_METHODS = ("SAM", "bSAM", "IVON-h")
+"""Optimizers added with ``--methods``: :class:`blr.optim.BSAM` (bSAM's Bayesian model average
+and its mean, and SAM, its point-estimate limit; each takes two gradients per step), and
+``IVON-h``, IVON under the rule of its docstring that makes h learned within the budget (β₂
+from the number of steps, a small h₀, ``ess`` = c·N with c chosen on validation)."""
+
+_SAMPLING = ("IVON", "IVON-h")  # one posterior draw per step, one gradient
+_POSTERIOR_ROWS = ("IVON", "bSAM", "IVON-h")  # rows: the model average and the mean
 
 ALL_METHODS = METHODS + EXTRA_METHODS
 
@@ -116,6 +122,15 @@ SETTINGS: dict[str, dict[str, dict[str, float]]] = {
             "weight_decay": 3e-3,
             "s_init": 10.0,
         },
+        # IVON-h (`--methods`): the best of GRID["digits"]["IVON-h"] by validation NLL
+        # (`blr demo --tune --methods IVON-h`, docs/demo.md)
+        "IVON-h": {
+            "lr": 0.3,
+            "hess_init": 0.01,
+            "weight_decay": 1e-3,
+            "ess_scale": 1000.0,
+            "remaining": 0.01,
+        },
     },
     # the best of GRID["fashion-mnist"] (`blr demo --dataset fashion-mnist --tune --seeds 1`)
     "fashion-mnist": {
@@ -132,12 +147,21 @@ SETTINGS: dict[str, dict[str, dict[str, float]]] = {
             "weight_decay": 5e-4,
             "s_init": 1.0,
         },
+        # IVON-h: not tuned on Fashion-MNIST yet (the digits' settings)
+        "IVON-h": {
+            "lr": 0.3,
+            "hess_init": 0.01,
+            "weight_decay": 1e-3,
+            "ess_scale": 1000.0,
+            "remaining": 0.01,
+        },
     },
 }
 """Optimizer hyperparameters per data set and method (the learning rate is the peak of the
 cosine schedule), chosen on the validation split. IVON also gets ``ess`` = the training-set size
 and one Monte Carlo draw per step (``mc_samples=1``, the cost of one gradient, like AdamW and
-SGD)."""
+SGD). IVON-h's ``ess_scale`` is c in ``ess`` = c·N and ``remaining`` is ρ in
+β₂ = ρ^{1/T} for the budget's T steps (:func:`blr.optim.beta2_for_steps`)."""
 
 _FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -324,12 +348,24 @@ def make_mlp(n_in: int, hidden: Sequence[int], n_out: int) -> nn.Sequential:
 
 
 def _optimizer(
-    method: str, model: nn.Module, n_train: int, settings: dict[str, float], seed: int
+    method: str,
+    model: nn.Module,
+    n_train: int,
+    settings: dict[str, float],
+    seed: int,
+    steps: int,
 ) -> torch.optim.Optimizer:
     if method == "IVON":
         from blr.optim import IVON
 
         return IVON(model.parameters(), ess=n_train, mc_samples=1, seed=seed, **settings)
+    if method == "IVON-h":  # the docstring's rule: β₂ from the steps, ess = c·N
+        from blr.optim import IVON, beta2_for_steps
+
+        rest = dict(settings)
+        ess = rest.pop("ess_scale") * n_train
+        beta2 = beta2_for_steps(steps, rest.pop("remaining"))
+        return IVON(model.parameters(), ess=ess, beta2=beta2, mc_samples=1, seed=seed, **rest)
     if method == "AdamW":
         return torch.optim.AdamW(model.parameters(), **settings)
     if method == "SGD":
@@ -382,11 +418,11 @@ def train(
     torch.manual_seed(seed)
     model = make_mlp(data.x_train.shape[1], hidden, data.n_classes)
     n = len(data.y_train)
-    opt = _optimizer(method, model, n, settings, seed)
     steps = epochs * math.ceil(n / batch_size)
+    opt = _optimizer(method, model, n, settings, seed, steps)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     order = torch.Generator().manual_seed(seed)
-    sampling = method == "IVON"
+    sampling = method in _SAMPLING
     loss_fn = nn.functional.cross_entropy
     times = []
     for _ in range(epochs):
@@ -486,7 +522,7 @@ def _predictions(
     from blr.predict import predict_classification
 
     model.eval()
-    if method not in ("IVON", "bSAM"):
+    if method not in _POSTERIOR_ROWS:
         return {method: predict_classification(model, None, x, n_samples=0, batch_size=4096)}
     return {
         f"{method} ({samples} draws)": predict_classification(
@@ -512,6 +548,46 @@ def _scores(pred: Any, y: Tensor) -> dict[str, float]:
 def _summary(values: Sequence[float]) -> dict[str, Any]:
     m, se = mean_se(values)
     return {"mean": m, "se": se, "values": list(values)}
+
+
+def hessian_spread(opt: torch.optim.Optimizer, within: float = 0.01) -> dict[str, Any]:
+    r"""Where IVON's h lies after training against h₀β₂ᵗ, the value it would hold had no
+    estimate ĥ moved it (h = h₀β₂ᵗ + (1 − β₂)Σ β₂ᵗ⁻ˢ ĥ_s + the correction).
+
+    Args:
+        opt: a trained :class:`blr.optim.IVON` (one value of hess_init, β₂ and step count
+            over its groups).
+        within: the relative distance from h₀β₂ᵗ under which h counts as set by h₀.
+
+    Returns:
+        ``{"p01", "p50", "p99"}``: the 1st, 50th and 99th percentiles of h over all weights;
+        ``"hess_init_decayed"``: h₀β₂ᵗ; ``"learned"``: False when the 1st to 99th
+        percentiles all lie within ``within`` of h₀β₂ᵗ.
+
+    Example:
+        >>> import torch
+        >>> from blr.optim import IVON
+        >>> net = torch.nn.Linear(4, 1)
+        >>> opt = IVON(net.parameters(), lr=0.1, ess=100, hess_init=1.0, beta2=0.5, seed=0)
+        >>> for _ in range(20):
+        ...     with opt.sampled_params(train=True):
+        ...         opt.zero_grad()
+        ...         (10 * net(torch.randn(32, 4)) ** 2).mean().backward()
+        ...     opt.step()
+        >>> spread = hessian_spread(opt)
+        >>> spread["learned"], spread["hess_init_decayed"] < 1e-5
+        (True, True)
+    """
+    sd = opt.state_dict()
+    keys = {(g["hess_init"], g["beta2"], g["step"]) for g in sd["param_groups"]}
+    if len(keys) != 1:
+        raise ValueError(f"opt must share hess_init, beta2 and step over its groups, got {keys}")
+    ((h0, beta2, step),) = keys
+    ref = float(h0) * float(beta2) ** int(step)
+    h = torch.cat([st["hess"].double().reshape(-1) for st in sd["state"].values()])
+    p01, p50, p99 = torch.quantile(h, torch.tensor([0.01, 0.5, 0.99], dtype=h.dtype)).tolist()
+    near = all(abs(v / ref - 1.0) <= within for v in (p01, p99)) if ref > 0 else False
+    return {"p01": p01, "p50": p50, "p99": p99, "hess_init_decayed": ref, "learned": not near}
 
 
 MIN_VERDICT_SEEDS = 10
@@ -615,9 +691,10 @@ def run(
     bma = f"IVON ({samples} draws)"
     rows = []
     for m in methods:
-        rows += [f"{m} ({samples} draws)", f"{m} (mean)"] if m in ("IVON", "bSAM") else [m]
+        rows += [f"{m} ({samples} draws)", f"{m} (mean)"] if m in _POSTERIOR_ROWS else [m]
     values: dict[str, dict[str, list[float]]] = {r: {m: [] for m in METRICS} for r in rows}
     probs: dict[str, list[Tensor]] = {r: [] for r in rows}
+    spreads: dict[str, list[dict[str, Any]]] = {m: [] for m in methods if m in _SAMPLING}
     bar = _Progress(len(methods) * seeds * epochs, progress or sys.stderr, quiet)
     try:
         for seed in range(seeds):
@@ -642,6 +719,8 @@ def run(
                         "default budget)"
                     ) from exc
                 bar.done(label, times)
+                if method in spreads:
+                    spreads[method].append(hessian_spread(opt))
                 for row, pred in _predictions(method, model, opt, x_eval, samples).items():
                     for k, v in _scores(pred, y_eval).items():
                         values[row][k].append(v)
@@ -666,6 +745,14 @@ def run(
             "se_units": se_units(diff),
             "seeds": seeds,
             "verdict": verdict(diff, seeds),
+        },
+        "posterior": {
+            m: {
+                **{k: _summary([d[k] for d in v]) for k in ("p01", "p50", "p99")},
+                "hess_init_decayed": v[0]["hess_init_decayed"],
+                "learned_seeds": sum(d["learned"] for d in v),
+            }
+            for m, v in spreads.items()
         },
         "curves": {r: (torch.cat(p), y_eval.repeat(len(p))) for r, p in probs.items()},
     }
@@ -693,6 +780,13 @@ GRID: dict[str, dict[str, dict[str, list[float]]]] = {
             "beta2": [0.999],
             "weight_decay": [3e-3],
             "s_init": [1.0, 10.0],
+        },
+        "IVON-h": {
+            "lr": [0.1, 0.3],
+            "hess_init": [0.01],
+            "weight_decay": [1e-3, 3e-3, 1e-2],
+            "ess_scale": [100.0, 1000.0],
+            "remaining": [0.01],
         },
     },
     "fashion-mnist": {
@@ -785,6 +879,22 @@ def tune(
     finally:
         bar.close()
     return out
+
+
+def _spread_lines(result: dict[str, Any]) -> str:
+    """Per IVON method: h's percentiles (means over seeds) against hess_init·β₂ᵗ."""
+    lines = ["posterior curvature h after training (1st / 50th / 99th percentile over weights, "
+             "mean over seeds) vs hess_init·β₂ᵗ:"]  # fmt: skip
+    for m, p in result["posterior"].items():
+        q = " / ".join(f"{p[k]['mean']:.3g}" for k in ("p01", "p50", "p99"))
+        n = len(p["p50"]["values"])
+        how = (
+            f"learned ({p['learned_seeds']} of {n} seeds)"
+            if p["learned_seeds"]
+            else "set by hess_init (within 1 % on every seed)"
+        )
+        lines.append(f"  {m}: {q} vs {p['hess_init_decayed']:.3g}: {how}")
+    return "\n".join(lines)
 
 
 def _verdict_line(result: dict[str, Any]) -> str:
@@ -929,8 +1039,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
         choices=ALL_METHODS,
         default=list(METHODS),
         help=f"optimizers (default: {' '.join(METHODS)}; also {' '.join(EXTRA_METHODS)}: "
-        "blr.optim.BSAM, two gradients per step); IVON and AdamW are always needed by the "
-        "calibration claim",
+        "SAM and bSAM, blr.optim.BSAM, two gradients per step; IVON-h, IVON with a learned "
+        "curvature, see blr.optim.IVON); IVON and AdamW are always needed by the calibration "
+        "claim",
     )
     parser.add_argument(
         "--tune",
@@ -1015,6 +1126,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         f"{result['threads']} thread(s); {args.eval} split, mean ± s.e. over seeds"
     )
     print(format_table(result["methods"]))
+    print(_spread_lines(result))
     print(_verdict_line(result))
     if png is not None:
         print(f"reliability diagram: {png}")

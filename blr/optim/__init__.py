@@ -12,7 +12,7 @@ from blr.optim.bayesbinn import BayesBiNN
 from blr.optim.bbb import BayesByBackprop
 from blr.optim.bsam import BSAM
 from blr.optim.generic import BLROptimizer
-from blr.optim.ivon import IVON, VON
+from blr.optim.ivon import IVON, VON, beta2_for_steps
 from blr.optim.vadam import Vadam
 from blr.optim.vogn import OGN, VOGN
 
@@ -27,4 +27,5 @@ __all__ = [
     "BayesByBackprop",
     "SamplingOptimizer",
     "Vadam",
+    "beta2_for_steps",
 ]

@@ -24,6 +24,27 @@ from blr.optim._functional import counter_draw_, counter_noise_
 from blr.posterior import ParameterPosterior
 
 
+def beta2_for_steps(steps: int, remaining: float = 0.01) -> float:
+    r"""The β₂ that leaves ``remaining`` of h₀ in h after ``steps`` steps: β₂ = ρ^{1/T},
+    so β₂ᵀ = ρ (the rule in :class:`IVON`'s docstring).
+
+    Args:
+        steps: T, the number of optimizer steps of the budget (≥ 1).
+        remaining: ρ ∈ (0, 1).
+
+    Example:
+        >>> from blr.optim import beta2_for_steps
+        >>> b2 = beta2_for_steps(1700)
+        >>> round(b2, 5), round(b2**1700, 6)
+        (0.99729, 0.01)
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not (0.0 < remaining < 1.0):
+        raise ValueError(f"remaining must lie in (0, 1), got {remaining!r}")
+    return float(remaining) ** (1.0 / steps)
+
+
 class IVON(PrecisionSampler):
     r"""Improved Variational Online Newton: the diagonal-Gaussian BLR with a Price/Stein Hessian
     estimate, the improved-BLR correction and gradient momentum (Shen et al., ICML 2024):
@@ -105,6 +126,25 @@ class IVON(PrecisionSampler):
             ``fused="triton"`` the step writes the next draw in the same pass (one pass over
             memory per step, like AdamW; there the first draw is taken by ``sampled_params``).
             Trajectories equal those without it.
+
+    **A posterior that is learned, not set by h₀.** After t steps h is
+    h₀β₂ᵗ + (1 − β₂)Σ β₂ᵗ⁻ˢ ĥ_s (plus the small correction): a weighted average of the
+    estimates ĥ, holding h₀β₂ᵗ of the initial value. With the default β₂ = 0.99999 and a short
+    budget (10³–10⁴ steps) h₀ β₂ᵗ ≈ h₀ dominates, and h₀ rather than the data sets σ. The
+    rule, for a budget of T steps:
+
+    1. β₂ = ρ^{1/T} with ρ = 0.01 (:func:`beta2_for_steps`), so h holds 1 % of h₀ at the end;
+    2. h₀ of the order of the curvature ĥ (the per-example average loss's), so that
+       lr·(h₀ + δ) (``rescale_lr``) stays a sane step as h → ĥ;
+    3. σ = (N(h + δ))^−½ is then learned, and for a network with many weights that the data
+       do not determine it is too wide to predict well at N = the training-set size: choose
+       the posterior's temperature 1/c, ``ess`` = c·N, on validation data, as for δ.
+
+    On the 8×8 digits MLP of ``blr demo`` (1 700 steps; the ``IVON-h`` method), h₀ = 10 and
+    β₂ = 0.999 leave h = h₀β₂ᵗ to 1 % for every weight, while the rule (h₀ = 0.01,
+    β₂ = 0.99729, δ = 10⁻³, c = 1 000, lr 0.3) gives h spread over two decades around ĥ
+    (docs/demo.md); at c = 1 the predictive is that of a far too wide posterior (validation
+    NLL 2.3 at lr 1, the accuracy of a random guess).
 
     Example:
         >>> import torch

@@ -488,3 +488,55 @@ def test_sam_and_bsam_rows_on_request(tmp_path, capsys):
     data = demo.load_digits(limit=120)
     with pytest.raises(ValueError, match="methods must be distinct names"):
         demo.run(data, epochs=1, seeds=1, hidden=[8], methods=("SAM", "bSAM"), quiet=True)
+
+
+def test_ivon_h_learns_the_curvature_where_the_default_keeps_its_initialisation():
+    """The issue's finding and its fix, on the digits' full budget (seed 0): with the tuned
+    IVON settings h is hess_init·β₂ᵗ to 1 % for every weight; under the docstring's rule
+    (IVON-h) h spreads far from it. The percentiles recompute with numpy from the state."""
+    data = demo.load_digits()
+    budget = dict(epochs=demo.DEFAULT_EPOCHS["digits"], batch_size=64, hidden=(128, 128), seed=0)
+    _, opt, _ = demo.train("IVON", data, **budget)
+    spread = demo.hessian_spread(opt)
+    group = opt.param_groups[0]
+    ref = group["hess_init"] * group["beta2"] ** 1700
+    assert spread["hess_init_decayed"] == pytest.approx(ref, rel=1e-12)
+    assert not spread["learned"]
+    h = np.concatenate(
+        [s["hess"].double().numpy().ravel() for s in opt.state_dict()["state"].values()]
+    )
+    np.testing.assert_allclose(
+        [spread["p01"], spread["p50"], spread["p99"]], np.percentile(h, [1, 50, 99]), rtol=1e-12
+    )
+    assert abs(spread["p99"] / ref - 1) < 0.01
+
+    _, opt, _ = demo.train("IVON-h", data, **budget)
+    group, n = opt.param_groups[0], len(data.y_train)
+    assert group["ess"] == 1000 * n and group["beta2"] ** 1700 == pytest.approx(0.01)
+    spread = demo.hessian_spread(opt)
+    assert spread["learned"] and spread["hess_init_decayed"] == pytest.approx(1e-4)
+    assert spread["p50"] > 2 * spread["hess_init_decayed"]
+    assert spread["p99"] > 10 * spread["p50"]  # the weights differ: over a decade apart
+
+
+def test_ivon_h_rows_and_the_spread_lines_on_request(tmp_path, capsys):
+    args = [*TINY, "--out", str(tmp_path), "--methods", "IVON", "AdamW", "IVON-h"]
+    assert demo.main(args) == 0
+    out = capsys.readouterr().out
+    for row in ("IVON-h (4 draws)", "IVON-h (mean)", "IVON (4 draws)"):
+        assert any(line.startswith(row + " ") for line in out.splitlines()), row
+    assert "posterior curvature h after training" in out
+    assert re.search(r"^  IVON-h: \S+ / \S+ / \S+ vs \S+: ", out, re.M)
+    assert demo.main([*args, "--json"]) == 0
+    post = json.loads(capsys.readouterr().out)["posterior"]
+    assert set(post) == {"IVON", "IVON-h"} and len(post["IVON-h"]["p50"]["values"]) == 2
+
+
+def test_hessian_spread_refuses_groups_that_differ():
+    from blr.optim import IVON
+
+    a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    opt = IVON([{"params": a.parameters()}, {"params": b.parameters(), "hess_init": 2.0}],
+               lr=0.1, ess=10)  # fmt: skip
+    with pytest.raises(ValueError, match="opt must share hess_init"):
+        demo.hessian_spread(opt)

@@ -4,11 +4,18 @@ data set (and every prior precision) trained at once as one batched network.
 For each split k, a hold-out of 20 % of the TRAINING rows (:meth:`UCIDataset.validation_split`,
 seed k) is the validation set; every candidate setting is trained on the other 80 % and scored
 by the validation log-likelihood (20 posterior draws) at four checkpoints, 1/8, 1/4, 1/2 and all
-of the epoch budget. The best (δ, learning rate, epochs) of each split — candidates that
+of the epoch budget. The best (δ, c, learning rate, epochs) of each split — candidates that
 diverged excluded — is retrained on all of the split's training rows and scored on its test
-rows, which no choice ever sees. Chosen per split:
+rows, which no choice ever sees; should it diverge there, the split's next best candidate is
+retrained instead (at most :data:`RETRAINS` times) and the diverged choice is reported.
+Chosen per split:
 
 - δ, the prior precision of every weight, from :data:`PRIOR_PRECS`;
+- for VOGN, IVON and Bayes by backprop (:data:`TEMPERED`), c, the weight of the likelihood in
+  the tempered posterior q ∝ p(D|θ)ᶜ p(θ), from :data:`LIKELIHOOD_WEIGHTS`: network k's loss is
+  c_k times its minibatch-mean loss, which for IVON equals ``ess`` = c·N with h₀/c (a test
+  checks it). Vadam keeps c = 1 (its squared-gradient h would scale by c², not c), and so do
+  the MAP baselines, for which a weight c is the prior δ/c, already a candidate;
 - the learning rate, the method's base rate × :data:`LR_SCALES`;
 - the epochs, from the checkpoints of a budget of about :data:`STEP_BUDGET` steps (the data
   set's ``n_epochs.txt`` at least): more epochs on the small sets, whose 40 epochs are a few
@@ -19,16 +26,16 @@ The noise variance σ² is learned by type-II maximum likelihood (Adam on log σ
 minibatch loss, from σ² = 0.1), as in :mod:`blr.apps.uci`: one treatment for every method, and
 no candidate grid.
 
-**Batched training.** A run trains one network per (split, δ[, p][, member]) as a
+**Batched training.** A run trains one network per (split, δ, c[, p][, member]) as a
 :class:`blr.curvature.BatchedLinear` MLP (the splits' training sets have the same size, so
 every network takes the same number of steps; each its own minibatches and initialization, the
 one :func:`blr.apps.uci.mlp` gets from the split's seed). The loss is the sum of the networks'
 minibatch-mean losses, so the elementwise optimizers (IVON, Vadam, VOGN, Bayes by backprop, Adam)
 update every network as if alone; δ differs per network through ``prior=`` (a per-coordinate
-prior), the learning rate per run. A network whose minibatch loss exceeds
-:data:`DIVERGED_LOSS` (per example, standardized units: a blown-up network) is stopped — its
-loss masked, so its gradient is exactly zero and it cannot disturb the others — and its
-candidate counts as diverged for its split (reported per split). Should a loss turn NaN/Inf
+prior), c through the loss's weights, the learning rate per run. A network whose minibatch
+loss exceeds :data:`DIVERGED_LOSS` (per example, standardized units: a blown-up network) is
+stopped — its loss masked, so its gradient is exactly zero and it cannot disturb the others —
+and its candidate counts as diverged for its split (reported per split). Should a loss turn NaN/Inf
 before that, the optimizers raise and every candidate of the run counts as diverged.
 
 **β₂ = 0.99 for IVON and VOGN** (the curvature's averaging horizon, 100 steps instead of 1 000).

@@ -127,7 +127,7 @@ SETTINGS: dict[str, dict[str, dict[str, float]]] = {
         "IVON-h": {
             "lr": 0.3,
             "hess_init": 0.01,
-            "weight_decay": 1e-3,
+            "weight_decay": 3e-3,
             "ess_scale": 1000.0,
             "remaining": 0.01,
         },
@@ -151,7 +151,7 @@ SETTINGS: dict[str, dict[str, dict[str, float]]] = {
         "IVON-h": {
             "lr": 0.3,
             "hess_init": 0.01,
-            "weight_decay": 1e-3,
+            "weight_decay": 3e-3,
             "ess_scale": 1000.0,
             "remaining": 0.01,
         },

@@ -708,9 +708,16 @@ def summary_table(reports: Sequence[dict[str, Any]]) -> str:
             lines.append(
                 f"| {rep['dataset']} | {_NAMES[r['method']]} | {pm(r['rmse'])} | "
                 f"{pm(r['loglik'])} | {pm(r.get('published_rmse'), 2)} | {diff_s} | "
-                f"{len(r['diverged_splits'])} | {r['time_s']:.0f} / {r['cpu_s']:.0f} |"
+                f"{_diverged(r)} | {r['time_s']:.0f} / {r['cpu_s']:.0f} |"
             )
     return "\n".join(lines)
+
+
+def _diverged(r: dict[str, Any]) -> str:
+    """Splits without a result, and how many chosen candidates were replaced after diverging
+    on all the training rows."""
+    k = len(r.get("retrain_diverged") or [])
+    return f"{len(r['diverged_splits'])}" + (f" ({k} retrained)" if k else "")
 
 
 def _present(values: Sequence[float | None]) -> list[float]:

@@ -244,7 +244,8 @@ def _optimizer(method: str, net: nn.Module, n: int, lr: float, priors: Tensor,
     h0, b2 = config.hess_init, config.beta2
     if method == "vogn":
         return VOGN(net.parameters(), lr=lr, ess=n, beta2=b2, hess_init=h0, curvature="ggn",
-                    loss=_SeparableGaussian(weights), model=net, prior=prior, seed=0)  # fmt: skip
+                    loss=_SeparableGaussian(weights), model=net, prior=prior, seed=0,
+                    hess_start="first")  # fmt: skip
     if method == "ivon":
         return IVON(net.parameters(), lr=lr, ess=n, beta2=b2, hess_init=h0, prior=prior,
                     fused=False, seed=0)  # fmt: skip

@@ -49,6 +49,13 @@ class VOGN(PrecisionSampler):
         beta1, beta2: rates of ḡ and h (β₁ is also the group key ``"momentum"``, which
             ``OneCycleLR``/``CyclicLR`` with ``cycle_momentum=True`` move).
         hess_init: h₀.
+        hess_start: ``"init"`` (h starts at h₀) or ``"first"``: the first step's estimate
+            replaces h₀, h₁ = ĥ₁, so h₀ only sets the first draw's σ. Where h₀ lies far below
+            the curvature (a loss scaled by 1/σ² or weighted, δ small), the first ~1/(1 − β₂)
+            steps with ``"init"`` are α·ḡ/h of up to ĥ/h₀ times the Newton step while h catches
+            up, which can throw m far away at the start (UCI yacht, docs/uci.md); ``"first"``
+            starts at the right scale. The GGN, MC Fisher and squared gradients are ≥ 0, so
+            h₁ + δ > 0.
         curvature: ``"ggn"``, ``"mc_fisher"`` or ``"ef"``.
         loss: the likelihood on the model's output for ``"ggn"``/``"mc_fisher"``: a name of
             :data:`blr.curvature.NAMES` (``"cross_entropy"``, ``"bce_with_logits"``,
@@ -122,6 +129,7 @@ class VOGN(PrecisionSampler):
         model: nn.Module | None = None,
         fused: bool | str = False,
         prior: ParameterPosterior | None = None,
+        hess_start: str = "init",
         **options: Unpack[SamplingOptions],
     ) -> None:
         name = type(self).__name__
@@ -139,6 +147,7 @@ class VOGN(PrecisionSampler):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_choice(curvature, "curvature", ("ggn", "mc_fisher", "ef"))
+        self.hess_start = check_choice(hess_start, "hess_start", ("init", "first"))
         if curvature != "ef":
             if loss is None:
                 raise ValueError(f"curvature={curvature!r} needs the loss (e.g. 'cross_entropy')")
@@ -296,6 +305,8 @@ class VOGN(PrecisionSampler):
         return out
 
     def _update(self, group: dict, bucket: Bucket, g_hat: Tensor, stat: Tensor) -> None:
+        if self.hess_start == "first" and group["step"] == 1:
+            bucket.state["hess"].copy_(stat)  # h₁ = β₂ĥ₁ + (1 − β₂)ĥ₁ = ĥ₁
         self._ivon_update(  # ĥ given: the IVON update without its correction
             group,
             bucket,

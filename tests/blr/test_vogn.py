@@ -191,3 +191,66 @@ def test_fused_vogn_follows_the_vectorized_one_and_resumes_bit_exactly(dtype):
     train(c, resumed, 3)
     for p, q in zip(b.parameters(), c.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("fused", [False, "compile"])
+def test_hess_start_first_takes_the_first_estimate_in_place_of_h0(fused):
+    """Linear model, Gaussian loss (σ² = 1): the GGN is x² for the weights and 1 for the bias
+    at any θ, so after one step h = ĥ₁ = mean x² exactly with "first", and β₂h₀ + (1 − β₂)ĥ₁
+    with "init"; later steps average as usual."""
+    g = torch.Generator().manual_seed(0)
+    x = 3.0 * torch.randn(32, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(32, 1, generator=g, dtype=torch.float64)
+    ref = torch.cat([(x**2).mean(0), torch.ones(1, dtype=torch.float64)])
+
+    def hess_after(start, steps):
+        torch.manual_seed(1)
+        model = torch.nn.Linear(3, 1).double()
+        opt = VOGN(model.parameters(), lr=0.1, ess=100, beta2=0.9, hess_init=0.5,
+                   loss="gaussian", model=model, hess_start=start, fused=fused, seed=0)  # fmt: skip
+        for _ in range(steps):
+            with opt.sampled_params(train=True):
+                opt.zero_grad()
+                (0.5 * (model(x) - y) ** 2).mean().backward()
+            opt.step()
+        st = opt.state_dict()["state"]
+        return torch.cat([st[0]["hess"].reshape(-1), st[1]["hess"].reshape(-1)])
+
+    torch.testing.assert_close(hess_after("first", 1), ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(hess_after("init", 1), 0.9 * 0.5 + 0.1 * ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(hess_after("first", 3), ref, rtol=1e-12, atol=0)  # ĥ constant
+    with pytest.raises(ValueError, match="hess_start"):
+        VOGN(torch.nn.Linear(2, 1).parameters(), lr=0.1, ess=10, loss="mse",
+             model=torch.nn.Linear(2, 1), hess_start="warm")  # fmt: skip
+
+
+def test_hess_start_first_keeps_the_first_steps_at_the_curvatures_scale():
+    """The cause of the UCI yacht blow-up in miniature: a loss whose curvature is 10⁴ times h₀
+    (a Gaussian with σ² = 10⁻⁴). Starting at h₀ the first steps are up to 10⁴ times the
+    Newton step while h catches up and m is thrown far off; starting at the first estimate it
+    converges to the least-squares fit."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 3, generator=g, dtype=torch.float64)
+    w = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    y = x @ w.T + 0.01 * torch.randn(256, 1, generator=g, dtype=torch.float64)
+
+    def fit(start):
+        torch.manual_seed(1)
+        model = torch.nn.Linear(3, 1).double()
+        opt = VOGN(model.parameters(), lr=0.5, ess=256, beta2=0.99, hess_init=1.0,
+                   weight_decay=1e-4, loss="gaussian", sigma2=1e-4, model=model,
+                   hess_start=start, seed=0)  # fmt: skip
+        largest = 0.0
+        for _ in range(200):
+            with opt.sampled_params(train=True):
+                opt.zero_grad()
+                (0.5 * (model(x) - y) ** 2 / 1e-4).mean().backward()
+            opt.step()
+            largest = max(largest, float(model.weight.detach().abs().max()))
+        return model.weight.detach(), largest
+
+    weight, largest = fit("first")
+    torch.testing.assert_close(weight, w, atol=0.02, rtol=0)
+    assert largest < 3.0
+    _, largest_init = fit("init")
+    assert largest_init > 100 * largest

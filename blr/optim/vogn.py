@@ -47,7 +47,10 @@ class VOGN(PrecisionSampler):
         ess: N, the training-set size.
         weight_decay: δ, the prior precision per example.
         beta1, beta2: rates of ḡ and h (β₁ is also the group key ``"momentum"``, which
-            ``OneCycleLR``/``CyclicLR`` with ``cycle_momentum=True`` move).
+            ``OneCycleLR``/``CyclicLR`` with ``cycle_momentum=True`` move). h keeps h₀β₂ᵗ of
+            its start after t steps: for h to be learned within a budget of T steps take
+            β₂ = ρ^{1/T}, ρ ≪ 1 (:func:`blr.optim.beta2_for_steps`; the rule in
+            :class:`~blr.optim.IVON`'s docstring).
         hess_init: h₀.
         hess_start: ``"init"`` (h starts at h₀) or ``"first"``: the first step's estimate
             replaces h₀, h₁ = ĥ₁, so h₀ only sets the first draw's σ. Where h₀ lies far below

@@ -52,13 +52,15 @@ class VOGN(PrecisionSampler):
             β₂ = ρ^{1/T}, ρ ≪ 1 (:func:`blr.optim.beta2_for_steps`; the rule in
             :class:`~blr.optim.IVON`'s docstring).
         hess_init: h₀.
-        hess_start: ``"init"`` (h starts at h₀) or ``"first"``: the first step's estimate
-            replaces h₀, h₁ = ĥ₁, so h₀ only sets the first draw's σ. Where h₀ lies far below
+        hess_start: ``"init"`` (h starts at h₀) or ``"max"``: h starts at max(h₀, ĥ₁)
+            elementwise at the first step, before the average, so h₁ = ĥ₁ where the first
+            estimate exceeds h₀ and h₁ = β₂h₀ + (1 − β₂)ĥ₁ elsewhere. Where h₀ lies far below
             the curvature (a loss scaled by 1/σ² or weighted, δ small), the first ~1/(1 − β₂)
-            steps with ``"init"`` are α·ḡ/h of up to ĥ/h₀ times the Newton step while h catches
-            up, which can throw m far away at the start (UCI yacht, docs/uci.md); ``"first"``
-            starts at the right scale. The GGN, MC Fisher and squared gradients are ≥ 0, so
-            h₁ + δ > 0.
+            steps from ``"init"`` are up to ĥ/h₀ times the Newton step while h catches up,
+            which can throw m far away at the start (UCI yacht, docs/uci.md). Starting at ĥ₁
+            everywhere would fail the other way: a coordinate with no curvature in the first
+            minibatch (a ReLU unit inactive on it) would start at h = 0 and take steps of
+            α·ḡ/δ once it has some; h₀ stays its floor.
         curvature: ``"ggn"``, ``"mc_fisher"`` or ``"ef"``.
         loss: the likelihood on the model's output for ``"ggn"``/``"mc_fisher"``: a name of
             :data:`blr.curvature.NAMES` (``"cross_entropy"``, ``"bce_with_logits"``,
@@ -150,7 +152,7 @@ class VOGN(PrecisionSampler):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_choice(curvature, "curvature", ("ggn", "mc_fisher", "ef"))
-        self.hess_start = check_choice(hess_start, "hess_start", ("init", "first"))
+        self.hess_start = check_choice(hess_start, "hess_start", ("init", "max"))
         if curvature != "ef":
             if loss is None:
                 raise ValueError(f"curvature={curvature!r} needs the loss (e.g. 'cross_entropy')")
@@ -308,8 +310,8 @@ class VOGN(PrecisionSampler):
         return out
 
     def _update(self, group: dict, bucket: Bucket, g_hat: Tensor, stat: Tensor) -> None:
-        if self.hess_start == "first" and group["step"] == 1:
-            bucket.state["hess"].copy_(stat)  # h₁ = β₂ĥ₁ + (1 − β₂)ĥ₁ = ĥ₁
+        if self.hess_start == "max" and group["step"] == 1:
+            torch.maximum(bucket.state["hess"], stat, out=bucket.state["hess"])
         self._ivon_update(  # ĥ given: the IVON update without its correction
             group,
             bucket,

@@ -194,19 +194,21 @@ def test_fused_vogn_follows_the_vectorized_one_and_resumes_bit_exactly(dtype):
 
 
 @pytest.mark.parametrize("fused", [False, "compile"])
-def test_hess_start_first_takes_the_first_estimate_in_place_of_h0(fused):
-    """Linear model, Gaussian loss (σ² = 1): the GGN is x² for the weights and 1 for the bias
-    at any θ, so after one step h = ĥ₁ = mean x² exactly with "first", and β₂h₀ + (1 − β₂)ĥ₁
-    with "init"; later steps average as usual."""
+def test_hess_start_max_starts_h_at_the_larger_of_h0_and_the_first_estimate(fused):
+    """Linear model, Gaussian loss (σ² = 1): the GGN is x² for the weights (≈ 9 here, above
+    h₀ = 2) and 1 for the bias (below it) at any θ. After one step with "max" the weights' h is
+    ĥ₁ = mean x² exactly and the bias's β₂h₀ + (1 − β₂)·1, as with "init"; later steps average
+    as usual (the bias: 1 + β₂ᵗ(h₀ − 1))."""
     g = torch.Generator().manual_seed(0)
     x = 3.0 * torch.randn(32, 3, generator=g, dtype=torch.float64)
     y = torch.randn(32, 1, generator=g, dtype=torch.float64)
     ref = torch.cat([(x**2).mean(0), torch.ones(1, dtype=torch.float64)])
+    assert (ref[:3] > 2.0).all()
 
     def hess_after(start, steps):
         torch.manual_seed(1)
         model = torch.nn.Linear(3, 1).double()
-        opt = VOGN(model.parameters(), lr=0.1, ess=100, beta2=0.9, hess_init=0.5,
+        opt = VOGN(model.parameters(), lr=0.1, ess=100, beta2=0.9, hess_init=2.0,
                    loss="gaussian", model=model, hess_start=start, fused=fused, seed=0)  # fmt: skip
         for _ in range(steps):
             with opt.sampled_params(train=True):
@@ -216,18 +218,21 @@ def test_hess_start_first_takes_the_first_estimate_in_place_of_h0(fused):
         st = opt.state_dict()["state"]
         return torch.cat([st[0]["hess"].reshape(-1), st[1]["hess"].reshape(-1)])
 
-    torch.testing.assert_close(hess_after("first", 1), ref, rtol=1e-12, atol=0)
-    torch.testing.assert_close(hess_after("init", 1), 0.9 * 0.5 + 0.1 * ref, rtol=1e-12, atol=0)
-    torch.testing.assert_close(hess_after("first", 3), ref, rtol=1e-12, atol=0)  # ĥ constant
+    init = 0.9 * 2.0 + 0.1 * ref
+    first = torch.cat([ref[:3], init[3:]])
+    torch.testing.assert_close(hess_after("max", 1), first, rtol=1e-12, atol=0)
+    torch.testing.assert_close(hess_after("init", 1), init, rtol=1e-12, atol=0)
+    later = torch.cat([ref[:3], torch.tensor([1.0 + 0.9**3], dtype=torch.float64)])
+    torch.testing.assert_close(hess_after("max", 3), later, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="hess_start"):
         VOGN(torch.nn.Linear(2, 1).parameters(), lr=0.1, ess=10, loss="mse",
-             model=torch.nn.Linear(2, 1), hess_start="warm")  # fmt: skip
+             model=torch.nn.Linear(2, 1), hess_start="first")  # fmt: skip
 
 
-def test_hess_start_first_keeps_the_first_steps_at_the_curvatures_scale():
+def test_hess_start_max_keeps_the_first_steps_at_the_curvatures_scale():
     """The cause of the UCI yacht blow-up in miniature: a loss whose curvature is 10⁴ times h₀
     (a Gaussian with σ² = 10⁻⁴). Starting at h₀ the first steps are up to 10⁴ times the
-    Newton step while h catches up and m is thrown far off; starting at the first estimate it
+    Newton step while h catches up and m is thrown far off; starting at max(h₀, ĥ₁) it
     converges to the least-squares fit."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(256, 3, generator=g, dtype=torch.float64)
@@ -249,7 +254,7 @@ def test_hess_start_first_keeps_the_first_steps_at_the_curvatures_scale():
             largest = max(largest, float(model.weight.detach().abs().max()))
         return model.weight.detach(), largest
 
-    weight, largest = fit("first")
+    weight, largest = fit("max")
     torch.testing.assert_close(weight, w, atol=0.02, rtol=0)
     assert largest < 3.0
     _, largest_init = fit("init")

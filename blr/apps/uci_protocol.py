@@ -148,17 +148,21 @@ class ProtocolConfig:
 
 # ------------------------------------------------------------------------------ the network
 class _Dropout(nn.Module):
-    """Dropout with one rate per network: inputs ``(M, K, H)``, rates ``(K,)``."""
+    """Dropout with one rate per network: inputs ``(M, K, H)``, rates ``(K,)``; the masks come
+    from the module's own generator (seeded by the run's first network seed), so a method's
+    numbers do not depend on what else ran in the process."""
 
-    def __init__(self, rates: Tensor) -> None:
+    def __init__(self, rates: Tensor, seed: int) -> None:
         super().__init__()
         self.register_buffer("rates", rates)
+        self.generator = torch.Generator().manual_seed(seed)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return x
         keep = 1.0 - self.rates[:, None]
-        return x * (torch.rand_like(x) < keep).to(x.dtype) / keep
+        u = torch.rand(x.shape, generator=self.generator, dtype=x.dtype)
+        return x * (u < keep).to(x.dtype) / keep
 
 
 class _Scale(nn.Module):
@@ -178,7 +182,7 @@ def _network(seeds: Sequence[int], d: int, h: int, rates: Tensor | None) -> nn.S
     k = len(seeds)
     layers: list[nn.Module] = [BatchedLinear(k, d, h), nn.ReLU()]
     if rates is not None:
-        layers.append(_Dropout(rates))
+        layers.append(_Dropout(rates, seeds[0] + 7))
     layers += [BatchedLinear(k, h, 1), _Scale(k)]
     net = nn.Sequential(*layers)
     first, last = net[0], net[-2]

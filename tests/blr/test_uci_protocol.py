@@ -231,3 +231,16 @@ def test_a_weighted_likelihood_is_the_tempered_posterior():
     for a, b in zip(tempered, run(1.0, c * n, h0 / c)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert not torch.allclose(tempered[0], run(1.0, n, h0)[0])
+
+
+def test_mc_dropout_does_not_depend_on_what_ran_before(toy):
+    """The dropout masks come from the network's own generator: torch's global generator in
+    another state (other methods ran first in the process) leaves every number unchanged."""
+    data = load_uci(toy)
+    config = ProtocolConfig(epochs=2, n_hidden=data.n_hidden, test_samples=4, val_samples=4)
+    torch.manual_seed(0)
+    first = run_protocol("mcdropout", data, [0, 1], config)
+    torch.manual_seed(123)
+    torch.rand(1000)
+    second = run_protocol("mcdropout", data, [0, 1], config)
+    assert first["splits"] == second["splits"]

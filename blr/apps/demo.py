@@ -105,6 +105,15 @@ ALL_METHODS = METHODS + EXTRA_METHODS
 DEFAULT_EPOCHS = {"digits": 100, "fashion-mnist": 10}
 """The budget of each data set when ``--epochs`` is not given."""
 
+_IVON_H = {
+    "lr": 0.3,
+    "hess_init": 0.01,
+    "weight_decay": 3e-3,
+    "ess_scale": 1000.0,
+    "remaining": 0.01,
+}
+# IVON-h on the digits, the best of GRID["digits"]["IVON-h"]; Fashion-MNIST reuses it untuned
+
 SETTINGS: dict[str, dict[str, dict[str, float]]] = {
     # the best of GRID["digits"] by validation NLL (`blr demo --tune`, docs/demo.md)
     "digits": {
@@ -124,13 +133,7 @@ SETTINGS: dict[str, dict[str, dict[str, float]]] = {
         },
         # IVON-h (`--methods`): the best of GRID["digits"]["IVON-h"] by validation NLL
         # (`blr demo --tune --methods IVON-h`, docs/demo.md)
-        "IVON-h": {
-            "lr": 0.3,
-            "hess_init": 0.01,
-            "weight_decay": 3e-3,
-            "ess_scale": 1000.0,
-            "remaining": 0.01,
-        },
+        "IVON-h": dict(_IVON_H),
     },
     # the best of GRID["fashion-mnist"] (`blr demo --dataset fashion-mnist --tune --seeds 1`)
     "fashion-mnist": {
@@ -148,13 +151,7 @@ SETTINGS: dict[str, dict[str, dict[str, float]]] = {
             "s_init": 1.0,
         },
         # IVON-h: not tuned on Fashion-MNIST yet (the digits' settings)
-        "IVON-h": {
-            "lr": 0.3,
-            "hess_init": 0.01,
-            "weight_decay": 3e-3,
-            "ess_scale": 1000.0,
-            "remaining": 0.01,
-        },
+        "IVON-h": dict(_IVON_H),
     },
 }
 """Optimizer hyperparameters per data set and method (the learning rate is the peak of the

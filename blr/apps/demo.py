@@ -105,6 +105,7 @@ ALL_METHODS = METHODS + EXTRA_METHODS
 DEFAULT_EPOCHS = {"digits": 100, "fashion-mnist": 10}
 """The budget of each data set when ``--epochs`` is not given."""
 
+# IVON-h on the digits, the best of GRID["digits"]["IVON-h"]; Fashion-MNIST reuses it untuned
 _IVON_H = {
     "lr": 0.3,
     "hess_init": 0.01,
@@ -112,7 +113,6 @@ _IVON_H = {
     "ess_scale": 1000.0,
     "remaining": 0.01,
 }
-# IVON-h on the digits, the best of GRID["digits"]["IVON-h"]; Fashion-MNIST reuses it untuned
 
 SETTINGS: dict[str, dict[str, dict[str, float]]] = {
     # the best of GRID["digits"] by validation NLL (`blr demo --tune`, docs/demo.md)

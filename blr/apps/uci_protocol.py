@@ -105,10 +105,10 @@ TEMPERED = ("vogn", "ivon", "bbb")
 keep c = 1 (module docstring)."""
 STEP_BUDGET = 3000
 DIVERGED_LOSS = 1e5
+"""A network whose minibatch loss (per example, standardized units) exceeds this is stopped."""
 RETRAINS = 2
 """How many times a split's choice that diverges on all its training rows gives way to its next
 best candidate (reported as ``retrain_diverged``)."""
-"""A network whose minibatch loss (per example, standardized units) exceeds this is stopped."""
 ENSEMBLE = 5
 
 
@@ -414,9 +414,10 @@ def run_protocol(
     Returns:
         ``{"method", "splits": [per split: {"split", "choice": {"prior_prec",
         "likelihood_weight", "lr", "dropout", "epochs", "val_loglik"}, "rmse", "loglik",
-        "diverged_candidates"}],
-        "epochs_budget", "time_s", "cpu_s"}`` (``rmse``/``loglik`` None when every candidate
-        of a split diverged).
+        "diverged_candidates", "retrain_diverged": [the choices that diverged on all the
+        training rows, in order]}], "epochs_budget", "time_s", "cpu_s"}`` (``choice``,
+        ``rmse`` and ``loglik`` None when every candidate of a split diverged, on the hold-out
+        or in the retrains).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
